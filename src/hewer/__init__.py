@@ -1,0 +1,1 @@
+"""Hewer: durable task orchestration, wire-compatible with Hatchet."""

@@ -1,0 +1,99 @@
+"""Settings for the engine and the client, read from the environment (prefix ``HEWER_``).
+
+Environment is read only when a settings object is built (at an entry point), never at import.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hewer.durations import parse_duration
+
+DEFAULT_GRPC_HOST = "127.0.0.1"
+DEFAULT_GRPC_PORT = 7070
+DEFAULT_STATE_DIR = Path(".hewer")
+TOKEN_FILE_NAME = "token"
+
+
+def _duration(value: object) -> object:
+    """Accept "5s", "1m30s" or a number of seconds where a timedelta is expected."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        try:
+            return timedelta(seconds=float(stripped))
+        except ValueError:
+            return parse_duration(stripped)
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    return value
+
+
+class EngineSettings(BaseSettings):
+    """Engine configuration; every field is also the env var ``HEWER_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="HEWER_", extra="ignore")
+
+    host: str = Field(DEFAULT_GRPC_HOST, description="gRPC listen host")
+    port: int = Field(DEFAULT_GRPC_PORT, description="gRPC listen port (0 = pick a free one)")
+    broadcast_address: str | None = Field(
+        None, description="host:port workers use to reach the engine (baked into tokens)"
+    )
+    database: Path = Field(Path("hewer.db"), description="SQLite database file")
+    state_dir: Path = Field(
+        DEFAULT_STATE_DIR, description="directory for local state (the default tenant's token)"
+    )
+    heartbeat_interval: timedelta = Field(
+        timedelta(seconds=4), description="how often workers are expected to heartbeat"
+    )
+    inactive_after: timedelta = Field(
+        timedelta(seconds=30), description="silence after which a worker is INACTIVE"
+    )
+    max_message_bytes: int = Field(4 * 1024 * 1024, description="gRPC message size limit")
+    token_ttl: timedelta = Field(timedelta(days=90), description="lifetime of minted tokens")
+
+    _coerce = field_validator(
+        "heartbeat_interval", "inactive_after", "token_ttl", mode="before"
+    )(_duration)
+
+    @property
+    def advertised_address(self) -> str:
+        if self.broadcast_address:
+            return self.broadcast_address
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def token_file(self) -> Path:
+        return self.state_dir / TOKEN_FILE_NAME
+
+
+class ClientSettings(BaseSettings):
+    """Client and worker configuration; every field is also the env var ``HEWER_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="HEWER_", extra="ignore")
+
+    token: str | None = Field(None, description="API token (default: the local engine's token)")
+    host_port: str | None = Field(
+        None, description="engine gRPC address host:port (default: from the token)"
+    )
+    state_dir: Path = Field(
+        DEFAULT_STATE_DIR, description="where a local engine left its token"
+    )
+    namespace: str = Field("", description="prefix applied to workflow names")
+    heartbeat_interval: timedelta = Field(
+        timedelta(seconds=4), description="how often the worker heartbeats"
+    )
+    grace_period: timedelta = Field(
+        timedelta(seconds=30), description="how long a stopping worker waits for in-flight tasks"
+    )
+    max_message_bytes: int = Field(4 * 1024 * 1024, description="gRPC message size limit")
+
+    _coerce = field_validator("heartbeat_interval", "grace_period", mode="before")(_duration)
+
+    @property
+    def token_file(self) -> Path:
+        return self.state_dir / TOKEN_FILE_NAME

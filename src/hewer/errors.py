@@ -1,0 +1,44 @@
+"""Exceptions: one root, ``HewerError``, for everything Hewer raises on purpose."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+
+class HewerError(Exception):
+    """Root of every error Hewer raises."""
+
+
+class ConfigurationError(HewerError):
+    """Settings are missing or contradictory (no token, bad address, ...)."""
+
+
+class NotFound(HewerError):
+    """The named object does not exist for the caller's tenant."""
+
+
+class InvalidInput(HewerError, ValueError):
+    """Input was rejected at the edge (bad JSON, wrong shape, out of range)."""
+
+
+class TaskRunError(HewerError):
+    """A run finished FAILED or CANCELLED; ``errors`` maps task name to its error text."""
+
+    def __init__(self, run_id: str, status: str, errors: dict[str, str]) -> None:
+        self.run_id = run_id
+        self.status = status
+        self.errors = errors
+        detail = "; ".join(f"{name}: {err}" for name, err in errors.items()) or status
+        super().__init__(f"run {run_id} {status.lower()}: {detail}")
+
+
+class NonRetryableError(HewerError):
+    """Raise from a task to fail it without using its remaining retries."""
+
+
+class RetryAfter(HewerError):
+    """Raise from a task to be retried no sooner than ``delay`` (counts as a retry)."""
+
+    def __init__(self, delay: timedelta, message: str = "") -> None:
+        self.delay = delay
+        super().__init__(message or f"retry after {delay.total_seconds():g}s")
