@@ -42,6 +42,7 @@ class EngineSettings(BaseSettings):
     broadcast_address: str | None = Field(
         None, description="host:port workers use to reach the engine (baked into tokens)"
     )
+    api_port: int = Field(8080, description="HTTP API port (named in tokens as server_url)")
     database: Path = Field(Path("hewer.db"), description="SQLite database file")
     state_dir: Path = Field(
         DEFAULT_STATE_DIR, description="directory for local state (the default tenant's token)"
@@ -55,9 +56,9 @@ class EngineSettings(BaseSettings):
     max_message_bytes: int = Field(4 * 1024 * 1024, description="gRPC message size limit")
     token_ttl: timedelta = Field(timedelta(days=90), description="lifetime of minted tokens")
 
-    _coerce = field_validator(
-        "heartbeat_interval", "inactive_after", "token_ttl", mode="before"
-    )(_duration)
+    _coerce = field_validator("heartbeat_interval", "inactive_after", "token_ttl", mode="before")(
+        _duration
+    )
 
     @property
     def advertised_address(self) -> str:
@@ -65,6 +66,11 @@ class EngineSettings(BaseSettings):
             return self.broadcast_address
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"{host}:{self.port}"
+
+    @property
+    def server_url(self) -> str:
+        host = self.advertised_address.rsplit(":", 1)[0]
+        return f"http://{host}:{self.api_port}"
 
     @property
     def token_file(self) -> Path:
@@ -80,9 +86,7 @@ class ClientSettings(BaseSettings):
     host_port: str | None = Field(
         None, description="engine gRPC address host:port (default: from the token)"
     )
-    state_dir: Path = Field(
-        DEFAULT_STATE_DIR, description="where a local engine left its token"
-    )
+    state_dir: Path = Field(DEFAULT_STATE_DIR, description="where a local engine left its token")
     namespace: str = Field("", description="prefix applied to workflow names")
     heartbeat_interval: timedelta = Field(
         timedelta(seconds=4), description="how often the worker heartbeats"

@@ -17,6 +17,10 @@ class NotFound(HewerError):
     """The named object does not exist for the caller's tenant."""
 
 
+class NotSupported(HewerError):
+    """The request uses a feature this engine does not implement yet."""
+
+
 class InvalidInput(HewerError, ValueError):
     """Input was rejected at the edge (bad JSON, wrong shape, out of range)."""
 

@@ -1,0 +1,147 @@
+"""The engine process: store, domain core and gRPC server, started and stopped in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from types import TracebackType
+
+from grpc import aio
+
+from hewer.config import EngineSettings
+from hewer.engine.core.auth import TokenAuthority, Unauthenticated, unverified_claims
+from hewer.engine.core.clock import Clock, SystemClock
+from hewer.engine.core.service import EngineCore
+from hewer.engine.grpc.server import build_server
+from hewer.store import Store, open_store
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TENANT = "default"
+
+
+class Engine:
+    """A running engine. ``async with Engine(settings) as engine: ...``"""
+
+    def __init__(
+        self, settings: EngineSettings, *, clock: Clock | None = None, store: Store | None = None
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.store = store or open_store(str(settings.database))
+        self.core = EngineCore(
+            self.store,
+            self.clock,
+            inactive_after=settings.inactive_after.total_seconds(),
+        )
+        self._server: aio.Server | None = None
+        self.auth = TokenAuthority(self.store, self.clock)
+        self._stopped = asyncio.Event()
+        self.port = settings.port
+        self.token = ""
+        self.default_tenant_id = ""
+
+    @property
+    def address(self) -> str:
+        return self.settings.advertised_address
+
+    async def start(self) -> None:
+        await self.store.open()
+        tenant = await self.store.tenant_ensure(DEFAULT_TENANT, self.clock.now())
+        self.default_tenant_id = tenant.id
+        await self.auth.load()
+        s = self.settings
+        server, port = build_server(self.core, self.auth, s.host, s.port, s.max_message_bytes)
+        self.port = port
+        if s.port != port:
+            self.settings = s.model_copy(update={"port": port})
+        self.token = await self._local_token()
+        await self.core.start()
+        await server.start()
+        self._server = server
+        logger.info(
+            "hewer engine listening on %s (database %s); token for tenant %r in %s "
+            "(more with: hewer token create)",
+            self.address,
+            self.settings.database,
+            DEFAULT_TENANT,
+            self.settings.token_file,
+        )
+
+    async def _local_token(self) -> str:
+        """The default tenant's token, reused from the state dir while it is still valid."""
+        path = self.settings.token_file
+        if path.exists():
+            existing = path.read_text(encoding="utf-8").strip()
+            try:
+                principal = await self.auth.verify(existing)
+                claims = unverified_claims(existing)
+                if (
+                    principal.tenant_id == self.default_tenant_id
+                    and claims.get("grpc_broadcast_address") == self.address
+                ):
+                    return existing
+            except Unauthenticated:
+                pass
+        token = await self.auth.mint(
+            self.default_tenant_id,
+            "local",
+            self.settings.token_ttl.total_seconds(),
+            server_url=self.settings.server_url,
+            grpc_address=self.address,
+        )
+        write_private(path, token)
+        return token
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        await self.core.stop()
+        await self.store.close()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a secret file readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+
+
+async def mint_token(settings: EngineSettings, tenant: str, name: str) -> str:
+    """Mint a token straight against the database (the engine need not be running)."""
+    clock = SystemClock()
+    store = open_store(str(settings.database))
+    await store.open()
+    try:
+        found = await store.tenant_ensure(tenant, clock.now())
+        auth = TokenAuthority(store, clock)
+        await auth.load()
+        return await auth.mint(
+            found.id,
+            name,
+            settings.token_ttl.total_seconds(),
+            server_url=settings.server_url,
+            grpc_address=settings.advertised_address,
+        )
+    finally:
+        await store.close()

@@ -1,0 +1,354 @@
+"""The scheduler: matches ready tasks to workers with free slots.
+
+Ownership rule: every structure in this module (worker slot pools, queues, the delayed
+heap) belongs to the one asyncio task running :meth:`Scheduler.run`. Other coroutines never
+touch them; they call the public methods, which only post a message to the inbox. No locks.
+
+A pass decides in memory (priority, then FIFO; each task placed on the eligible worker with
+the most free units, so work spreads), commits the whole batch in one store transaction
+(queue item gone, attempt created, slot taken), then hands the committed assignments to the
+dispatch callback. A decision the store refused (the task was cancelled meanwhile) gives its
+slot back at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from hewer.engine.core.clock import Clock
+from hewer.store import Store
+from hewer.store.models import Assignment, DispatchInfo, QueueItem, RunningTask
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SLOT_TYPE = "default"
+DEFAULT_SLOTS = 100
+MAX_BATCH = 500
+
+QueueKey = tuple[str, str]  # (tenant id, action id)
+
+
+@dataclass(slots=True)
+class WorkerSlots:
+    """The scheduler's view of one worker."""
+
+    id: str
+    tenant_id: str
+    actions: frozenset[str]
+    capacity: dict[str, int]
+    used: dict[str, int] = field(default_factory=dict)
+    assignable: bool = False
+
+    def free(self, slot_type: str) -> int:
+        return self.capacity.get(slot_type, 0) - self.used.get(slot_type, 0)
+
+    def fits(self, requests: dict[str, int]) -> bool:
+        return all(self.free(t) >= n for t, n in requests.items())
+
+    def take(self, requests: dict[str, int]) -> None:
+        for t, n in requests.items():
+            self.used[t] = self.used.get(t, 0) + n
+
+    def give_back(self, requests: dict[str, int]) -> None:
+        for t, n in requests.items():
+            left = self.used.get(t, 0) - n
+            if left < 0:
+                logger.error("slot accounting underflow on worker %s (%s)", self.id, t)
+                left = 0
+            self.used[t] = left
+
+
+# Inbox messages ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Enqueue:
+    items: tuple[QueueItem, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkerUp:
+    worker: WorkerSlots
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkerAssignable:
+    worker_id: str
+    assignable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkerRemove:
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Free:
+    tasks: tuple[RunningTask, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Hold:
+    tasks: tuple[RunningTask, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Remove:
+    task_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Inspect:
+    future: asyncio.Future[dict[str, dict[str, int]]]
+
+
+_Message = (
+    _Enqueue | _WorkerUp | _WorkerAssignable | _WorkerRemove | _Free | _Hold | _Remove | _Inspect
+)
+
+DispatchFn = Callable[[list[DispatchInfo]], None]
+
+
+class Scheduler:
+    """Single-owner scheduling loop; see the module docstring for the ownership rule."""
+
+    def __init__(self, store: Store, clock: Clock, dispatch: DispatchFn) -> None:
+        self._store = store
+        self._clock = clock
+        self._dispatch = dispatch
+        self._inbox: asyncio.Queue[_Message] = asyncio.Queue()
+        self._workers: dict[str, WorkerSlots] = {}
+        self._queues: dict[QueueKey, list[tuple[int, int, QueueItem]]] = {}
+        self._delayed: list[tuple[float, int, QueueItem]] = []
+        self._queued: dict[str, int] = {}  # task id -> retry_count waiting in a queue
+        self._tiebreak = itertools.count()
+        self._task: asyncio.Task[None] | None = None
+        self.passes = 0
+
+    # -- public API: post a message, never touch state ------------------------------
+
+    def enqueue(self, items: Iterable[QueueItem]) -> None:
+        batch = tuple(items)
+        if batch:
+            self._inbox.put_nowait(_Enqueue(batch))
+
+    def worker_up(self, worker: WorkerSlots) -> None:
+        self._inbox.put_nowait(_WorkerUp(worker))
+
+    def set_assignable(self, worker_id: str, assignable: bool) -> None:
+        self._inbox.put_nowait(_WorkerAssignable(worker_id, assignable))
+
+    def worker_remove(self, worker_id: str) -> None:
+        self._inbox.put_nowait(_WorkerRemove(worker_id))
+
+    def free(self, tasks: Iterable[RunningTask]) -> None:
+        batch = tuple(t for t in tasks if not t.slot_released)
+        if batch:
+            self._inbox.put_nowait(_Free(batch))
+
+    def hold(self, tasks: Iterable[RunningTask]) -> None:
+        batch = tuple(t for t in tasks if not t.slot_released)
+        if batch:
+            self._inbox.put_nowait(_Hold(batch))
+
+    def remove(self, task_ids: Iterable[str]) -> None:
+        batch = tuple(task_ids)
+        if batch:
+            self._inbox.put_nowait(_Remove(batch))
+
+    async def slot_usage(self) -> dict[str, dict[str, int]]:
+        """Used units per worker and slot type, read through the loop (for tests and APIs)."""
+        future: asyncio.Future[dict[str, dict[str, int]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._inbox.put_nowait(_Inspect(future))
+        return await future
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="hewer-scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def run(self) -> None:
+        while True:
+            timeout = self._next_delay()
+            try:
+                msg = await asyncio.wait_for(self._inbox.get(), timeout)
+                self._apply(msg)
+            except TimeoutError:
+                pass
+            while not self._inbox.empty():
+                self._apply(self._inbox.get_nowait())
+            try:
+                while await self._pass():
+                    # A full batch means more may fit: apply news first, then go again.
+                    while not self._inbox.empty():
+                        self._apply(self._inbox.get_nowait())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("scheduling pass failed; retrying on the next wake-up")
+                await asyncio.sleep(0.5)
+
+    # -- state changes (loop task only) ----------------------------------------------
+
+    def _apply(self, msg: _Message) -> None:
+        match msg:
+            case _Enqueue(items):
+                now = self._clock.now()
+                for item in items:
+                    if self._queued.get(item.task_id, -1) >= item.retry_count:
+                        continue
+                    self._queued[item.task_id] = item.retry_count
+                    if item.available_at > now:
+                        heapq.heappush(
+                            self._delayed, (item.available_at, next(self._tiebreak), item)
+                        )
+                    else:
+                        self._push(item)
+            case _WorkerUp(worker):
+                known = self._workers.get(worker.id)
+                if known is not None:
+                    worker.used = known.used
+                self._workers[worker.id] = worker
+            case _WorkerAssignable(worker_id, assignable):
+                if (w := self._workers.get(worker_id)) is not None:
+                    w.assignable = assignable
+            case _WorkerRemove(worker_id):
+                self._workers.pop(worker_id, None)
+            case _Free(tasks):
+                for t in tasks:
+                    if (w := self._workers.get(t.worker_id)) is not None:
+                        w.give_back(t.slot_requests)
+            case _Hold(tasks):
+                for t in tasks:
+                    if (w := self._workers.get(t.worker_id)) is not None:
+                        w.take(t.slot_requests)
+            case _Remove(task_ids):
+                for task_id in task_ids:
+                    self._queued.pop(task_id, None)
+            case _Inspect(future):
+                if not future.done():
+                    future.set_result({wid: dict(w.used) for wid, w in self._workers.items()})
+
+    def _push(self, item: QueueItem) -> None:
+        key = (item.tenant_id, item.action_id)
+        heapq.heappush(self._queues.setdefault(key, []), (-item.priority, item.seq, item))
+
+    def _is_live(self, item: QueueItem) -> bool:
+        return self._queued.get(item.task_id) == item.retry_count
+
+    def _next_delay(self) -> float | None:
+        if not self._delayed:
+            return None
+        return max(0.0, self._delayed[0][0] - self._clock.now())
+
+    def _promote_delayed(self, now: float) -> None:
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, item = heapq.heappop(self._delayed)
+            if self._is_live(item):
+                self._push(item)
+
+    def _decide(self) -> list[Assignment]:
+        """Pick up to MAX_BATCH assignments, highest priority then oldest first."""
+        by_key: dict[QueueKey, list[WorkerSlots]] = {}
+        for w in self._workers.values():
+            if not w.assignable:
+                continue
+            for action in w.actions:
+                by_key.setdefault((w.tenant_id, action), []).append(w)
+
+        heads: list[tuple[int, int, QueueKey]] = []
+        for key, queue in self._queues.items():
+            if key in by_key and self._drop_dead_heads(queue):
+                prio, seq, _ = queue[0]
+                heads.append((prio, seq, key))
+        heapq.heapify(heads)
+
+        out: list[Assignment] = []
+        while heads and len(out) < MAX_BATCH:
+            _, _, key = heapq.heappop(heads)
+            queue = self._queues[key]
+            item = queue[0][2]
+            best: WorkerSlots | None = None
+            best_free = -1
+            for w in by_key[key]:
+                if w.fits(item.slot_requests):
+                    free = sum(w.free(t) for t in item.slot_requests)
+                    if free > best_free:
+                        best, best_free = w, free
+            if best is None:
+                continue  # this action is blocked until a slot frees up
+            heapq.heappop(queue)
+            del self._queued[item.task_id]
+            best.take(item.slot_requests)
+            out.append(
+                Assignment(
+                    item.task_id, item.tenant_id, best.id, item.retry_count, item.slot_requests
+                )
+            )
+            if self._drop_dead_heads(queue):
+                prio, seq, _ = queue[0]
+                heapq.heappush(heads, (prio, seq, key))
+        for key in [k for k, q in self._queues.items() if not q]:
+            del self._queues[key]
+        return out
+
+    def _drop_dead_heads(self, queue: list[tuple[int, int, QueueItem]]) -> bool:
+        while queue and not self._is_live(queue[0][2]):
+            heapq.heappop(queue)
+        return bool(queue)
+
+    async def _pass(self) -> bool:
+        """One scheduling pass; True if the batch was full (there may be more to do)."""
+        now = self._clock.now()
+        self._promote_delayed(now)
+        decided = self._decide()
+        if not decided:
+            return False
+        self.passes += 1
+        try:
+            committed = await self._store.tasks_assign(decided, now)
+        except Exception:
+            # Nothing was written: undo the slots and put the tasks back.
+            for a in decided:
+                self._undo(a)
+            raise
+        done = {d.task_id for d in committed}
+        for a in decided:
+            if a.task_id not in done and (w := self._workers.get(a.worker_id)) is not None:
+                w.give_back(a.slot_requests)
+        if committed:
+            self._dispatch(committed)
+        return len(decided) >= MAX_BATCH
+
+    def _undo(self, a: Assignment) -> None:
+        if (w := self._workers.get(a.worker_id)) is not None:
+            w.give_back(a.slot_requests)
+        logger.warning("assignment of task %s not committed; it stays queued", a.task_id)
+
+    # -- read-only helpers for tests ---------------------------------------------------
+
+    def queued_count(self) -> int:
+        return len(self._queued)
+
+
+def worker_slots(
+    worker_id: str, tenant_id: str, actions: Sequence[str], slot_config: dict[str, int]
+) -> WorkerSlots:
+    capacity = dict(slot_config) if slot_config else {DEFAULT_SLOT_TYPE: DEFAULT_SLOTS}
+    return WorkerSlots(worker_id, tenant_id, frozenset(actions), capacity)

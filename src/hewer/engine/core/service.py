@@ -1,0 +1,637 @@
+"""The engine's domain logic: runs, tasks, workers and their sessions. No transport here.
+
+Transports (gRPC, later REST) call :class:`EngineCore` with a tenant id they have already
+authenticated; every lookup below is scoped to that tenant.
+
+Liveness is judged on the engine's clock, in memory: after a restart every known worker
+starts with a fresh ``inactive_after`` window, as if it had just sent a heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+from hewer.engine.core.clock import Clock
+from hewer.engine.core.scheduler import Scheduler, worker_slots
+from hewer.errors import HewerError, InvalidInput, NotFound
+from hewer.store import Store
+from hewer.store.models import (
+    DispatchInfo,
+    EventOutcome,
+    LogLine,
+    NewRun,
+    RunDetails,
+    RunningTask,
+    TaskDef,
+    TaskEvent,
+    WorkerRecord,
+    WorkerStatus,
+    Workflow,
+)
+
+logger = logging.getLogger(__name__)
+
+MIN_PRIORITY, MAX_PRIORITY = 1, 3
+
+
+class FailedPrecondition(HewerError):
+    """The call is valid but the target is not in a state to accept it."""
+
+
+class ActionKind(Enum):
+    START = "start"
+    CANCEL = "cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One message for a worker's action stream."""
+
+    kind: ActionKind
+    info: DispatchInfo | None = None
+    task_id: str = ""
+    retry_count: int = 0
+
+
+class Session:
+    """A worker's open action stream. The transport drains ``next()`` until it returns None."""
+
+    def __init__(self, worker_id: str, tenant_id: str) -> None:
+        self.worker_id = worker_id
+        self.tenant_id = tenant_id
+        self._queue: asyncio.Queue[Action | None] = asyncio.Queue()
+        self.closed = False
+
+    def send(self, action: Action) -> bool:
+        if self.closed:
+            return False
+        self._queue.put_nowait(action)
+        return True
+
+    async def next(self) -> Action | None:
+        if self.closed and self._queue.empty():
+            return None
+        return await self._queue.get()
+
+    def close(self) -> list[DispatchInfo]:
+        """Close and return the task starts that were never handed to the transport."""
+        if self.closed:
+            return []
+        self.closed = True
+        undelivered: list[DispatchInfo] = []
+        while not self._queue.empty():
+            action = self._queue.get_nowait()
+            if action is not None and action.kind is ActionKind.START and action.info:
+                undelivered.append(action.info)
+        self._queue.put_nowait(None)
+        return undelivered
+
+
+@dataclass(slots=True)
+class _WorkerState:
+    record: WorkerRecord
+    status: WorkerStatus
+    last_seen: float
+    session: Session | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerSpec:
+    workflow_name: str
+    input: str = ""
+    additional_metadata: str | None = None
+    priority: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """A chunk a task streamed with ``put_stream``; ``None`` on a subscriber's queue = run done."""
+
+    run_id: str
+    task_id: str
+    data: bytes
+    index: int | None
+    created_at: float
+
+
+@dataclass(slots=True)
+class _Watchers:
+    by_run: dict[str, list[tuple[str, Callable[[RunDetails], None]]]] = field(default_factory=dict)
+    streams: dict[tuple[str, str], list[asyncio.Queue[StreamEvent | None]]] = field(
+        default_factory=dict
+    )
+
+
+class EngineCore:
+    """Domain operations; one instance per engine process."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        inactive_after: float = 30.0,
+        reaper_interval: float | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.inactive_after = inactive_after
+        self.reaper_interval = reaper_interval or max(0.05, min(inactive_after / 6, 5.0))
+        self.scheduler = Scheduler(store, clock, self._dispatch)
+        self._workers: dict[str, _WorkerState] = {}
+        self._watchers = _Watchers()
+        self._background: set[asyncio.Task[None]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        now = self.clock.now()
+        for record in await self.store.workers_list():
+            if record.status in (WorkerStatus.ACTIVE, WorkerStatus.PAUSED):
+                self._workers[record.id] = _WorkerState(record, record.status, last_seen=now)
+                self.scheduler.worker_up(
+                    worker_slots(record.id, record.tenant_id, record.actions, record.slot_config)
+                )
+        running = await self.store.tasks_running()
+        self.scheduler.hold(t for t in running if t.worker_id in self._workers)
+        # Tasks held by workers that were already gone when we stopped: give them back.
+        orphans = [t for t in running if t.worker_id not in self._workers and not t.slot_released]
+        if orphans:
+            self.scheduler.enqueue(
+                await self.store.tasks_requeue(orphans, "worker was gone at engine start", now)
+            )
+        self.scheduler.enqueue(await self.store.tasks_queued())
+        self.scheduler.start()
+        self._reaper = asyncio.create_task(self._reap_forever(), name="hewer-reaper")
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+            self._reaper = None
+        for state in self._workers.values():
+            if state.session is not None:
+                state.session.close()
+        await self.scheduler.stop()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("background task %s failed", task.get_name(), exc_info=exc)
+
+    # ------------------------------------------------------------------ workflows and runs
+
+    async def put_workflow(
+        self, tenant_id: str, name: str, tasks: Sequence[TaskDef], default_priority: int | None
+    ) -> Workflow:
+        if not name.strip():
+            raise InvalidInput("workflow name must not be empty")
+        if not tasks:
+            raise InvalidInput(f"workflow {name!r} has no tasks")
+        seen: set[str] = set()
+        for t in tasks:
+            if not t.readable_id or not t.action_id:
+                raise InvalidInput(f"workflow {name!r}: every task needs a readable_id and action")
+            if t.readable_id in seen:
+                raise InvalidInput(f"workflow {name!r}: duplicate task {t.readable_id!r}")
+            seen.add(t.readable_id)
+            if t.retries < 0:
+                raise InvalidInput(f"task {t.readable_id!r}: retries must be >= 0")
+            if any(n <= 0 for n in t.slot_requests.values()):
+                raise InvalidInput(f"task {t.readable_id!r}: slot requests must be positive")
+        for t in tasks:
+            for p in t.parents:
+                if p not in seen:
+                    raise InvalidInput(f"task {t.readable_id!r}: unknown parent {p!r}")
+        _check_acyclic(name, tasks)
+        priority = default_priority or MIN_PRIORITY
+        _check_priority(priority)
+        return await self.store.workflow_upsert(tenant_id, name, tasks, priority, self.clock.now())
+
+    async def trigger(self, tenant_id: str, specs: Sequence[TriggerSpec]) -> list[str]:
+        """Create runs durably, then queue their root tasks; returns run ids in order."""
+        workflows: dict[str, Workflow] = {}
+        runs: list[NewRun] = []
+        for spec in specs:
+            wf = workflows.get(spec.workflow_name)
+            if wf is None:
+                found = await self.store.workflow_get_by_name(tenant_id, spec.workflow_name)
+                if found is None:
+                    raise NotFound(f"workflow {spec.workflow_name!r} not found")
+                wf = workflows[spec.workflow_name] = found
+            input_text = _json_object_text(spec.input, "input")
+            meta = (
+                _json_object_text(spec.additional_metadata, "additional_metadata")
+                if spec.additional_metadata
+                else None
+            )
+            priority = spec.priority if spec.priority else wf.default_priority
+            _check_priority(priority)
+            run_id = str(uuid.uuid4())
+            # A one-task run shares its id with the task, so either id names both.
+            task_ids = (
+                (run_id,) if len(wf.tasks) == 1 else tuple(str(uuid.uuid4()) for _ in wf.tasks)
+            )
+            runs.append(NewRun(run_id, wf, input_text, meta, priority, task_ids))
+        queued = await self.store.runs_create(runs, self.clock.now())
+        self.scheduler.enqueue(queued)
+        return [r.id for r in runs]
+
+    async def run_details(self, tenant_id: str, run_id: str) -> RunDetails:
+        details = await self.store.run_get(tenant_id, run_id)
+        if details is None:
+            raise NotFound(f"run {run_id!r} not found")
+        return details
+
+    def watch_run(
+        self,
+        tenant_id: str,
+        run_id: str,
+        callback: Callable[[RunDetails], None],
+        on_missing: Callable[[], None] | None = None,
+    ) -> Callable[[], None]:
+        """Call ``callback`` once with the run's details when it is done (at once if it is);
+        ``on_missing`` instead if the tenant has no such run. Returns an unwatch function.
+        """
+        fired = False
+
+        def deliver(details: RunDetails) -> None:
+            nonlocal fired
+            if not fired and details.tenant_id == tenant_id:
+                fired = True
+                unwatch()
+                callback(details)
+
+        entry = (tenant_id, deliver)
+
+        def unwatch() -> None:
+            watchers = self._watchers.by_run.get(run_id)
+            if watchers and entry in watchers:
+                watchers.remove(entry)
+                if not watchers:
+                    del self._watchers.by_run[run_id]
+
+        # Register before reading, so a run finishing in between is not missed.
+        self._watchers.by_run.setdefault(run_id, []).append(entry)
+
+        async def check_now() -> None:
+            details = await self.store.run_get(tenant_id, run_id)
+            if details is None:
+                unwatch()
+                if on_missing is not None:
+                    on_missing()
+            elif details.done:
+                deliver(details)
+
+        self._spawn(check_now(), f"watch-{run_id}")
+        return unwatch
+
+    async def _notify_finished(self, run_ids: Sequence[str]) -> None:
+        for run_id in run_ids:
+            for (_, streamed_run), queues in list(self._watchers.streams.items()):
+                if streamed_run == run_id:
+                    for queue in queues:
+                        queue.put_nowait(None)
+            watchers = list(self._watchers.by_run.get(run_id, ()))
+            details: dict[str, RunDetails | None] = {}
+            for tenant_id, deliver in watchers:
+                if tenant_id not in details:
+                    details[tenant_id] = await self.store.run_get(tenant_id, run_id)
+                found = details[tenant_id]
+                if found is not None:
+                    deliver(found)
+
+    async def put_stream_event(
+        self, tenant_id: str, task_id: str, data: bytes, index: int | None
+    ) -> None:
+        run_id = await self.store.task_run_id(tenant_id, task_id)
+        if run_id is None:
+            raise NotFound(f"task {task_id!r} not found")
+        event = StreamEvent(run_id, task_id, data, index, self.clock.now())
+        for queue in self._watchers.streams.get((tenant_id, run_id), ()):
+            queue.put_nowait(event)
+
+    async def subscribe_stream(
+        self, tenant_id: str, run_id: str
+    ) -> tuple[asyncio.Queue[StreamEvent | None], Callable[[], None]]:
+        """A queue of the run's stream events, ending with None once the run is done."""
+        details = await self.run_details(tenant_id, run_id)
+        queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
+        key = (tenant_id, run_id)
+        self._watchers.streams.setdefault(key, []).append(queue)
+
+        def unsubscribe() -> None:
+            queues = self._watchers.streams.get(key)
+            if queues and queue in queues:
+                queues.remove(queue)
+                if not queues:
+                    del self._watchers.streams[key]
+
+        if details.done:
+            queue.put_nowait(None)
+        return queue, unsubscribe
+
+    async def cancel(self, tenant_id: str, ids: Sequence[str], reason: str) -> list[str]:
+        outcome = await self.store.tasks_cancel(tenant_id, ids, reason, self.clock.now())
+        self.scheduler.remove(outcome.cancelled)
+        self._after(outcome)
+        for held in outcome.freed:
+            state = self._workers.get(held.worker_id)
+            if state is not None and state.session is not None:
+                state.session.send(
+                    Action(ActionKind.CANCEL, task_id=held.task_id, retry_count=held.retry_count)
+                )
+        return list(outcome.cancelled)
+
+    # ------------------------------------------------------------------ task reports
+
+    async def task_event(self, event: TaskEvent) -> EventOutcome:
+        state = self._workers.get(event.worker_id)
+        if state is None or state.record.tenant_id != event.tenant_id:
+            raise NotFound(f"worker {event.worker_id!r} not found")
+        outcome = await self.store.task_apply_event(event, self.clock.now())
+        if not outcome.applied:
+            logger.info(
+                "ignored %s for task %s attempt %d from worker %s: %s",
+                event.type,
+                event.task_id,
+                event.retry_count,
+                event.worker_id,
+                outcome.reason,
+            )
+        self._after(outcome)
+        return outcome
+
+    def _after(self, outcome: EventOutcome) -> None:
+        self.scheduler.free(outcome.freed)
+        self.scheduler.enqueue(outcome.queued)
+        if outcome.finished_runs:
+            self._spawn(self._notify_finished(outcome.finished_runs), "notify-finished")
+
+    async def release_slot(self, tenant_id: str, task_id: str) -> None:
+        held = await self.store.task_release_slot(tenant_id, task_id)
+        if held is None:
+            raise NotFound(f"no running task {task_id!r} holding a slot")
+        self.scheduler.free([replace(held, slot_released=False)])
+
+    async def refresh_timeout(self, tenant_id: str, task_id: str, seconds: float) -> float:
+        if seconds <= 0 or not math.isfinite(seconds):
+            raise InvalidInput("timeout increment must be positive")
+        timeout_at = await self.store.task_refresh_timeout(
+            tenant_id, task_id, seconds, self.clock.now()
+        )
+        if timeout_at is None:
+            raise NotFound(f"no running task {task_id!r}")
+        return timeout_at
+
+    async def put_logs(self, tenant_id: str, lines: Sequence[LogLine]) -> None:
+        await self.store.logs_insert(tenant_id, lines)
+
+    # ------------------------------------------------------------------ workers
+
+    async def register_worker(
+        self,
+        tenant_id: str,
+        name: str,
+        actions: Sequence[str],
+        slot_config: dict[str, int],
+        labels: dict[str, str | int],
+        runtime_info: dict[str, object],
+    ) -> WorkerRecord:
+        if not name.strip():
+            raise InvalidInput("worker name must not be empty")
+        if any(n < 0 for n in slot_config.values()):
+            raise InvalidInput("slot counts must not be negative")
+        now = self.clock.now()
+        slots = worker_slots(str(uuid.uuid4()), tenant_id, actions, slot_config)
+        record = WorkerRecord(
+            id=slots.id,
+            tenant_id=tenant_id,
+            name=name,
+            actions=tuple(dict.fromkeys(actions)),
+            slot_config=slots.capacity,
+            labels=dict(labels),
+            status=WorkerStatus.ACTIVE,
+            status_reason="registered",
+            status_changed_at=now,
+            last_heartbeat_at=now,
+            created_at=now,
+            runtime_info=dict(runtime_info),
+        )
+        await self.store.worker_insert(record)
+        self._workers[record.id] = _WorkerState(record, WorkerStatus.ACTIVE, last_seen=now)
+        self.scheduler.worker_up(slots)
+        logger.info(
+            "worker registered",
+            extra={"worker_id": record.id, "worker_name": name, "actions": list(actions)},
+        )
+        return record
+
+    def _worker(self, tenant_id: str, worker_id: str) -> _WorkerState:
+        state = self._workers.get(worker_id)
+        if state is None or state.record.tenant_id != tenant_id:
+            raise NotFound(f"worker {worker_id!r} not found")
+        return state
+
+    async def open_session(self, tenant_id: str, worker_id: str) -> Session:
+        state = self._workers.get(worker_id)
+        if state is None:
+            record = await self.store.worker_get(tenant_id, worker_id)
+            if record is None:
+                raise NotFound(f"worker {worker_id!r} not found")
+            state = _WorkerState(record, record.status, last_seen=self.clock.now())
+            self._workers[worker_id] = state
+            r = record
+            self.scheduler.worker_up(worker_slots(r.id, r.tenant_id, r.actions, r.slot_config))
+        elif state.record.tenant_id != tenant_id:
+            raise NotFound(f"worker {worker_id!r} not found")
+        now = self.clock.now()
+        state.last_seen = now
+        if state.session is not None:
+            self._requeue_undelivered(state.session.close())
+        session = Session(worker_id, tenant_id)
+        state.session = session
+        if state.status is not WorkerStatus.ACTIVE and state.status is not WorkerStatus.PAUSED:
+            await self._set_status(state, WorkerStatus.ACTIVE, "listener connected")
+        self.scheduler.set_assignable(worker_id, state.status is WorkerStatus.ACTIVE)
+        return session
+
+    def close_session(self, session: Session) -> None:
+        state = self._workers.get(session.worker_id)
+        undelivered = session.close()
+        if state is not None and state.session is session:
+            state.session = None
+            self.scheduler.set_assignable(session.worker_id, False)
+        self._requeue_undelivered(undelivered)
+
+    def _requeue_undelivered(self, infos: Sequence[DispatchInfo]) -> None:
+        if infos:
+            held = [
+                RunningTask(i.task_id, i.worker_id, i.retry_count, {}, slot_released=False)
+                for i in infos
+            ]
+            self._spawn(self._requeue(held, "not delivered to the worker"), "requeue")
+
+    async def _requeue(self, held: Sequence[RunningTask], reason: str) -> None:
+        # Slot units come from the store's view of each task, so the count is exact.
+        running = {t.task_id: t for t in await self.store.tasks_running()}
+        exact = [running[t.task_id] for t in held if t.task_id in running]
+        items = await self.store.tasks_requeue(exact, reason, self.clock.now())
+        requeued = {i.task_id for i in items}
+        self.scheduler.free(t for t in exact if t.task_id in requeued)
+        self.scheduler.enqueue(items)
+
+    async def heartbeat(self, tenant_id: str, worker_id: str) -> None:
+        state = self._worker(tenant_id, worker_id)
+        now = self.clock.now()
+        state.last_seen = now
+        await self.store.worker_heartbeat(worker_id, now)
+        if state.session is None or state.session.closed:
+            # Tells the SDK to reopen its action stream (it may have gone deaf).
+            raise FailedPrecondition(f"worker {worker_id!r} has no open action listener")
+
+    async def unsubscribe(self, tenant_id: str, worker_id: str) -> None:
+        state = self._worker(tenant_id, worker_id)
+        if state.session is not None:
+            self.close_session(state.session)
+        await self._set_status(state, WorkerStatus.STOPPED, "worker unsubscribed")
+        await self._give_back_tasks(worker_id, "worker stopped with the task unfinished")
+        self.scheduler.worker_remove(worker_id)
+        del self._workers[worker_id]
+
+    async def upsert_labels(
+        self, tenant_id: str, worker_id: str, labels: dict[str, str | int]
+    ) -> None:
+        state = self._worker(tenant_id, worker_id)
+        merged = {**state.record.labels, **labels}
+        await self.store.worker_set_labels(worker_id, merged)
+        state.record = replace(state.record, labels=merged)
+
+    async def _set_status(self, state: _WorkerState, status: WorkerStatus, reason: str) -> None:
+        if state.status is status:
+            return
+        state.status = status
+        await self.store.worker_set_status(state.record.id, status, reason, self.clock.now())
+        logger.info(
+            "worker %s is %s (%s)",
+            state.record.id,
+            status,
+            reason,
+            extra={"worker_id": state.record.id, "status": str(status)},
+        )
+
+    async def _give_back_tasks(self, worker_id: str, reason: str) -> None:
+        held = [t for t in await self.store.tasks_running(worker_id) if not t.slot_released]
+        if held:
+            items = await self.store.tasks_requeue(held, reason, self.clock.now())
+            requeued = {i.task_id for i in items}
+            self.scheduler.free(t for t in held if t.task_id in requeued)
+            self.scheduler.enqueue(items)
+            logger.warning("re-queued %d task(s) of worker %s: %s", len(items), worker_id, reason)
+
+    # ------------------------------------------------------------------ reaper
+
+    async def reap(self) -> list[str]:
+        """Declare silent workers INACTIVE and re-queue their tasks; returns their ids."""
+        now = self.clock.now()
+        lost = [
+            state
+            for state in self._workers.values()
+            if state.status in (WorkerStatus.ACTIVE, WorkerStatus.PAUSED)
+            and now - state.last_seen > self.inactive_after
+        ]
+        for state in lost:
+            worker_id = state.record.id
+            if state.session is not None:
+                self.close_session(state.session)
+            self.scheduler.set_assignable(worker_id, False)
+            await self._set_status(
+                state,
+                WorkerStatus.INACTIVE,
+                f"no heartbeat for {now - state.last_seen:.1f}s",
+            )
+            await self._give_back_tasks(worker_id, "worker lost (no heartbeat)")
+        return [s.record.id for s in lost]
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.reaper_interval)
+            try:
+                await self.reap()
+            except Exception:
+                logger.exception("reaper pass failed")
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _dispatch(self, infos: list[DispatchInfo]) -> None:
+        undelivered: list[DispatchInfo] = []
+        for info in infos:
+            state = self._workers.get(info.worker_id)
+            if (
+                state is None
+                or state.session is None
+                or not state.session.send(Action(ActionKind.START, info=info))
+            ):
+                undelivered.append(info)
+        self._requeue_undelivered(undelivered)
+
+    def worker_states(self) -> dict[str, WorkerStatus]:
+        return {wid: s.status for wid, s in self._workers.items()}
+
+
+def _check_priority(priority: int) -> None:
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise InvalidInput(f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}")
+
+
+def _reject_constant(name: str) -> object:
+    raise InvalidInput(f"{name} is not valid JSON")
+
+
+def _json_object_text(text: str | None, what: str) -> str:
+    """Validate that ``text`` is a JSON object (empty means ``{}``); return compact text."""
+    if text is None or not text.strip():
+        return "{}"
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}")
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _check_acyclic(name: str, tasks: Sequence[TaskDef]) -> None:
+    parents = {t.readable_id: t.parents for t in tasks}
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: tuple[str, ...]) -> None:
+        mark = state.get(node)
+        if mark == 2:
+            return
+        if mark == 1:
+            raise InvalidInput(f"workflow {name!r} has a cycle: {' -> '.join((*path, node))}")
+        state[node] = 1
+        for p in parents[node]:
+            visit(p, (*path, node))
+        state[node] = 2
+
+    for t in tasks:
+        visit(t.readable_id, ())

@@ -1,0 +1,149 @@
+"""Service ``v1.AdminService``: workflow registration, run details, cancellation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hewer._proto.v1 import workflows_pb2 as pb
+from hewer._proto.v1 import workflows_pb2_grpc as pb_grpc
+from hewer.durations import parse_duration
+from hewer.engine.grpc._common import Servicer, unary
+from hewer.errors import InvalidInput, NotSupported
+from hewer.store.models import RunDetails, RunStatus, TaskDef, TaskStatus
+
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_SCHEDULE_TIMEOUT_S = 300.0
+
+RUN_STATUS = {
+    RunStatus.QUEUED: pb.QUEUED,
+    RunStatus.RUNNING: pb.RUNNING,
+    RunStatus.COMPLETED: pb.COMPLETED,
+    RunStatus.FAILED: pb.FAILED,
+    RunStatus.CANCELLED: pb.CANCELLED,
+}
+TASK_STATUS = {
+    TaskStatus.PENDING: pb.QUEUED,
+    TaskStatus.QUEUED: pb.QUEUED,
+    TaskStatus.RUNNING: pb.RUNNING,
+    TaskStatus.COMPLETED: pb.COMPLETED,
+    TaskStatus.FAILED: pb.FAILED,
+    TaskStatus.CANCELLED: pb.CANCELLED,
+}
+
+
+def _seconds(text: str, default: float, what: str) -> float:
+    if not text:
+        return default
+    seconds = parse_duration(text).total_seconds()
+    if seconds <= 0:
+        raise InvalidInput(f"{what} must be positive, got {text!r}")
+    return seconds
+
+
+def task_def(opts: Any) -> TaskDef:
+    """A registered task from ``CreateTaskOpts``; features not built yet are refused."""
+    name = opts.readable_id
+    unsupported = [
+        label
+        for label, present in (
+            ("rate limits", len(opts.rate_limits) > 0),
+            ("worker labels", len(opts.worker_labels) > 0),
+            ("concurrency", len(opts.concurrency) > 0),
+            ("durable tasks", opts.is_durable),
+            ("batching", opts.HasField("batch")),
+            (
+                "conditions",
+                opts.HasField("conditions")
+                and (
+                    len(opts.conditions.parent_override_conditions)
+                    + len(opts.conditions.sleep_conditions)
+                    + len(opts.conditions.user_event_conditions)
+                )
+                > 0,
+            ),
+        )
+        if present
+    ]
+    if unsupported:
+        raise NotSupported(f"task {name!r} uses {', '.join(unsupported)}: not supported yet")
+    return TaskDef(
+        readable_id=name,
+        action_id=opts.action,
+        parents=tuple(opts.parents),
+        retries=opts.retries,
+        timeout_s=_seconds(opts.timeout, DEFAULT_TIMEOUT_S, f"task {name!r} timeout"),
+        schedule_timeout_s=_seconds(
+            opts.schedule_timeout if opts.HasField("schedule_timeout") else "",
+            DEFAULT_SCHEDULE_TIMEOUT_S,
+            f"task {name!r} schedule_timeout",
+        ),
+        backoff_factor=opts.backoff_factor if opts.HasField("backoff_factor") else None,
+        backoff_max_s=(
+            float(opts.backoff_max_seconds) if opts.HasField("backoff_max_seconds") else None
+        ),
+        slot_requests={k: int(v) for k, v in opts.slot_requests.items()} or {"default": 1},
+    )
+
+
+def run_details_response(details: RunDetails) -> Any:
+    resp = pb.GetRunDetailsResponse(
+        input=details.input.encode(),
+        status=RUN_STATUS[details.status],
+        done=details.done,
+    )
+    if details.additional_metadata:
+        resp.additional_metadata = details.additional_metadata.encode()
+    for task in details.tasks:
+        if task.status is TaskStatus.SKIPPED:
+            continue  # never created, as far as a client can tell
+        detail = resp.task_runs[task.readable_id]
+        detail.external_id = task.task_id
+        detail.readable_id = task.readable_id
+        detail.status = TASK_STATUS[task.status]
+        if task.status is TaskStatus.COMPLETED:
+            detail.output = (task.output or "{}").encode()
+        elif task.error is not None or task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+            detail.error = task.error or task.status.name.lower()
+    return resp
+
+
+class AdminServicer(Servicer, pb_grpc.AdminServiceServicer):  # type: ignore[misc]
+    @unary
+    async def PutWorkflow(self, tenant_id: str, request: Any, context: Any) -> Any:
+        unsupported = [
+            label
+            for label, present in (
+                ("event triggers", len(request.event_triggers) > 0),
+                ("cron triggers", len(request.cron_triggers) > 0),
+                ("concurrency", request.HasField("concurrency") or len(request.concurrency_arr)),
+                ("on-failure tasks", request.HasField("on_failure_task")),
+                ("sticky assignment", request.HasField("sticky")),
+                ("default filters", len(request.default_filters) > 0),
+                ("idempotency", request.HasField("idempotency")),
+            )
+            if present
+        ]
+        if unsupported:
+            raise NotSupported(
+                f"workflow {request.name!r} uses {', '.join(unsupported)}: not supported yet"
+            )
+        tasks = [task_def(t) for t in request.tasks]
+        priority = request.default_priority if request.HasField("default_priority") else None
+        workflow = await self.core.put_workflow(tenant_id, request.name, tasks, priority)
+        return pb.CreateWorkflowVersionResponse(id=workflow.version_id, workflow_id=workflow.id)
+
+    @unary
+    async def GetRunDetails(self, tenant_id: str, request: Any, context: Any) -> Any:
+        details = await self.core.run_details(tenant_id, request.external_id)
+        return run_details_response(details)
+
+    @unary
+    async def CancelTasks(self, tenant_id: str, request: Any, context: Any) -> Any:
+        if request.HasField("filter"):
+            raise NotSupported("cancelling by filter is not supported yet; pass external_ids")
+        if not request.external_ids:
+            raise InvalidInput("external_ids must name at least one run or task")
+        cancelled = await self.core.cancel(
+            tenant_id, list(request.external_ids), "cancelled by request"
+        )
+        return pb.CancelTasksResponse(cancelled_tasks=cancelled)

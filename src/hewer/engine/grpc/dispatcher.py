@@ -1,0 +1,324 @@
+"""Service ``Dispatcher``: worker registration, action streams, heartbeats, task reports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from hewer._proto import dispatcher_pb2 as pb
+from hewer._proto import dispatcher_pb2_grpc as pb_grpc
+from hewer._version import __version__ as hewer_version
+from hewer.durations import parse_duration
+from hewer.engine.core.service import Action, ActionKind
+from hewer.engine.grpc._common import Servicer, abort_for, unary
+from hewer.errors import NotSupported
+from hewer.store.models import EventType, RunDetails, TaskEvent, TaskStatus
+
+logger = logging.getLogger(__name__)
+
+# The SDK keys behaviour on this version (see the protocol reference, 2.8): at or above
+# v0.111.0 it uses slot_config and honours retry_after_ms without warnings.
+ENGINE_VERSION = f"v0.111.0-hewer.{hewer_version}"
+
+_EVENT_TYPES = {
+    pb.STEP_EVENT_TYPE_STARTED: EventType.STARTED,
+    pb.STEP_EVENT_TYPE_COMPLETED: EventType.COMPLETED,
+    pb.STEP_EVENT_TYPE_FAILED: EventType.FAILED,
+}
+
+
+def labels_from_proto(labels: Any) -> dict[str, str | int]:
+    out: dict[str, str | int] = {}
+    for key, value in labels.items():
+        if value.HasField("int_value"):
+            out[key] = int(value.int_value)
+        else:
+            out[key] = str(value.str_value)
+    return out
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def run_event(details: RunDetails, now: float) -> pb.WorkflowRunEvent:
+    """The FINISHED event for a done run: every task's output or error."""
+    results = []
+    for task in details.tasks:
+        if task.status is TaskStatus.SKIPPED:
+            continue
+        result = pb.StepRunResult(
+            task_run_external_id=task.task_id, task_name=task.readable_id, job_run_id=task.task_id
+        )
+        if task.status is TaskStatus.COMPLETED:
+            if task.output:
+                result.output = task.output
+        else:
+            result.error = task.error or f"task {task.status.name.lower()}"
+            if task.status is TaskStatus.CANCELLED:
+                result.error = f"task cancelled: {task.error or 'cancelled'}"
+        results.append(result)
+    return pb.WorkflowRunEvent(
+        workflow_run_id=details.id,
+        event_type=pb.WORKFLOW_RUN_EVENT_TYPE_FINISHED,
+        event_timestamp=_timestamp(now),
+        results=results,
+    )
+
+
+def missing_run_event(run_id: str, now: float) -> pb.WorkflowRunEvent:
+    return pb.WorkflowRunEvent(
+        workflow_run_id=run_id,
+        event_type=pb.WORKFLOW_RUN_EVENT_TYPE_FINISHED,
+        event_timestamp=_timestamp(now),
+        results=[pb.StepRunResult(task_name="", error=f"run {run_id} not found")],
+    )
+
+
+class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[misc]
+    @unary
+    async def GetVersion(self, tenant_id: str, request: Any, context: Any) -> Any:
+        return pb.GetVersionResponse(version=ENGINE_VERSION)
+
+    @unary
+    async def Register(self, tenant_id: str, request: Any, context: Any) -> Any:
+        slot_config = {k: int(v) for k, v in request.slot_config.items()}
+        if not slot_config and request.HasField("slots"):
+            slot_config = {"default": int(request.slots)}
+        runtime: dict[str, object] = {}
+        if request.HasField("runtime_info"):
+            info = request.runtime_info
+            runtime = {
+                "sdk_version": info.sdk_version,
+                "language": pb.SDKS.Name(info.language),
+                "language_version": info.language_version,
+                "os": info.os,
+            }
+        record = await self.core.register_worker(
+            tenant_id,
+            request.worker_name,
+            list(request.actions),
+            slot_config,
+            labels_from_proto(request.labels),
+            runtime,
+        )
+        return pb.WorkerRegisterResponse(
+            tenant_id=tenant_id, worker_id=record.id, worker_name=record.name
+        )
+
+    async def ListenV2(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            tenant_id = await self.tenant(context)
+            session = await self.core.open_session(tenant_id, request.worker_id)
+        except Exception as exc:
+            await abort_for(exc, context, "ListenV2")
+            return
+        try:
+            while True:
+                action = await session.next()
+                if action is None:
+                    return
+                yield self._assigned_action(tenant_id, action)
+        finally:
+            self.core.close_session(session)
+
+    def _assigned_action(self, tenant_id: str, action: Action) -> Any:
+        if action.kind is ActionKind.CANCEL:
+            return pb.AssignedAction(
+                tenant_id=tenant_id,
+                job_run_id=action.task_id,
+                task_run_external_id=action.task_id,
+                action_type=pb.CANCEL_STEP_RUN,
+                retry_count=action.retry_count,
+            )
+        info = action.info
+        assert info is not None
+        msg = pb.AssignedAction(
+            tenant_id=tenant_id,
+            workflow_run_id=info.run_id,
+            job_id=info.step_id,
+            job_name=info.readable_id,
+            job_run_id=info.task_id,
+            task_id=info.step_id,
+            task_run_external_id=info.task_id,
+            action_id=info.action_id,
+            action_type=pb.START_STEP_RUN,
+            action_payload=info.payload,
+            task_name=info.readable_id,
+            retry_count=info.retry_count,
+            priority=info.priority,
+            workflow_id=info.workflow_id,
+            workflow_version_id=info.workflow_version_id,
+            child_workflow_index=0,
+        )
+        if info.additional_metadata:
+            msg.additional_metadata = info.additional_metadata
+        return msg
+
+    @unary
+    async def Heartbeat(self, tenant_id: str, request: Any, context: Any) -> Any:
+        await self.core.heartbeat(tenant_id, request.worker_id)
+        return pb.HeartbeatResponse()
+
+    @unary
+    async def SendStepActionEvent(self, tenant_id: str, request: Any, context: Any) -> Any:
+        kind = _EVENT_TYPES.get(request.event_type)
+        if kind is None:
+            # ACKNOWLEDGED / CANCELLED are informational; the engine owns terminal states.
+            return pb.ActionEventResponse(tenant_id=tenant_id, worker_id=request.worker_id)
+        payload = request.event_payload
+        if kind is EventType.COMPLETED:
+            payload, kind = _completed_output(payload)
+        event = TaskEvent(
+            tenant_id=tenant_id,
+            task_id=request.task_run_external_id,
+            retry_count=request.retry_count,
+            worker_id=request.worker_id,
+            type=kind,
+            payload=payload,
+            should_not_retry=request.should_not_retry,
+            retry_after_ms=request.retry_after_ms if request.HasField("retry_after_ms") else None,
+        )
+        await self.core.task_event(event)
+        return pb.ActionEventResponse(tenant_id=tenant_id, worker_id=request.worker_id)
+
+    @unary
+    async def Unsubscribe(self, tenant_id: str, request: Any, context: Any) -> Any:
+        await self.core.unsubscribe(tenant_id, request.worker_id)
+        return pb.WorkerUnsubscribeResponse(tenant_id=tenant_id, worker_id=request.worker_id)
+
+    @unary
+    async def ReleaseSlot(self, tenant_id: str, request: Any, context: Any) -> Any:
+        await self.core.release_slot(tenant_id, request.task_run_external_id)
+        return pb.ReleaseSlotResponse()
+
+    @unary
+    async def RefreshTimeout(self, tenant_id: str, request: Any, context: Any) -> Any:
+        delta = parse_duration(request.increment_timeout_by)
+        timeout_at = await self.core.refresh_timeout(
+            tenant_id, request.task_run_external_id, delta.total_seconds()
+        )
+        return pb.RefreshTimeoutResponse(timeout_at=_timestamp(timeout_at))
+
+    @unary
+    async def UpsertWorkerLabels(self, tenant_id: str, request: Any, context: Any) -> Any:
+        await self.core.upsert_labels(
+            tenant_id, request.worker_id, labels_from_proto(request.labels)
+        )
+        return pb.UpsertWorkerLabelsResponse(tenant_id=tenant_id, worker_id=request.worker_id)
+
+    async def SubscribeToWorkflowEvents(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            tenant_id = await self.tenant(context)
+            if not request.workflow_run_id:
+                raise NotSupported("subscribing by additional metadata is not supported yet")
+            queue, unsubscribe = await self.core.subscribe_stream(
+                tenant_id, request.workflow_run_id
+            )
+        except Exception as exc:
+            await abort_for(exc, context, "SubscribeToWorkflowEvents")
+            return
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    yield pb.WorkflowEvent(
+                        workflow_run_id=request.workflow_run_id,
+                        resource_type=pb.RESOURCE_TYPE_WORKFLOW_RUN,
+                        event_type=pb.RESOURCE_EVENT_TYPE_COMPLETED,
+                        resource_id=request.workflow_run_id,
+                        event_timestamp=_timestamp(self.core.clock.now()),
+                        hangup=True,
+                    )
+                    return
+                msg = pb.WorkflowEvent(
+                    workflow_run_id=event.run_id,
+                    resource_type=pb.RESOURCE_TYPE_STEP_RUN,
+                    event_type=pb.RESOURCE_EVENT_TYPE_STREAM,
+                    resource_id=event.task_id,
+                    event_timestamp=_timestamp(event.created_at),
+                    event_payload=event.data.decode("utf-8", errors="replace"),
+                )
+                if event.index is not None:
+                    msg.event_index = event.index
+                yield msg
+        finally:
+            unsubscribe()
+
+    async def SubscribeToWorkflowRuns(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        try:
+            tenant_id = await self.tenant(context)
+        except Exception as exc:
+            await abort_for(exc, context, "SubscribeToWorkflowRuns")
+            return
+        ready: asyncio.Queue[Any] = asyncio.Queue()
+        pending: dict[str, Callable[[], None]] = {}
+        clock = self.core.clock
+
+        def on_done(details: RunDetails) -> None:
+            ready.put_nowait(run_event(details, clock.now()))
+
+        def on_missing(run_id: str) -> None:
+            ready.put_nowait(missing_run_event(run_id, clock.now()))
+
+        async def read_requests() -> None:
+            async for req in request_iterator:
+                run_id = req.workflow_run_id
+                # The SDK subscribes to the same id more than once; one event answers all.
+                if run_id and run_id not in pending:
+                    pending[run_id] = self.core.watch_run(
+                        tenant_id, run_id, on_done, on_missing=functools.partial(on_missing, run_id)
+                    )
+
+        reader = asyncio.create_task(read_requests(), name="subscribe-reader")
+        try:
+            while True:
+                getter = asyncio.ensure_future(ready.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    event = getter.result()
+                    pending.pop(event.workflow_run_id, None)
+                    yield event
+                    continue
+                getter.cancel()
+                if reader.exception() is not None or not pending:
+                    # The client closed its side and nothing is left to answer.
+                    while not ready.empty():
+                        yield ready.get_nowait()
+                    return
+                # Client half-closed: keep answering what it asked for.
+                while pending:
+                    event = await ready.get()
+                    pending.pop(event.workflow_run_id, None)
+                    yield event
+                return
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            for unwatch in pending.values():
+                unwatch()
+
+
+def _completed_output(payload: str) -> tuple[str, EventType]:
+    """A COMPLETED payload must be a JSON object (empty = no output); otherwise it fails."""
+    if not payload:
+        return "", EventType.COMPLETED
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return f"task output is not valid JSON: {payload[:200]!r}", EventType.FAILED
+    if not isinstance(value, dict):
+        return f"task output must be a JSON object, got {type(value).__name__}", EventType.FAILED
+    return payload, EventType.COMPLETED

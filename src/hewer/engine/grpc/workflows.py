@@ -1,0 +1,44 @@
+"""Service ``WorkflowService``: triggering runs (one or in bulk)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hewer._proto import workflows_pb2 as pb
+from hewer._proto import workflows_pb2_grpc as pb_grpc
+from hewer.engine.core.service import TriggerSpec
+from hewer.engine.grpc._common import Servicer, unary
+from hewer.errors import InvalidInput, NotSupported
+
+MAX_BULK = 1000
+
+
+def trigger_spec(request: Any) -> TriggerSpec:
+    if not request.name:
+        raise InvalidInput("workflow name must not be empty")
+    if request.HasField("desired_worker_id") or len(request.desired_worker_labels) > 0:
+        raise NotSupported("sticky and affinity triggers are not supported yet")
+    return TriggerSpec(
+        workflow_name=request.name,
+        input=request.input,
+        additional_metadata=(
+            request.additional_metadata if request.HasField("additional_metadata") else None
+        ),
+        priority=request.priority if request.HasField("priority") else None,
+    )
+
+
+class WorkflowServicer(Servicer, pb_grpc.WorkflowServiceServicer):  # type: ignore[misc]
+    @unary
+    async def TriggerWorkflow(self, tenant_id: str, request: Any, context: Any) -> Any:
+        (run_id,) = await self.core.trigger(tenant_id, [trigger_spec(request)])
+        return pb.TriggerWorkflowResponse(workflow_run_id=run_id)
+
+    @unary
+    async def BulkTriggerWorkflow(self, tenant_id: str, request: Any, context: Any) -> Any:
+        if not request.workflows:
+            raise InvalidInput("workflows must not be empty")
+        if len(request.workflows) > MAX_BULK:
+            raise InvalidInput(f"at most {MAX_BULK} workflows per bulk trigger")
+        run_ids = await self.core.trigger(tenant_id, [trigger_spec(w) for w in request.workflows])
+        return pb.BulkTriggerWorkflowResponse(workflow_run_ids=run_ids)

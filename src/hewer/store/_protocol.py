@@ -1,0 +1,103 @@
+"""The store Protocol: the only way the engine reads or writes durable state.
+
+Internal, not semver. Every backend implements it and passes ``tests/store``. Methods are
+named entity-first and take/return the records of :mod:`hewer.store.models`. Methods that
+change several rows do so in one transaction: a caller never sees half of a decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from hewer.store.models import (
+    ApiToken,
+    Assignment,
+    DispatchInfo,
+    EventOutcome,
+    LogLine,
+    NewRun,
+    QueueItem,
+    RunDetails,
+    RunningTask,
+    TaskDef,
+    TaskEvent,
+    Tenant,
+    WorkerRecord,
+    WorkerStatus,
+    Workflow,
+)
+
+
+class StoreError(Exception):
+    """A backend failure, translated from the driver's own exception."""
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    async def close(self) -> None:
+        """Release connections; idempotent."""
+
+    # installation settings
+    async def meta_get_or_set(self, key: str, default: str) -> str:
+        """Return the stored value of ``key``, storing ``default`` first if absent."""
+
+    # tenants and tokens
+    async def tenant_ensure(self, name: str, now: float) -> Tenant: ...
+    async def tenant_get(self, tenant_id: str) -> Tenant | None: ...
+    async def token_insert(self, token: ApiToken) -> None: ...
+    async def token_get(self, token_id: str) -> ApiToken | None: ...
+    async def token_revoke(self, token_id: str, now: float) -> bool: ...
+
+    # workflows
+    async def workflow_upsert(
+        self, tenant_id: str, name: str, tasks: Sequence[TaskDef], default_priority: int, now: float
+    ) -> Workflow: ...
+    async def workflow_get_by_name(self, tenant_id: str, name: str) -> Workflow | None: ...
+
+    # runs and tasks
+    async def runs_create(self, runs: Sequence[NewRun], now: float) -> list[QueueItem]:
+        """Write runs with all their tasks; returns the root tasks, now queued."""
+
+    async def run_get(self, tenant_id: str, run_id: str) -> RunDetails | None: ...
+    async def tasks_queued(self) -> list[QueueItem]: ...
+    async def tasks_running(self, worker_id: str | None = None) -> list[RunningTask]: ...
+    async def tasks_assign(
+        self, assignments: Sequence[Assignment], now: float
+    ) -> list[DispatchInfo]:
+        """Apply scheduler decisions; a task no longer queued at that attempt is skipped."""
+
+    async def task_apply_event(self, event: TaskEvent, now: float) -> EventOutcome:
+        """Apply a worker's report if its attempt is live; advance the DAG and the run."""
+
+    async def tasks_requeue(
+        self, tasks: Sequence[RunningTask], reason: str, now: float
+    ) -> list[QueueItem]:
+        """Give tasks whose attempt was lost a new attempt (fenced on the old one)."""
+
+    async def tasks_cancel(
+        self, tenant_id: str, task_ids: Sequence[str], reason: str, now: float
+    ) -> EventOutcome:
+        """Cancel tasks (and runs, given run ids) that are not terminal yet."""
+
+    async def task_run_id(self, tenant_id: str, task_id: str) -> str | None: ...
+    async def task_release_slot(self, tenant_id: str, task_id: str) -> RunningTask | None: ...
+    async def task_refresh_timeout(
+        self, tenant_id: str, task_id: str, seconds: float, now: float
+    ) -> float | None: ...
+
+    # workers
+    async def worker_insert(self, worker: WorkerRecord) -> None: ...
+    async def worker_get(self, tenant_id: str, worker_id: str) -> WorkerRecord | None: ...
+    async def workers_list(self, tenant_id: str | None = None) -> list[WorkerRecord]: ...
+    async def worker_set_status(
+        self, worker_id: str, status: WorkerStatus, reason: str, now: float
+    ) -> bool: ...
+    async def worker_heartbeat(self, worker_id: str, now: float) -> None: ...
+    async def worker_set_labels(self, worker_id: str, labels: dict[str, str | int]) -> None: ...
+
+    # logs
+    async def logs_insert(self, tenant_id: str, lines: Sequence[LogLine]) -> None: ...
+    async def logs_list(self, tenant_id: str, task_id: str, limit: int = 1000) -> list[LogLine]: ...

@@ -1,0 +1,117 @@
+-- Initial schema. Times are UNIX epoch seconds (REAL), JSON documents are TEXT.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE tenants (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL
+);
+
+CREATE TABLE api_tokens (
+    id         TEXT PRIMARY KEY,
+    tenant_id  TEXT NOT NULL REFERENCES tenants (id),
+    name       TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    revoked_at REAL
+);
+
+CREATE TABLE workflows (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL REFERENCES tenants (id),
+    name        TEXT NOT NULL,
+    version_id  TEXT NOT NULL,
+    definition  TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+
+CREATE TABLE runs (
+    id                  TEXT PRIMARY KEY,
+    tenant_id           TEXT NOT NULL REFERENCES tenants (id),
+    workflow_id         TEXT NOT NULL REFERENCES workflows (id),
+    workflow_name       TEXT NOT NULL,
+    status              TEXT NOT NULL,
+    input               TEXT NOT NULL,
+    additional_metadata TEXT,
+    priority            INTEGER NOT NULL,
+    created_at          REAL NOT NULL,
+    finished_at         REAL
+);
+CREATE INDEX runs_tenant_created ON runs (tenant_id, created_at);
+
+-- One row per task of a run; all attempts share it (retry_count is the live attempt).
+CREATE TABLE tasks (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               TEXT NOT NULL UNIQUE,
+    tenant_id        TEXT NOT NULL REFERENCES tenants (id),
+    run_id           TEXT NOT NULL REFERENCES runs (id),
+    step_id          TEXT NOT NULL,
+    readable_id      TEXT NOT NULL,
+    action_id        TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    retry_count      INTEGER NOT NULL DEFAULT 0,
+    max_retries      INTEGER NOT NULL DEFAULT 0,
+    backoff_factor   REAL,
+    backoff_max      REAL,
+    priority         INTEGER NOT NULL,
+    parents          TEXT NOT NULL,
+    slot_requests    TEXT NOT NULL,
+    timeout_s        REAL NOT NULL,
+    schedule_timeout_s REAL NOT NULL,
+    worker_id        TEXT,
+    slot_released    INTEGER NOT NULL DEFAULT 0,
+    available_at     REAL NOT NULL DEFAULT 0,
+    output           TEXT,
+    error            TEXT,
+    created_at       REAL NOT NULL,
+    queued_at        REAL,
+    started_at       REAL,
+    timeout_at       REAL,
+    finished_at      REAL
+);
+CREATE INDEX tasks_run ON tasks (run_id);
+CREATE INDEX tasks_status ON tasks (status, tenant_id);
+CREATE INDEX tasks_worker ON tasks (worker_id) WHERE status = 'running';
+
+CREATE TABLE task_attempts (
+    task_id     TEXT NOT NULL REFERENCES tasks (id),
+    retry_count INTEGER NOT NULL,
+    worker_id   TEXT NOT NULL,
+    assigned_at REAL NOT NULL,
+    started_at  REAL,
+    finished_at REAL,
+    outcome     TEXT,
+    PRIMARY KEY (task_id, retry_count)
+);
+
+CREATE TABLE workers (
+    id                TEXT PRIMARY KEY,
+    tenant_id         TEXT NOT NULL REFERENCES tenants (id),
+    name              TEXT NOT NULL,
+    actions           TEXT NOT NULL,
+    slot_config       TEXT NOT NULL,
+    labels            TEXT NOT NULL,
+    runtime_info      TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    status_reason     TEXT NOT NULL,
+    status_changed_at REAL NOT NULL,
+    last_heartbeat_at REAL,
+    created_at        REAL NOT NULL
+);
+CREATE INDEX workers_tenant ON workers (tenant_id);
+
+CREATE TABLE task_logs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant_id   TEXT NOT NULL,
+    task_id     TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    level       TEXT,
+    message     TEXT NOT NULL,
+    retry_count INTEGER
+);
+CREATE INDEX task_logs_task ON task_logs (task_id, id);

@@ -1,0 +1,260 @@
+"""Records the store takes and returns: plain frozen dataclasses, no driver types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"  # waiting for its parents
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # an ancestor failed or was cancelled; never ran
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.SKIPPED}
+)
+
+
+class WorkerStatus(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    INACTIVE = "inactive"
+    STOPPED = "stopped"
+
+
+class EventType(StrEnum):
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    name: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    id: str
+    tenant_id: str
+    name: str
+    created_at: float
+    expires_at: float
+    revoked_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDef:
+    """One task of a workflow definition, as registered by PutWorkflow."""
+
+    readable_id: str
+    action_id: str
+    parents: tuple[str, ...] = ()
+    retries: int = 0
+    timeout_s: float = 60.0
+    schedule_timeout_s: float = 300.0
+    backoff_factor: float | None = None
+    backoff_max_s: float | None = None
+    slot_requests: dict[str, int] = field(default_factory=lambda: {"default": 1})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "readable_id": self.readable_id,
+            "action_id": self.action_id,
+            "parents": list(self.parents),
+            "retries": self.retries,
+            "timeout_s": self.timeout_s,
+            "schedule_timeout_s": self.schedule_timeout_s,
+            "backoff_factor": self.backoff_factor,
+            "backoff_max_s": self.backoff_max_s,
+            "slot_requests": self.slot_requests,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskDef:
+        return cls(
+            readable_id=data["readable_id"],
+            action_id=data["action_id"],
+            parents=tuple(data["parents"]),
+            retries=data["retries"],
+            timeout_s=data["timeout_s"],
+            schedule_timeout_s=data["schedule_timeout_s"],
+            backoff_factor=data["backoff_factor"],
+            backoff_max_s=data["backoff_max_s"],
+            slot_requests=dict(data["slot_requests"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Workflow:
+    id: str
+    tenant_id: str
+    name: str
+    version_id: str
+    tasks: tuple[TaskDef, ...]
+    default_priority: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A run to create: its id, workflow, input and the tasks derived from the definition."""
+
+    id: str
+    workflow: Workflow
+    input: str
+    additional_metadata: str | None
+    priority: int
+    task_ids: tuple[str, ...]  # one per workflow task, same order
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItem:
+    """What the scheduler needs to place a ready task; kept in memory while it waits."""
+
+    task_id: str
+    tenant_id: str
+    action_id: str
+    priority: int
+    seq: int
+    retry_count: int
+    slot_requests: dict[str, int]
+    available_at: float = 0.0
+    schedule_deadline: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A decision of the scheduler: run this attempt of this task on this worker."""
+
+    task_id: str
+    tenant_id: str
+    worker_id: str
+    retry_count: int
+    slot_requests: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchInfo:
+    """Everything a worker needs to start an assigned task (becomes an AssignedAction)."""
+
+    task_id: str
+    tenant_id: str
+    worker_id: str
+    run_id: str
+    step_id: str
+    workflow_id: str
+    workflow_version_id: str
+    readable_id: str
+    action_id: str
+    retry_count: int
+    priority: int
+    payload: str  # the action payload JSON: input, parents, ...
+    additional_metadata: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    id: str
+    tenant_id: str
+    name: str
+    actions: tuple[str, ...]
+    slot_config: dict[str, int]
+    labels: dict[str, str | int]
+    status: WorkerStatus
+    status_reason: str
+    status_changed_at: float
+    last_heartbeat_at: float | None
+    created_at: float
+    runtime_info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunningTask:
+    """A task held by a worker: what must be given back if that worker is lost."""
+
+    task_id: str
+    worker_id: str
+    retry_count: int
+    slot_requests: dict[str, int]
+    slot_released: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    task_id: str
+    readable_id: str
+    status: TaskStatus
+    output: str | None
+    error: str | None
+    retry_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunDetails:
+    id: str
+    tenant_id: str
+    workflow_name: str
+    status: RunStatus
+    input: str
+    additional_metadata: str | None
+    tasks: tuple[TaskResult, ...]
+
+    @property
+    def done(self) -> bool:
+        return self.status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """A worker's report about one attempt; applied only if the attempt is still live."""
+
+    tenant_id: str
+    task_id: str
+    retry_count: int
+    worker_id: str
+    type: EventType
+    payload: str = ""
+    should_not_retry: bool = False
+    retry_after_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventOutcome:
+    """What applying a task event changed, for the scheduler and for waiting clients."""
+
+    applied: bool
+    freed: tuple[RunningTask, ...] = ()
+    queued: tuple[QueueItem, ...] = ()
+    finished_runs: tuple[str, ...] = ()
+    cancelled: tuple[str, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    task_id: str
+    created_at: float
+    message: str
+    level: str | None
+    retry_count: int | None
