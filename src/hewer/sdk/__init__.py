@@ -1,0 +1,25 @@
+"""Hewer's client SDK: declare tasks and workflows, trigger runs, run workers."""
+
+from __future__ import annotations
+
+from hewer.sdk._client import Hewer
+from hewer.sdk._connection import Connection
+from hewer.sdk._context import Context
+from hewer.sdk._options import TaskOptions
+from hewer.sdk._task import RunRef, StandaloneTask, Task, Workflow
+from hewer.sdk._time import Clock, SystemClock
+from hewer.sdk._worker import Worker
+
+__all__ = [
+    "Clock",
+    "Connection",
+    "Context",
+    "Hewer",
+    "RunRef",
+    "StandaloneTask",
+    "SystemClock",
+    "Task",
+    "TaskOptions",
+    "Worker",
+    "Workflow",
+]

@@ -1,0 +1,156 @@
+"""``Hewer``: the client object tasks, workflows and workers hang off."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
+
+from pydantic import BaseModel
+
+from hewer.config import ClientSettings
+from hewer.sdk._connection import ChannelPool, Connection, resolve_connection
+from hewer.sdk._options import DEFAULT_SLOTS, TaskKwargs, TaskOptions
+from hewer.sdk._runs import RunClient
+from hewer.sdk._task import StandaloneDecorator, StandaloneTask, Workflow
+from hewer.sdk._time import SYSTEM_CLOCK, Clock
+
+if TYPE_CHECKING:
+    from hewer.sdk._worker import Worker
+
+logger = logging.getLogger(__name__)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def normalize_namespace(namespace: str) -> str:
+    """Lowercased, ending in ``_`` (or empty), as Hatchet namespaces are."""
+    ns = namespace.strip().lower()
+    if ns and not ns.endswith("_"):
+        ns += "_"
+    return ns
+
+
+class Hewer:
+    """Entry point of the SDK: declares tasks and workflows, triggers runs, makes workers.
+
+    Settings come from ``HEWER_*`` environment variables unless given. Nothing touches the
+    network or the filesystem until the first call that needs the engine.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: ClientSettings | None = None,
+        token: str | None = None,
+        host_port: str | None = None,
+        namespace: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        overrides: dict[str, Any] = {
+            k: v
+            for k, v in (("token", token), ("host_port", host_port), ("namespace", namespace))
+            if v is not None
+        }
+        if settings is None:
+            settings = ClientSettings(**overrides)
+        elif overrides:
+            settings = settings.model_copy(update=overrides)
+        self.settings = settings
+        self.namespace = normalize_namespace(settings.namespace)
+        self.clock = clock
+        self._pool = ChannelPool(self._resolve)
+        self._runs = RunClient(self._pool)
+
+    def _resolve(self) -> Connection:
+        return resolve_connection(self.settings)
+
+    @property
+    def connection(self) -> Connection:
+        """Engine address and token (resolved on first use; may raise ConfigurationError)."""
+        return self._pool.connection
+
+    def namespaced(self, name: str) -> str:
+        """``name`` with this client's namespace in front (unless already there)."""
+        if not self.namespace or name.lower().startswith(self.namespace):
+            return name
+        return self.namespace + name
+
+    # --- declarations --------------------------------------------------------------------
+
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        default_priority: int | None = None,
+        **options: Unpack[TaskKwargs],
+    ) -> StandaloneDecorator:
+        """Decorator making a function a standalone task (a one-task workflow).
+
+        ``name`` defaults to the function name; options are those of ``TaskOptions``.
+        """
+        opts = TaskOptions(**options)
+
+        def decorate(fn: Callable[..., Any]) -> StandaloneTask[Any, Any]:
+            task_name = name or str(getattr(fn, "__name__", ""))
+            workflow: Workflow[Any] = Workflow(self, task_name, default_priority=default_priority)
+            task = workflow.add_task(fn, name=task_name, options=opts)
+            return StandaloneTask(workflow, task)
+
+        return decorate
+
+    @overload
+    def workflow(
+        self,
+        name: str,
+        *,
+        input_validator: type[ModelT],
+        default_priority: int | None = None,
+    ) -> Workflow[ModelT]: ...
+
+    @overload
+    def workflow(
+        self,
+        name: str,
+        *,
+        input_validator: None = None,
+        default_priority: int | None = None,
+    ) -> Workflow[dict[str, Any]]: ...
+
+    def workflow(
+        self,
+        name: str,
+        *,
+        input_validator: type[BaseModel] | None = None,
+        default_priority: int | None = None,
+    ) -> Workflow[Any]:
+        """A new, empty workflow; add tasks with ``@workflow.task(...)``."""
+        return Workflow(
+            self, name, input_validator=input_validator, default_priority=default_priority
+        )
+
+    def worker(
+        self,
+        name: str,
+        *,
+        slots: int = DEFAULT_SLOTS,
+        workflows: Sequence[Workflow[Any] | StandaloneTask[Any, Any]] = (),
+        labels: Mapping[str, str | int] | None = None,
+    ) -> Worker:
+        """A worker that serves ``workflows``, running at most ``slots`` tasks at once."""
+        from hewer.sdk._worker import Worker
+
+        return Worker(self, name, slots=slots, workflows=workflows, labels=labels)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the blocking channel (async channels: ``aclose`` on their loop)."""
+        self._pool.close()
+
+    async def aclose(self) -> None:
+        """Close the running loop's channel."""
+        await self._pool.aclose()
+
+    def __repr__(self) -> str:
+        return f"<Hewer namespace={self.namespace!r}>"

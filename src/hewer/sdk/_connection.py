@@ -1,0 +1,255 @@
+"""Where the engine is and how to talk to it: token, address, channels, call metadata.
+
+Token and address are resolved lazily (on first use), so building a ``Hewer`` at import
+time never touches the filesystem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from hewer.config import ClientSettings
+from hewer.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+# A worker sits on long-lived streams; keepalive pings detect half-dead connections and
+# keep NATs from dropping idle ones. The reconnect backoff caps keep a channel from waiting
+# minutes (gRPC's default cap is 120 s) to notice that a restarted engine is back.
+_KEEPALIVE_MS = 10_000
+_KEEPALIVE_TIMEOUT_MS = 60_000
+_MAX_RECONNECT_BACKOFF_MS = 5_000
+_INITIAL_RECONNECT_BACKOFF_MS = 100
+
+
+def host_of(host_port: str) -> str:
+    """The host part of ``host:port`` (``[::1]:7070`` style brackets allowed)."""
+    text = host_port.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        return text[1:end] if end > 0 else text
+    if text.count(":") > 1:
+        # A bare IPv6 address without a port.
+        return text
+    return text.rsplit(":", 1)[0] if ":" in text else text
+
+
+def is_local(host_port: str) -> bool:
+    """True when ``host_port`` names this machine's loopback."""
+    return host_of(host_port).lower() in LOCAL_HOSTS
+
+
+def token_claims(token: str) -> dict[str, Any]:
+    """The payload of a JWT, decoded without verifying it (the engine verifies).
+
+    Returns an empty dict for a token that is not a JWT.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (binascii.Error, ValueError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def resolve_token(settings: ClientSettings) -> str:
+    """``settings.token``, else the token file a local engine wrote (local engines only)."""
+    if settings.token:
+        return settings.token.strip()
+    if settings.host_port is None or is_local(settings.host_port):
+        path = settings.token_file
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise ConfigurationError(
+                f"no API token: set HEWER_TOKEN, or start a local engine "
+                f"(`hewer engine`) so that {path} exists"
+            ) from None
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read the token file {path}: {exc}") from exc
+        if not token:
+            raise ConfigurationError(f"the token file {path} is empty; set HEWER_TOKEN")
+        return token
+    raise ConfigurationError(
+        f"no API token for the remote engine at {settings.host_port}: set HEWER_TOKEN"
+    )
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A resolved engine endpoint plus credentials; makes channels on demand."""
+
+    token: str
+    address: str
+    tenant_id: str | None = None
+    max_message_bytes: int = 4 * 1024 * 1024
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata every call carries."""
+        return (("authorization", f"bearer {self.token}"),)
+
+    def channel_options(self) -> list[tuple[str, Any]]:
+        """gRPC channel arguments shared by sync and async channels."""
+        return [
+            ("grpc.keepalive_time_ms", _KEEPALIVE_MS),
+            ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.initial_reconnect_backoff_ms", _INITIAL_RECONNECT_BACKOFF_MS),
+            ("grpc.min_reconnect_backoff_ms", _INITIAL_RECONNECT_BACKOFF_MS),
+            ("grpc.max_reconnect_backoff_ms", _MAX_RECONNECT_BACKOFF_MS),
+        ]
+
+    def sync_channel(self) -> grpc.Channel:
+        """A new blocking channel (plaintext)."""
+        return grpc.insecure_channel(
+            self.address, options=self.channel_options(), compression=grpc.Compression.Gzip
+        )
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        """A new asyncio channel; call only with a running event loop."""
+        return grpc.aio.insecure_channel(
+            self.address, options=self.channel_options(), compression=grpc.Compression.Gzip
+        )
+
+
+def resolve_connection(settings: ClientSettings) -> Connection:
+    """Work out token and address from settings (and the token's claims)."""
+    token = resolve_token(settings)
+    claims = token_claims(token)
+    address = settings.host_port
+    if not address:
+        claimed = claims.get("grpc_broadcast_address")
+        if not isinstance(claimed, str) or not claimed:
+            raise ConfigurationError(
+                "no engine address: set HEWER_HOST_PORT (the token carries no "
+                "grpc_broadcast_address claim)"
+            )
+        address = claimed
+    tenant = claims.get("sub")
+    logger.debug("engine address %s", address)
+    return Connection(
+        token=token,
+        address=address,
+        tenant_id=tenant if isinstance(tenant, str) else None,
+        max_message_bytes=settings.max_message_bytes,
+    )
+
+
+def status_code(exc: BaseException) -> grpc.StatusCode | None:
+    """The gRPC status of an RPC error, or None for anything else."""
+    if not isinstance(exc, grpc.RpcError):
+        return None
+    code = getattr(exc, "code", None)
+    if code is None:
+        return None
+    value = code()
+    return value if isinstance(value, grpc.StatusCode) else None
+
+
+def status_details(exc: BaseException) -> str:
+    """The engine's error text for an RPC error (``str(exc)`` otherwise)."""
+    details = getattr(exc, "details", None)
+    if callable(details):
+        text = details()
+        if isinstance(text, str) and text:
+            return text
+    return str(exc)
+
+
+# Codes after which a call may be repeated: the engine was unreachable, overloaded or
+# restarting. Anything else is an answer, and repeating the call would not change it.
+TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    }
+)
+
+
+class ChannelPool:
+    """Channels a client shares: one blocking channel, and one asyncio channel per loop.
+
+    asyncio channels are bound to the loop that made them, so they are created lazily inside
+    a running loop and never reused from another one.
+    """
+
+    def __init__(self, resolve: Callable[[], Connection]) -> None:
+        self._resolve = resolve
+        self._lock = threading.Lock()
+        self._connection: Connection | None = None
+        self._sync: grpc.Channel | None = None
+        self._aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, grpc.aio.Channel] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @property
+    def connection(self) -> Connection:
+        """The resolved connection (resolved on first use; raises ConfigurationError)."""
+        with self._lock:
+            if self._connection is None:
+                self._connection = self._resolve()
+            return self._connection
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata every call carries."""
+        return self.connection.metadata
+
+    def sync(self) -> grpc.Channel:
+        """The shared blocking channel."""
+        connection = self.connection
+        with self._lock:
+            if self._sync is None:
+                self._sync = connection.sync_channel()
+            return self._sync
+
+    def aio(self) -> grpc.aio.Channel:
+        """The running loop's asyncio channel."""
+        loop = asyncio.get_running_loop()
+        connection = self.connection
+        with self._lock:
+            channel = self._aio.get(loop)
+            if channel is None:
+                channel = connection.aio_channel()
+                self._aio[loop] = channel
+            return channel
+
+    def close(self) -> None:
+        """Close the blocking channel (asyncio ones close with ``aclose`` on their loop)."""
+        with self._lock:
+            channel, self._sync = self._sync, None
+        if channel is not None:
+            channel.close()
+
+    async def aclose(self) -> None:
+        """Close the running loop's asyncio channel."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            channel = self._aio.pop(loop, None)
+        if channel is not None:
+            await channel.close(None)

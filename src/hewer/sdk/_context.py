@@ -1,0 +1,208 @@
+"""``Context``: what a running task knows about its run and can ask of the engine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from hewer.durations import format_duration
+from hewer.errors import NotFound
+
+if TYPE_CHECKING:
+    from hewer.sdk._task import Task
+    from hewer.sdk._wire import Action
+
+logger = logging.getLogger(__name__)
+
+OutT = TypeVar("OutT")
+
+# The engine stores log lines in bounded columns; longer lines are cut, not rejected.
+MAX_LOG_CHARS = 10_000
+
+
+class TaskServices(Protocol):
+    """Engine calls a task can make; the worker provides them."""
+
+    def put_log(self, action: Action, message: str, level: str) -> None:
+        """Queue a log line for the engine; never blocks, never raises."""
+        ...
+
+    def put_stream(self, action: Action, data: bytes, index: int) -> None:
+        """Send one stream chunk (blocking)."""
+        ...
+
+    async def aio_put_stream(self, action: Action, data: bytes, index: int) -> None:
+        """Send one stream chunk."""
+        ...
+
+    def refresh_timeout(self, action: Action, increment: str) -> None:
+        """Extend the running attempt's execution timeout (blocking)."""
+        ...
+
+    async def aio_refresh_timeout(self, action: Action, increment: str) -> None:
+        """Extend the running attempt's execution timeout."""
+        ...
+
+    def release_slot(self, action: Action) -> None:
+        """Give this task's slot back to the worker before the task ends (blocking)."""
+        ...
+
+    async def aio_release_slot(self, action: Action) -> None:
+        """Give this task's slot back to the worker before the task ends."""
+        ...
+
+
+def _json_object(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class Context:
+    """Passed to every task function as its second argument."""
+
+    def __init__(
+        self,
+        action: Action,
+        *,
+        services: TaskServices,
+        input: Mapping[str, Any] | None = None,
+        parents: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._action = action
+        self._services = services
+        self._input: dict[str, Any] = dict(input or {})
+        self._parents: dict[str, Any] = dict(parents or {})
+        self._stream_index = 0
+        self._stream_lock = threading.Lock()
+        self.cancelled = threading.Event()
+        """Set when the engine cancels this task; long-running code should check it."""
+
+    # --- identity ------------------------------------------------------------------------
+
+    @property
+    def workflow_run_id(self) -> str:
+        """Id of the run this task belongs to."""
+        return self._action.workflow_run_id
+
+    @property
+    def task_run_external_id(self) -> str:
+        """Id of this task's run (the same across retries)."""
+        return self._action.task_run_external_id
+
+    @property
+    def task_run_id(self) -> str:
+        """Alias of ``task_run_external_id``."""
+        return self._action.task_run_external_id
+
+    @property
+    def task_name(self) -> str:
+        """Readable id of this task within its workflow."""
+        return self._action.task_name or self._action.job_name
+
+    @property
+    def action_id(self) -> str:
+        """``<workflow>:<task>`` as registered."""
+        return self._action.action_id
+
+    @property
+    def worker_id(self) -> str:
+        """Id the engine gave the worker running this task."""
+        return self._action.worker_id
+
+    @property
+    def retry_count(self) -> int:
+        """0 on the first attempt, then 1, 2, ..."""
+        return self._action.retry_count
+
+    @property
+    def attempt_number(self) -> int:
+        """1 on the first attempt."""
+        return self._action.retry_count + 1
+
+    @property
+    def priority(self) -> int:
+        """Priority the run was triggered with."""
+        return self._action.priority
+
+    @property
+    def additional_metadata(self) -> dict[str, Any]:
+        """Metadata the run was triggered with."""
+        return _json_object(self._action.additional_metadata)
+
+    @property
+    def workflow_input(self) -> dict[str, Any]:
+        """The run's input as JSON (before validation into a model)."""
+        return dict(self._input)
+
+    # --- cancellation --------------------------------------------------------------------
+
+    @property
+    def is_cancelled(self) -> bool:
+        """True once the engine has cancelled this task."""
+        return self.cancelled.is_set()
+
+    @property
+    def exit_flag(self) -> bool:
+        """Alias of ``is_cancelled``."""
+        return self.cancelled.is_set()
+
+    # --- data from parents ---------------------------------------------------------------
+
+    def task_output(self, task: Task[Any, OutT]) -> OutT:
+        """Output of a parent task, parsed into its output model if it declares one."""
+        if task.name not in self._parents:
+            raise NotFound(
+                f"no output of {task.name!r} in this run of {self.task_name!r}; "
+                "is it listed in parents=?"
+            )
+        return task.parse_output(self._parents[task.name])
+
+    # --- engine side calls ---------------------------------------------------------------
+
+    def log(self, message: str, *, level: str = "INFO") -> None:
+        """Attach a log line to this task run (sent in the background; never raises)."""
+        self._services.put_log(self._action, str(message)[:MAX_LOG_CHARS], level.upper())
+
+    def _next_stream_index(self) -> int:
+        with self._stream_lock:
+            index = self._stream_index
+            self._stream_index += 1
+            return index
+
+    def put_stream(self, data: str | bytes) -> None:
+        """Send a chunk to whoever streams this run."""
+        payload = data.encode() if isinstance(data, str) else data
+        self._services.put_stream(self._action, payload, self._next_stream_index())
+
+    async def aio_put_stream(self, data: str | bytes) -> None:
+        """Send a chunk to whoever streams this run."""
+        payload = data.encode() if isinstance(data, str) else data
+        await self._services.aio_put_stream(self._action, payload, self._next_stream_index())
+
+    def refresh_timeout(self, increment_by: timedelta) -> None:
+        """Give the running attempt ``increment_by`` more time before it times out."""
+        self._services.refresh_timeout(self._action, format_duration(increment_by))
+
+    async def aio_refresh_timeout(self, increment_by: timedelta) -> None:
+        """Give the running attempt ``increment_by`` more time before it times out."""
+        await self._services.aio_refresh_timeout(self._action, format_duration(increment_by))
+
+    def release_slot(self) -> None:
+        """Free this task's worker slot now, e.g. before a long wait on something external."""
+        self._services.release_slot(self._action)
+
+    async def aio_release_slot(self) -> None:
+        """Free this task's worker slot now."""
+        await self._services.aio_release_slot(self._action)
+
+    def __repr__(self) -> str:
+        return f"<Context {self.action_id} run={self.task_run_external_id}>"

@@ -1,0 +1,346 @@
+"""Runs assigned tasks and reports their outcome to the engine.
+
+Async task functions run as named tasks on the worker's loop; sync ones run in a pool of
+``slots`` daemon threads (so a stuck function cannot keep the process from exiting).
+Reports go out under ``asyncio.shield`` and are retried through engine restarts for up to
+``REPORT_GIVE_UP_SECONDS``: a finished task's result is the one thing not to lose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import json
+import logging
+import queue
+import threading
+import traceback
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+import grpc
+import pydantic
+
+from hewer.errors import NonRetryableError, RetryAfter
+from hewer.sdk import _serde, _wire
+from hewer.sdk._connection import TRANSIENT_CODES, status_code, status_details
+from hewer.sdk._context import Context
+from hewer.sdk._retry import aio_call_with_retry
+from hewer.sdk._services import WorkerServices
+from hewer.sdk._task import Task
+from hewer.sdk._time import CALL_BACKOFF
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+REPORT_GIVE_UP_SECONDS = 60.0
+REPORT_TIMEOUT_SECONDS = 10.0
+# Leave room for the rest of the StepActionEvent around the payload.
+_MESSAGE_OVERHEAD_BYTES = 64 * 1024
+
+
+def failure_payload(exc: BaseException) -> str:
+    """FAILED event text: ``<ExcType>: <message>`` then the traceback."""
+    trace = "".join(traceback.format_exception(exc))
+    return f"{type(exc).__name__}: {exc}\n{trace}"
+
+
+def failure_flags(exc: BaseException) -> tuple[bool, int | None]:
+    """``(should_not_retry, retry_after_ms)`` for an exception a task raised."""
+    if isinstance(exc, RetryAfter):
+        return False, max(0, round(exc.delay.total_seconds() * 1000))
+    # Bad input fails the same way on every attempt.
+    non_retryable = isinstance(exc, NonRetryableError | pydantic.ValidationError)
+    return non_retryable, None
+
+
+def parse_payload(text: str) -> dict[str, Any]:
+    """``action_payload`` JSON; anything unreadable counts as empty."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        logger.warning("unreadable action payload (%d chars); using an empty one", len(text))
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class DaemonThreadPool(Executor):
+    """A fixed pool of daemon threads for sync task functions."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
+        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._closed = False
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        future: Future[T] = Future()
+
+        def work() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("thread pool is shut down")
+            self._work.put(work)
+            if self._idle == 0 and len(self._threads) < self._size:
+                thread = threading.Thread(
+                    target=self._loop, name=f"{self._name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+            elif self._idle:
+                self._idle -= 1  # an idle thread will take this item
+        return future
+
+    def _loop(self) -> None:
+        while (work := self._work.get()) is not None:
+            work()
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._work.put(None)
+        if wait:
+            for thread in threads:
+                thread.join()
+
+
+@dataclass
+class _Run:
+    action: _wire.Action
+    ctx: Context
+    is_async: bool
+    task: asyncio.Task[None] | None = None
+    returned: bool = False
+    started_report: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Runner:
+    """Executes actions for one worker; owns the in-flight runs."""
+
+    def __init__(
+        self,
+        *,
+        registry: Mapping[str, Task[Any, Any]],
+        services: WorkerServices,
+        slots: int,
+        max_message_bytes: int,
+    ) -> None:
+        self._registry = registry
+        self._services = services
+        self._pool = DaemonThreadPool(slots, "hewer-task")
+        self._max_payload = max(1024, max_message_bytes - _MESSAGE_OVERHEAD_BYTES)
+        self._runs: dict[str, _Run] = {}
+        self._reports: set[asyncio.Task[None]] = set()
+
+    @property
+    def running(self) -> int:
+        """Tasks currently in flight."""
+        return len(self._runs)
+
+    def handle(self, action: _wire.Action) -> None:
+        """Act on one assigned action (never blocks, never raises)."""
+        try:
+            if action.kind == _wire.ActionKind.START:
+                self._start(action)
+            elif action.kind == _wire.ActionKind.CANCEL:
+                self._cancel(action)
+            else:
+                logger.warning(
+                    "ignoring unsupported action type %d for %s", action.kind, action.action_id
+                )
+        except Exception:
+            logger.exception("could not handle action %s", action.action_id)
+
+    def _start(self, action: _wire.Action) -> None:
+        key = action.task_run_external_id
+        current = self._runs.get(key)
+        if current is not None and current.action.retry_count == action.retry_count:
+            logger.debug("duplicate assignment of %s (attempt %d)", key, action.retry_count)
+            return
+        payload = parse_payload(action.payload)
+        raw_input = payload.get("input")
+        parents = payload.get("parents")
+        ctx = Context(
+            action,
+            services=self._services,
+            input=raw_input if isinstance(raw_input, dict) else {},
+            parents=parents if isinstance(parents, dict) else {},
+        )
+        task = self._registry.get(action.action_id)
+        run = _Run(action, ctx, is_async=task is not None and task.is_async)
+        self._runs[key] = run
+        logger.info(
+            "starting %s (run %s, attempt %d)",
+            action.action_id,
+            key,
+            action.retry_count + 1,
+        )
+        run.task = asyncio.create_task(
+            self._execute(run, task, raw_input), name=f"hewer-task:{action.action_id}:{key}"
+        )
+        run.task.add_done_callback(functools.partial(self._forget, key, run))
+
+    def _forget(self, key: str, run: _Run, _done: asyncio.Task[None]) -> None:
+        if self._runs.get(key) is run:
+            del self._runs[key]
+
+    def _cancel(self, action: _wire.Action) -> None:
+        run = self._runs.get(action.task_run_external_id)
+        if run is None:
+            logger.debug("cancel for %s, which is not running here", action.task_run_external_id)
+            return
+        logger.info("cancelling %s (run %s)", run.action.action_id, action.task_run_external_id)
+        run.ctx.cancelled.set()
+        # Sync functions cannot be interrupted; they see ctx.is_cancelled and their result
+        # is dropped. Async ones get CancelledError unless they already returned.
+        if run.is_async and not run.returned and run.task is not None:
+            run.task.cancel()
+
+    async def _execute(self, run: _Run, task: Task[Any, Any] | None, raw_input: Any) -> None:
+        action = run.action
+        run.started_report = self._report(
+            _wire.step_event(action, _wire.EventKind.STARTED, self._now())
+        )
+        try:
+            if task is None:
+                raise LookupError(
+                    f"this worker has no task for action {action.action_id!r} "
+                    f"(it serves {sorted(self._registry)})"
+                )
+            fn_input = task.validate_input(raw_input)
+            if task.is_async:
+                result = await task.fn(fn_input, run.ctx)
+            else:
+                loop = asyncio.get_running_loop()
+                call = contextvars.copy_context().run
+                result = await loop.run_in_executor(self._pool, call, task.fn, fn_input, run.ctx)
+            run.returned = True
+            if run.ctx.is_cancelled:
+                logger.info("%s finished after being cancelled; result dropped", action.action_id)
+                return
+            output = self._output(result)
+        except asyncio.CancelledError:
+            if not run.ctx.is_cancelled:
+                raise
+            logger.info("%s cancelled", action.action_id)
+            return
+        except Exception as exc:
+            run.returned = True
+            if run.ctx.is_cancelled:
+                logger.info("%s failed after being cancelled; error dropped", action.action_id)
+                return
+            logger.info("%s failed: %s: %s", action.action_id, type(exc).__name__, exc)
+            should_not_retry, retry_after_ms = failure_flags(exc)
+            event = _wire.step_event(
+                action,
+                _wire.EventKind.FAILED,
+                self._now(),
+                payload=self._truncate(failure_payload(exc)),
+                should_not_retry=should_not_retry,
+                retry_after_ms=retry_after_ms,
+            )
+        else:
+            logger.info("%s completed", action.action_id)
+            event = _wire.step_event(action, _wire.EventKind.COMPLETED, self._now(), payload=output)
+        # STARTED first, so the engine never sees the outcome before the start.
+        await asyncio.shield(run.started_report)
+        await asyncio.shield(self._report(event))
+
+    def _output(self, result: Any) -> str:
+        text = _serde.output_json(result)
+        if len(text.encode()) > self._max_payload:
+            raise _serde.IllegalOutput(
+                f"task output is {len(text.encode())} bytes; the limit is {self._max_payload}"
+            )
+        return text
+
+    def _truncate(self, text: str) -> str:
+        data = text.encode()
+        if len(data) <= self._max_payload:
+            return text
+        return data[: self._max_payload].decode(errors="ignore") + "\n[truncated]"
+
+    def _now(self) -> Any:
+        return self._services.clock.now()
+
+    def _report(self, event: Any) -> asyncio.Task[None]:
+        report = asyncio.create_task(self._send(event), name="hewer-report")
+        self._reports.add(report)
+        report.add_done_callback(self._reports.discard)
+        return report
+
+    async def _send(self, event: Any) -> None:
+        stub = self._services.aio_dispatcher
+        what = f"report {event.event_type} of {event.task_run_external_id}"
+        try:
+            await aio_call_with_retry(
+                lambda: stub.SendStepActionEvent(
+                    event, metadata=self._services.metadata, timeout=REPORT_TIMEOUT_SECONDS
+                ),
+                what=what,
+                retry_codes=TRANSIENT_CODES,
+                attempts=None,
+                give_up_after=REPORT_GIVE_UP_SECONDS,
+                backoff=CALL_BACKOFF,
+                clock=self._services.clock,
+            )
+        except grpc.RpcError as exc:
+            code = status_code(exc)
+            log = logger.error if code in TRANSIENT_CODES else logger.warning
+            log(
+                "could not %s (%s: %s); the engine will time the task out",
+                what,
+                code.name if code else "?",
+                status_details(exc),
+            )
+
+    async def drain(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for running tasks, then abandon the rest."""
+        tasks = [run.task for run in self._runs.values() if run.task is not None]
+        if tasks:
+            logger.info("waiting up to %.1fs for %d running tasks", grace, len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for run in list(self._runs.values()):
+                if run.task in pending:
+                    logger.warning(
+                        "abandoning %s (run %s) after the grace period; the engine will retry it",
+                        run.action.action_id,
+                        run.action.task_run_external_id,
+                    )
+                    run.ctx.cancelled.set()
+                    run.task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        await self.flush(REPORT_GIVE_UP_SECONDS)
+
+    async def flush(self, limit_seconds: float) -> None:
+        """Wait (at most ``limit_seconds``) for reports still in flight."""
+        if self._reports:
+            await asyncio.wait(set(self._reports), timeout=limit_seconds)
+
+    def shutdown(self) -> None:
+        """Let go of the thread pool (threads of abandoned sync tasks are daemons)."""
+        self._pool.shutdown(wait=False)

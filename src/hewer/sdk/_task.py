@@ -1,0 +1,397 @@
+"""Task and workflow definitions, and the handles users trigger runs with.
+
+A ``Workflow`` is a DAG of ``Task``s registered under one name. ``@hw.task`` makes a
+``StandaloneTask``: a workflow of the same name holding just that task, whose run methods
+return the task's own output instead of the ``{task: output}`` map.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar, Unpack, overload
+
+from pydantic import BaseModel
+
+from hewer.errors import ConfigurationError
+from hewer.sdk import _serde, _wire
+from hewer.sdk._options import TaskKwargs, TaskOptions, check_priority
+from hewer.sdk._runs import run_outputs
+
+if TYPE_CHECKING:
+    from hewer.sdk._client import Hewer
+    from hewer.sdk._context import Context
+
+InT = TypeVar("InT")
+OutT = TypeVar("OutT")
+ResultT = TypeVar("ResultT")
+FnInT = TypeVar("FnInT")
+FnOutT = TypeVar("FnOutT")
+
+TaskInput: TypeAlias = InT | Mapping[str, Any] | None
+
+
+class Task(Generic[InT, OutT]):
+    """One function of a workflow, with its options; also what ``parents=`` and
+    ``ctx.task_output()`` refer to."""
+
+    name: str
+    workflow: Workflow[Any]
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str,
+        workflow: Workflow[Any],
+        options: TaskOptions,
+        parents: Sequence[Task[Any, Any]] = (),
+    ) -> None:
+        _serde.check_task_signature(fn)
+        for parent in parents:
+            if parent.workflow is not workflow:
+                raise ConfigurationError(
+                    f"task {name!r}: parent {parent.name!r} belongs to another workflow"
+                )
+        self.fn = fn
+        self.name = name
+        self.workflow = workflow
+        self.options = options
+        self.parents: tuple[Task[Any, Any], ...] = tuple(parents)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.input_model: type[BaseModel] | None = (
+            _serde.input_model_of(fn) or workflow.input_validator
+        )
+        self.output_model: type[BaseModel] | None = _serde.output_model_of(fn)
+
+    @property
+    def action_id(self) -> str:
+        """``<namespaced workflow name>:<task name>``, lowercased: what workers register."""
+        return f"{self.workflow.namespaced_name.lower()}:{self.name.lower()}"
+
+    def spec(self) -> _wire.TaskSpec:
+        """How this task is registered with the engine."""
+        return _wire.TaskSpec(
+            readable_id=self.name,
+            action=self.action_id,
+            parents=tuple(p.name for p in self.parents),
+            options=self.options,
+        )
+
+    def validate_input(self, raw: Any) -> Any:
+        """Input as the function takes it (a model instance when the function names one)."""
+        return _serde.validate_input(raw, self.input_model)
+
+    def parse_output(self, raw: Any) -> OutT:
+        """This task's output (from the engine's JSON) as callers see it."""
+        result: OutT = _serde.parse_output(raw, self.output_model)
+        return result
+
+    def __repr__(self) -> str:
+        return f"<Task {self.workflow.name}:{self.name}>"
+
+
+class RunRef(Generic[ResultT]):
+    """A triggered run: its id, and a way to wait for its result."""
+
+    def __init__(
+        self, run_id: str, client: Hewer, convert: Callable[[_wire.RunEvent], ResultT]
+    ) -> None:
+        self.run_id = run_id
+        self._client = client
+        self._convert = convert
+
+    def result(self) -> ResultT:
+        """Block until the run finishes; raises TaskRunError if it failed."""
+        return self._convert(self._client._runs.wait(self.run_id))
+
+    async def aio_result(self) -> ResultT:
+        """Wait until the run finishes; raises TaskRunError if it failed."""
+        return self._convert(await self._client._runs.aio_wait(self.run_id))
+
+    def __repr__(self) -> str:
+        return f"<RunRef {self.run_id}>"
+
+
+class _Runnable(Generic[InT, ResultT]):
+    """Run methods shared by workflows and standalone tasks."""
+
+    _client: Hewer
+
+    @property
+    def _workflow(self) -> Workflow[Any]:
+        raise NotImplementedError
+
+    @property
+    def _input_model(self) -> type[BaseModel] | None:
+        raise NotImplementedError
+
+    def _convert(self, event: _wire.RunEvent) -> ResultT:
+        raise NotImplementedError
+
+    def _request(
+        self,
+        input: TaskInput[InT],
+        additional_metadata: Mapping[str, Any] | None,
+        priority: int | None,
+    ) -> Any:
+        return _wire.trigger_request(
+            self._workflow.namespaced_name,
+            _serde.input_json(input, self._input_model),
+            additional_metadata_json=(
+                _serde.dumps(dict(additional_metadata)) if additional_metadata else None
+            ),
+            priority=check_priority(priority),
+        )
+
+    def _ref(self, run_id: str) -> RunRef[ResultT]:
+        return RunRef(run_id, self._client, self._convert)
+
+    def run_no_wait(
+        self,
+        input: TaskInput[InT] = None,
+        *,
+        additional_metadata: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+    ) -> RunRef[ResultT]:
+        """Trigger a run and return at once."""
+        request = self._request(input, additional_metadata, priority)
+        return self._ref(self._client._runs.trigger(request))
+
+    async def aio_run_no_wait(
+        self,
+        input: TaskInput[InT] = None,
+        *,
+        additional_metadata: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+    ) -> RunRef[ResultT]:
+        """Trigger a run and return at once."""
+        request = self._request(input, additional_metadata, priority)
+        return self._ref(await self._client._runs.aio_trigger(request))
+
+    def run(
+        self,
+        input: TaskInput[InT] = None,
+        *,
+        additional_metadata: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+    ) -> ResultT:
+        """Trigger a run and block until its result; raises TaskRunError if it failed."""
+        ref = self.run_no_wait(input, additional_metadata=additional_metadata, priority=priority)
+        return ref.result()
+
+    async def aio_run(
+        self,
+        input: TaskInput[InT] = None,
+        *,
+        additional_metadata: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+    ) -> ResultT:
+        """Trigger a run and wait for its result; raises TaskRunError if it failed."""
+        ref = await self.aio_run_no_wait(
+            input, additional_metadata=additional_metadata, priority=priority
+        )
+        return await ref.aio_result()
+
+    def run_many_no_wait(
+        self,
+        inputs: Sequence[TaskInput[InT]],
+        *,
+        additional_metadata: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+    ) -> list[RunRef[ResultT]]:
+        """Trigger one run per input in bulk; returns their refs in order."""
+        requests = [self._request(i, additional_metadata, priority) for i in inputs]
+        return [self._ref(run_id) for run_id in self._client._runs.bulk_trigger(requests)]
+
+    async def aio_run_many_no_wait(
+        self,
+        inputs: Sequence[TaskInput[InT]],
+        *,
+        additional_metadata: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+    ) -> list[RunRef[ResultT]]:
+        """Trigger one run per input in bulk; returns their refs in order."""
+        requests = [self._request(i, additional_metadata, priority) for i in inputs]
+        run_ids = await self._client._runs.aio_bulk_trigger(requests)
+        return [self._ref(run_id) for run_id in run_ids]
+
+    def run_many(
+        self,
+        inputs: Sequence[TaskInput[InT]],
+        *,
+        additional_metadata: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+    ) -> list[ResultT]:
+        """Trigger one run per input and block until all finish; results in input order."""
+        refs = self.run_many_no_wait(
+            inputs, additional_metadata=additional_metadata, priority=priority
+        )
+        events = self._client._runs.wait_many([ref.run_id for ref in refs])
+        return [self._convert(event) for event in events]
+
+    async def aio_run_many(
+        self,
+        inputs: Sequence[TaskInput[InT]],
+        *,
+        additional_metadata: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+    ) -> list[ResultT]:
+        """Trigger one run per input and wait until all finish; results in input order."""
+        import asyncio
+
+        refs = await self.aio_run_many_no_wait(
+            inputs, additional_metadata=additional_metadata, priority=priority
+        )
+        return list(await asyncio.gather(*(ref.aio_result() for ref in refs)))
+
+
+class TaskDecorator(Protocol):
+    """What ``workflow.task(...)`` returns: turns a function into a ``Task``."""
+
+    @overload
+    def __call__(
+        self, fn: Callable[[FnInT, Context], Coroutine[Any, Any, FnOutT]], /
+    ) -> Task[FnInT, FnOutT]: ...
+
+    @overload
+    def __call__(self, fn: Callable[[FnInT, Context], FnOutT], /) -> Task[FnInT, FnOutT]: ...
+
+
+class Workflow(_Runnable[InT, dict[str, Any]]):
+    """A named DAG of tasks; its runs return ``{task name: output}`` for every task."""
+
+    def __init__(
+        self,
+        client: Hewer,
+        name: str,
+        *,
+        input_validator: type[BaseModel] | None = None,
+        default_priority: int | None = None,
+    ) -> None:
+        if not name:
+            raise ConfigurationError("a workflow needs a name")
+        self._client = client
+        self.name = name
+        self.input_validator = input_validator
+        self.default_priority = check_priority(default_priority)
+        self.tasks: list[Task[Any, Any]] = []
+
+    @property
+    def namespaced_name(self) -> str:
+        """The name the engine knows this workflow by."""
+        return self._client.namespaced(self.name)
+
+    @property
+    def _workflow(self) -> Workflow[Any]:
+        return self
+
+    @property
+    def _input_model(self) -> type[BaseModel] | None:
+        if self.input_validator is not None:
+            return self.input_validator
+        roots = [t.input_model for t in self.tasks if not t.parents and t.input_model]
+        return roots[0] if roots else None
+
+    def _convert(self, event: _wire.RunEvent) -> dict[str, Any]:
+        return run_outputs(event)
+
+    def add_task(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        options: TaskOptions | None = None,
+        parents: Sequence[Task[Any, Any]] = (),
+    ) -> Task[Any, Any]:
+        """Add ``fn`` as a task (the non-decorator form of ``task``)."""
+        task_name = name or getattr(fn, "__name__", "")
+        if not task_name:
+            raise ConfigurationError(f"cannot name a task after {fn!r}; pass name=")
+        if any(t.name.lower() == task_name.lower() for t in self.tasks):
+            raise ConfigurationError(f"workflow {self.name!r} already has a task {task_name!r}")
+        task: Task[Any, Any] = Task(
+            fn, name=task_name, workflow=self, options=options or TaskOptions(), parents=parents
+        )
+        self.tasks.append(task)
+        return task
+
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        parents: Sequence[Task[Any, Any]] = (),
+        **options: Unpack[TaskKwargs],
+    ) -> TaskDecorator:
+        """Decorator adding a function as a task of this workflow.
+
+        Options are those of ``TaskOptions`` (retries, execution_timeout, ...);
+        ``parents`` are tasks of this workflow that must complete first.
+        """
+        opts = TaskOptions(**options)
+
+        def decorate(fn: Callable[..., Any]) -> Task[Any, Any]:
+            return self.add_task(fn, name=name, options=opts, parents=parents)
+
+        return decorate
+
+    def specs(self) -> list[_wire.TaskSpec]:
+        """Registration specs of all tasks."""
+        return [t.spec() for t in self.tasks]
+
+    def put_request(self) -> Any:
+        """The PutWorkflow request registering this workflow."""
+        if not self.tasks:
+            raise ConfigurationError(f"workflow {self.name!r} has no tasks")
+        return _wire.put_workflow_request(self.namespaced_name, self.specs(), self.default_priority)
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name} tasks={[t.name for t in self.tasks]}>"
+
+
+class StandaloneTask(_Runnable[InT, OutT]):
+    """A single-task workflow; its runs return the task's output."""
+
+    def __init__(self, workflow: Workflow[InT], task: Task[InT, OutT]) -> None:
+        self._client = workflow._client
+        self.workflow = workflow
+        self.task = task
+
+    @property
+    def name(self) -> str:
+        """Task (and workflow) name."""
+        return self.task.name
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        """The decorated function."""
+        return self.task.fn
+
+    @property
+    def _workflow(self) -> Workflow[Any]:
+        return self.workflow
+
+    @property
+    def _input_model(self) -> type[BaseModel] | None:
+        return self.task.input_model
+
+    def _convert(self, event: _wire.RunEvent) -> OutT:
+        outputs = run_outputs(event)
+        return self.task.parse_output(outputs.get(self.task.name))
+
+    def __repr__(self) -> str:
+        return f"<StandaloneTask {self.name}>"
+
+
+class StandaloneDecorator(Protocol):
+    """What ``hw.task(...)`` returns: turns a function into a ``StandaloneTask``."""
+
+    @overload
+    def __call__(
+        self, fn: Callable[[FnInT, Context], Coroutine[Any, Any, FnOutT]], /
+    ) -> StandaloneTask[FnInT, FnOutT]: ...
+
+    @overload
+    def __call__(
+        self, fn: Callable[[FnInT, Context], FnOutT], /
+    ) -> StandaloneTask[FnInT, FnOutT]: ...

@@ -1,0 +1,361 @@
+"""Typed edges of the Hatchet wire: builders for requests, plain views of responses.
+
+Generated protobuf classes stay inside this module (and are ``Any`` to mypy); the rest of
+the SDK passes the dataclasses below around.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import IntEnum
+from importlib import metadata
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from hewer._proto import (
+    dispatcher_pb2,
+    dispatcher_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    workflows_pb2,
+    workflows_pb2_grpc,
+)
+from hewer._proto.v1 import workflows_pb2 as v1_workflows_pb2
+from hewer._proto.v1 import workflows_pb2_grpc as v1_workflows_pb2_grpc
+from hewer._proto.v1.shared import trigger_pb2
+from hewer.durations import format_duration
+from hewer.sdk._options import TaskOptions
+
+DEFAULT_SLOT_POOL = "default"
+
+
+def sdk_version() -> str:
+    """The installed Hewer version, reported to the engine at registration."""
+    try:
+        return metadata.version("hewer")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def timestamp(at: datetime) -> Timestamp:
+    """A protobuf Timestamp for an aware datetime."""
+    ts = Timestamp()
+    ts.FromDatetime(at)
+    return ts
+
+
+# --- stubs -------------------------------------------------------------------------------
+
+
+def dispatcher_stub(channel: Any) -> Any:
+    """``Dispatcher`` stub over a sync or aio channel."""
+    return dispatcher_pb2_grpc.DispatcherStub(channel)
+
+
+def events_stub(channel: Any) -> Any:
+    """``EventsService`` stub."""
+    return events_pb2_grpc.EventsServiceStub(channel)
+
+
+def workflow_stub(channel: Any) -> Any:
+    """v0 ``WorkflowService`` stub (triggering)."""
+    return workflows_pb2_grpc.WorkflowServiceStub(channel)
+
+
+def admin_stub(channel: Any) -> Any:
+    """``v1.AdminService`` stub (registration, run details)."""
+    return v1_workflows_pb2_grpc.AdminServiceStub(channel)
+
+
+# --- registration ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a workflow as the engine registers it."""
+
+    readable_id: str
+    action: str
+    parents: tuple[str, ...]
+    options: TaskOptions
+
+
+def put_workflow_request(
+    name: str, tasks: Sequence[TaskSpec], default_priority: int | None = None
+) -> Any:
+    """``CreateWorkflowVersionRequest`` for ``v1.AdminService/PutWorkflow``."""
+    request = v1_workflows_pb2.CreateWorkflowVersionRequest(name=name)
+    for spec in tasks:
+        opts = spec.options
+        task = request.tasks.add(
+            readable_id=spec.readable_id,
+            action=spec.action,
+            timeout=format_duration(opts.execution_timeout),
+            inputs="{}",
+            parents=list(spec.parents),
+            retries=opts.retries,
+            schedule_timeout=format_duration(opts.schedule_timeout),
+        )
+        task.slot_requests[DEFAULT_SLOT_POOL] = 1
+        if opts.backoff_factor is not None:
+            task.backoff_factor = opts.backoff_factor
+        if opts.backoff_max_seconds is not None:
+            task.backoff_max_seconds = opts.backoff_max_seconds
+    if default_priority is not None:
+        request.default_priority = default_priority
+    return request
+
+
+def register_request(
+    worker_name: str,
+    actions: Sequence[str],
+    slots: int,
+    labels: Mapping[str, str | int],
+) -> Any:
+    """``WorkerRegisterRequest`` for ``Dispatcher/Register``."""
+    request = dispatcher_pb2.WorkerRegisterRequest(
+        worker_name=worker_name,
+        actions=list(actions),
+        services=["default"],
+        runtime_info=dispatcher_pb2.RuntimeInfo(
+            sdk_version=sdk_version(),
+            language=dispatcher_pb2.PYTHON,
+            language_version=platform.python_version(),
+            os=platform.system().lower(),
+        ),
+    )
+    request.slot_config[DEFAULT_SLOT_POOL] = slots
+    for key, value in labels.items():
+        # bool is an int to Python but a label value to the user: keep it a string.
+        if isinstance(value, int) and not isinstance(value, bool):
+            request.labels[key].int_value = value
+        else:
+            request.labels[key].str_value = str(value)
+    return request
+
+
+def get_version_request() -> Any:
+    """Empty ``GetVersionRequest``."""
+    return dispatcher_pb2.GetVersionRequest()
+
+
+def listen_request(worker_id: str) -> Any:
+    """``WorkerListenRequest`` for ``Dispatcher/ListenV2``."""
+    return dispatcher_pb2.WorkerListenRequest(worker_id=worker_id)
+
+
+def heartbeat_request(worker_id: str, at: datetime) -> Any:
+    """``HeartbeatRequest``."""
+    return dispatcher_pb2.HeartbeatRequest(worker_id=worker_id, heartbeat_at=timestamp(at))
+
+
+def unsubscribe_request(worker_id: str) -> Any:
+    """``WorkerUnsubscribeRequest``."""
+    return dispatcher_pb2.WorkerUnsubscribeRequest(worker_id=worker_id)
+
+
+# --- actions and their events ------------------------------------------------------------
+
+
+class ActionKind(IntEnum):
+    """``ActionType`` on the wire."""
+
+    START = 0
+    CANCEL = 1
+    START_GET_GROUP_KEY = 2
+    START_BATCH = 3
+
+
+class EventKind(IntEnum):
+    """``StepActionEventType`` values the SDK sends."""
+
+    STARTED = 1
+    COMPLETED = 2
+    FAILED = 3
+
+
+@dataclass(frozen=True)
+class Action:
+    """An ``AssignedAction`` from ``ListenV2``, with the id of the worker that received it."""
+
+    worker_id: str
+    tenant_id: str
+    workflow_run_id: str
+    job_id: str
+    job_name: str
+    job_run_id: str
+    task_id: str
+    task_run_external_id: str
+    action_id: str
+    kind: int
+    payload: str
+    task_name: str
+    retry_count: int
+    additional_metadata: str | None
+    priority: int
+    parent_workflow_run_id: str | None = None
+
+    @classmethod
+    def from_proto(cls, msg: Any, worker_id: str) -> Action:
+        """View of an ``AssignedAction`` message."""
+        return cls(
+            worker_id=worker_id,
+            tenant_id=msg.tenant_id,
+            workflow_run_id=msg.workflow_run_id,
+            job_id=msg.job_id,
+            job_name=msg.job_name,
+            job_run_id=msg.job_run_id,
+            task_id=msg.task_id,
+            task_run_external_id=msg.task_run_external_id,
+            action_id=msg.action_id,
+            kind=int(msg.action_type),
+            payload=msg.action_payload,
+            task_name=msg.task_name,
+            retry_count=int(msg.retry_count),
+            additional_metadata=(
+                msg.additional_metadata if msg.HasField("additional_metadata") else None
+            ),
+            priority=int(msg.priority),
+            parent_workflow_run_id=(
+                msg.parent_workflow_run_id if msg.HasField("parent_workflow_run_id") else None
+            ),
+        )
+
+
+_EVENT_TYPES = {
+    EventKind.STARTED: dispatcher_pb2.STEP_EVENT_TYPE_STARTED,
+    EventKind.COMPLETED: dispatcher_pb2.STEP_EVENT_TYPE_COMPLETED,
+    EventKind.FAILED: dispatcher_pb2.STEP_EVENT_TYPE_FAILED,
+}
+
+
+def step_event(
+    action: Action,
+    kind: EventKind,
+    at: datetime,
+    *,
+    payload: str = "",
+    should_not_retry: bool | None = None,
+    retry_after_ms: int | None = None,
+) -> Any:
+    """``StepActionEvent`` reporting on ``action``; echoes the ids the engine fences on."""
+    event = dispatcher_pb2.StepActionEvent(
+        worker_id=action.worker_id,
+        job_id=action.job_id,
+        job_run_id=action.job_run_id,
+        task_id=action.task_id,
+        task_run_external_id=action.task_run_external_id,
+        action_id=action.action_id,
+        event_timestamp=timestamp(at),
+        event_type=_EVENT_TYPES[kind],
+        event_payload=payload,
+        retry_count=action.retry_count,
+    )
+    if should_not_retry is not None:
+        event.should_not_retry = should_not_retry
+    if retry_after_ms is not None:
+        event.retry_after_ms = retry_after_ms
+    return event
+
+
+# --- per-task side calls -----------------------------------------------------------------
+
+
+def put_log_request(
+    task_run_external_id: str, message: str, at: datetime, level: str, retry_count: int
+) -> Any:
+    """``PutLogRequest``."""
+    return events_pb2.PutLogRequest(
+        task_run_external_id=task_run_external_id,
+        created_at=timestamp(at),
+        message=message,
+        level=level,
+        task_retry_count=retry_count,
+    )
+
+
+def put_stream_request(task_run_external_id: str, data: bytes, at: datetime, index: int) -> Any:
+    """``PutStreamEventRequest``."""
+    return events_pb2.PutStreamEventRequest(
+        task_run_external_id=task_run_external_id,
+        created_at=timestamp(at),
+        message=data,
+        event_index=index,
+    )
+
+
+def refresh_timeout_request(task_run_external_id: str, increment: str) -> Any:
+    """``RefreshTimeoutRequest``."""
+    return dispatcher_pb2.RefreshTimeoutRequest(
+        task_run_external_id=task_run_external_id, increment_timeout_by=increment
+    )
+
+
+def release_slot_request(task_run_external_id: str) -> Any:
+    """``ReleaseSlotRequest``."""
+    return dispatcher_pb2.ReleaseSlotRequest(task_run_external_id=task_run_external_id)
+
+
+# --- triggering and results --------------------------------------------------------------
+
+
+def trigger_request(
+    name: str,
+    input_json: str,
+    *,
+    additional_metadata_json: str | None = None,
+    priority: int | None = None,
+) -> Any:
+    """``v1.TriggerWorkflowRequest`` for a top-level run."""
+    request = trigger_pb2.TriggerWorkflowRequest(name=name, input=input_json, child_index=0)
+    if additional_metadata_json is not None:
+        request.additional_metadata = additional_metadata_json
+    if priority is not None:
+        request.priority = priority
+    return request
+
+
+def bulk_trigger_request(requests: Sequence[Any]) -> Any:
+    """``BulkTriggerWorkflowRequest``."""
+    return workflows_pb2.BulkTriggerWorkflowRequest(workflows=list(requests))
+
+
+def subscribe_runs_request(run_id: str) -> Any:
+    """``SubscribeToWorkflowRunsRequest``."""
+    return dispatcher_pb2.SubscribeToWorkflowRunsRequest(workflow_run_id=run_id)
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """One task's outcome within a finished run."""
+
+    task_name: str
+    output: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """A finished run as ``SubscribeToWorkflowRuns`` reports it."""
+
+    run_id: str
+    results: tuple[TaskResult, ...]
+
+    @classmethod
+    def from_proto(cls, msg: Any) -> RunEvent:
+        """View of a ``WorkflowRunEvent`` message."""
+        return cls(
+            run_id=msg.workflow_run_id,
+            results=tuple(
+                TaskResult(
+                    task_name=r.task_name,
+                    output=r.output if r.HasField("output") else None,
+                    error=r.error if r.HasField("error") else None,
+                )
+                for r in msg.results
+            ),
+        )

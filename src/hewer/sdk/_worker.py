@@ -1,0 +1,319 @@
+"""``Worker``: registers workflows, listens for assignments, runs them, stops gracefully.
+
+Lifecycle of ``async_start``: PutWorkflow for each workflow, GetVersion, Register, then the
+action listener (a task on the loop) and heartbeats (a thread). It returns after a graceful
+stop: stop listening, let running tasks finish within the grace period and report, stop
+heartbeats, Unsubscribe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from hewer.errors import ConfigurationError, HewerError
+from hewer.sdk import _wire
+from hewer.sdk._connection import TRANSIENT_CODES, status_code, status_details
+from hewer.sdk._heartbeat import Heartbeater
+from hewer.sdk._listener import ActionListener
+from hewer.sdk._retry import aio_call_with_retry, translate
+from hewer.sdk._runner import Runner
+from hewer.sdk._services import WorkerServices
+from hewer.sdk._task import StandaloneTask, Task, Workflow
+
+if TYPE_CHECKING:
+    from hewer.sdk._client import Hewer
+
+logger = logging.getLogger(__name__)
+
+REGISTER_TIMEOUT_SECONDS = 30.0
+UNSUBSCRIBE_TIMEOUT_SECONDS = 5.0
+REGISTRATION_ATTEMPTS = 5
+PUT_WORKFLOW_CONCURRENCY = 5
+LOG_FLUSH_SECONDS = 2.0
+
+
+def build_registry(workflows: Sequence[Workflow[Any]]) -> dict[str, Task[Any, Any]]:
+    """``{action id: task}``; refuses two tasks that would share an action id."""
+    registry: dict[str, Task[Any, Any]] = {}
+    for workflow in workflows:
+        if not workflow.tasks:
+            raise ConfigurationError(f"workflow {workflow.name!r} has no tasks")
+        for task in workflow.tasks:
+            if task.action_id in registry:
+                raise ConfigurationError(
+                    f"two tasks register the action {task.action_id!r}: "
+                    f"{registry[task.action_id]!r} and {task!r}"
+                )
+            registry[task.action_id] = task
+    return registry
+
+
+class Worker:
+    """Runs the tasks of ``workflows`` as the engine assigns them, ``slots`` at a time."""
+
+    def __init__(
+        self,
+        client: Hewer,
+        name: str,
+        *,
+        slots: int,
+        workflows: Sequence[Workflow[Any] | StandaloneTask[Any, Any]],
+        labels: Mapping[str, str | int] | None = None,
+    ) -> None:
+        if slots < 1:
+            raise ConfigurationError(f"a worker needs at least one slot, got {slots}")
+        if not name:
+            raise ConfigurationError("a worker needs a name")
+        self._client = client
+        self.name = name
+        self.slots = slots
+        self.labels: dict[str, str | int] = dict(labels or {})
+        self.workflows: list[Workflow[Any]] = [
+            w.workflow if isinstance(w, StandaloneTask) else w for w in workflows
+        ]
+        self._registry = build_registry(self.workflows)
+        self.id: str | None = None
+        """Engine id of this worker once registered (changes if it has to register again)."""
+        self.ready = threading.Event()
+        """Set once the worker listens for assignments; cleared when it stops."""
+        self._stop_requested = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._draining = False
+        self._signalled = False
+        self._running = False
+
+    @property
+    def actions(self) -> list[str]:
+        """Action ids this worker registers."""
+        return list(self._registry)
+
+    # --- public lifecycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the worker, blocking until it has stopped gracefully (SIGTERM/SIGINT/stop())."""
+        asyncio.run(self.async_start())
+
+    async def async_start(self) -> None:
+        """Run the worker inside the running loop until it has stopped gracefully."""
+        if self._running:
+            raise HewerError(f"worker {self.name!r} is already running")
+        self._running = True
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stop_event = asyncio.Event()
+        if self._stop_requested.is_set():
+            self._stop_event.set()
+        installed = self._install_signal_handlers(loop)
+        try:
+            await self._run()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            self.ready.clear()
+            self._loop = None
+            self._stop_event = None
+            self._running = False
+
+    def stop(self) -> None:
+        """Ask the worker to stop gracefully; safe from any thread, returns at once."""
+        self._stop_requested.set()
+        loop, event = self._loop, self._stop_event
+        if loop is not None and event is not None:
+            # A closed loop means the worker is done anyway.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
+
+    # --- signals -------------------------------------------------------------------------
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        # Only the main thread may own signal handlers; a worker run from another thread
+        # (tests, embedding) is stopped with stop().
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        installed: list[int] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue
+            installed.append(sig)
+        return installed
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if self._signalled:
+            logger.warning("second %s: exiting now, abandoning running tasks", name)
+            os._exit(1)
+        self._signalled = True
+        logger.info("received %s: stopping gracefully (send it again to exit at once)", name)
+        self.stop()
+
+    # --- the run -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._stop_event is not None
+        settings = self._client.settings
+        connection = self._client.connection
+        services = WorkerServices(connection, self._client.clock)
+        services.open()
+        runner = Runner(
+            registry=self._registry,
+            services=services,
+            slots=self.slots,
+            max_message_bytes=settings.max_message_bytes,
+        )
+        loop = asyncio.get_running_loop()
+        listener = ActionListener(
+            connection,
+            worker_id=self._current_id,
+            reregister=lambda: self._register_all(services),
+            on_action=runner.handle,
+            on_listening=lambda worker_id, again: self._on_listening(worker_id, again, beats),
+            clock=self._client.clock,
+        )
+
+        def stream_lost(since: float) -> None:
+            with contextlib.suppress(RuntimeError):  # loop closed: shutting down
+                loop.call_soon_threadsafe(listener.request_reconnect, since)
+
+        beats = Heartbeater(
+            connection,
+            worker_id=lambda: self.id,
+            interval=settings.heartbeat_interval,
+            on_stream_lost=stream_lost,
+            draining=lambda: self._draining,
+            clock=self._client.clock,
+        )
+        listen_task: asyncio.Task[None] | None = None
+        self._draining = False
+        try:
+            await self._register_all(services)
+            if self._stop_event.is_set():
+                return
+            listen_task = asyncio.create_task(listener.run(), name="hewer-listener")
+            stop_wait = asyncio.create_task(self._stop_event.wait(), name="hewer-stop-wait")
+            await asyncio.wait({listen_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            if listen_task.done() and not listen_task.cancelled():
+                # run() only returns by cancellation; anything else is a bug worth shouting.
+                logger.error("action listener ended unexpectedly: %r", listen_task.exception())
+            logger.info("worker %s stopping: no new tasks; %d running", self.name, runner.running)
+            self._draining = True
+            listen_task.cancel()
+            await asyncio.gather(listen_task, return_exceptions=True)
+            await runner.drain(settings.grace_period.total_seconds())
+        finally:
+            if listen_task is not None and not listen_task.done():
+                listen_task.cancel()
+                await asyncio.gather(listen_task, return_exceptions=True)
+            await asyncio.to_thread(beats.stop)
+            if self.id is not None:
+                await self._unsubscribe(services)
+            await asyncio.to_thread(services.close_logs, LOG_FLUSH_SECONDS)
+            await services.aclose()
+            runner.shutdown()
+            logger.info("worker %s stopped", self.name)
+
+    def _current_id(self) -> str:
+        assert self.id is not None, "worker not registered"
+        return self.id
+
+    def _on_listening(self, worker_id: str, again: bool, beats: Heartbeater) -> None:
+        if again:
+            logger.info("action listener reconnected: %s", worker_id)
+        else:
+            logger.info("acquired action listener: %s", worker_id)
+        # Heartbeats start once the stream is up: before that the engine would answer that
+        # the worker has no stream, and we would reconnect a stream that is just opening.
+        beats.start()
+        self.ready.set()
+
+    async def _register_all(self, services: WorkerServices) -> None:
+        """PutWorkflow for every workflow, GetVersion, then Register (sets ``self.id``)."""
+        limit = asyncio.Semaphore(PUT_WORKFLOW_CONCURRENCY)
+
+        async def put(workflow: Workflow[Any]) -> None:
+            async with limit:
+                request = workflow.put_request()
+                await self._call(
+                    services,
+                    lambda: services.aio_admin.PutWorkflow(
+                        request, metadata=services.metadata, timeout=REGISTER_TIMEOUT_SECONDS
+                    ),
+                    f"register workflow {workflow.namespaced_name!r}",
+                )
+
+        await asyncio.gather(*(put(w) for w in self.workflows))
+        await self._engine_version(services)
+        worker_name = self._client.namespaced(self.name)
+        request = _wire.register_request(worker_name, self.actions, self.slots, self.labels)
+        response = await self._call(
+            services,
+            lambda: services.aio_dispatcher.Register(
+                request, metadata=services.metadata, timeout=REGISTER_TIMEOUT_SECONDS
+            ),
+            f"register worker {worker_name!r}",
+        )
+        self.id = str(response.worker_id)
+        logger.info("'%s' waiting for %s", worker_name, self.actions)
+
+    async def _call(self, services: WorkerServices, call: Any, what: str) -> Any:
+        try:
+            return await aio_call_with_retry(
+                call,
+                what=what,
+                retry_codes=TRANSIENT_CODES,
+                attempts=REGISTRATION_ATTEMPTS,
+                clock=services.clock,
+            )
+        except grpc.RpcError as exc:
+            raise translate(exc, what) from exc
+
+    async def _engine_version(self, services: WorkerServices) -> str | None:
+        try:
+            response = await aio_call_with_retry(
+                lambda: services.aio_dispatcher.GetVersion(
+                    _wire.get_version_request(),
+                    metadata=services.metadata,
+                    timeout=REGISTER_TIMEOUT_SECONDS,
+                ),
+                what="get engine version",
+                retry_codes=TRANSIENT_CODES,
+                attempts=3,
+                clock=services.clock,
+            )
+        except grpc.RpcError as exc:
+            logger.debug("engine version unknown: %s", status_code(exc))
+            return None
+        version = str(response.version)
+        logger.debug("engine version %s", version)
+        return version
+
+    async def _unsubscribe(self, services: WorkerServices) -> None:
+        assert self.id is not None
+        try:
+            await services.aio_dispatcher.Unsubscribe(
+                _wire.unsubscribe_request(self.id),
+                metadata=services.metadata,
+                timeout=UNSUBSCRIBE_TIMEOUT_SECONDS,
+            )
+        except grpc.RpcError as exc:
+            logger.warning(
+                "unsubscribe of worker %s failed: %s %s",
+                self.id,
+                status_code(exc),
+                status_details(exc),
+            )
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name} id={self.id} slots={self.slots}>"
