@@ -1,0 +1,178 @@
+"""The scheduler on its own: slots, priority, FIFO, spread, refusals, delays."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
+
+import pytest
+
+from hewer.engine.core.clock import ManualClock
+from hewer.engine.core.scheduler import Scheduler, worker_slots
+from hewer.store import Store
+from hewer.store.models import Assignment, DispatchInfo, QueueItem, RunningTask
+
+
+class RecordingStore:
+    """Commits every assignment except those for tasks listed in ``refuse``."""
+
+    def __init__(self) -> None:
+        self.refuse: set[str] = set()
+
+    async def tasks_assign(self, assignments: Sequence[Assignment], now: float) -> list[Any]:
+        return [
+            DispatchInfo(
+                a.task_id, a.tenant_id, a.worker_id, "run", "step", "wf", "v", "r", "act",
+                a.retry_count, 1, "{}", None,
+            )
+            for a in assignments
+            if a.task_id not in self.refuse
+        ]
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.clock = ManualClock()
+        self.store = RecordingStore()
+        self.dispatched: list[DispatchInfo] = []
+        self.scheduler = Scheduler(cast(Store, self.store), self.clock, self.dispatched.extend)
+        self._seq = 0
+
+    def item(
+        self, action: str = "a", priority: int = 1, slots: int = 1, delay: float = 0.0
+    ) -> QueueItem:
+        self._seq += 1
+        return QueueItem(
+            task_id=f"t{self._seq}",
+            tenant_id="tenant",
+            action_id=action,
+            priority=priority,
+            seq=self._seq,
+            retry_count=0,
+            slot_requests={"default": slots},
+            available_at=self.clock.now() + delay,
+        )
+
+    def worker(self, wid: str, slots: int = 5, actions: tuple[str, ...] = ("a",)) -> None:
+        w = worker_slots(wid, "tenant", actions, {"default": slots})
+        w.assignable = True
+        self.scheduler.worker_up(w)
+
+    async def settle(self) -> None:
+        # Two round trips through the inbox: the second is answered after the pass that
+        # the first one woke up has finished.
+        await self.scheduler.slot_usage()
+        await self.scheduler.slot_usage()
+
+    def placed(self) -> dict[str, str]:
+        return {d.task_id: d.worker_id for d in self.dispatched}
+
+
+@pytest.fixture
+async def h() -> AsyncIterator[Harness]:
+    harness = Harness()
+    harness.scheduler.start()
+    yield harness
+    await harness.scheduler.stop()
+
+
+async def test_never_exceeds_slots_and_resumes_when_freed(h: Harness) -> None:
+    h.worker("w1", slots=2)
+    items = [h.item() for _ in range(5)]
+    h.scheduler.enqueue(items)
+    await h.settle()
+    assert list(h.placed()) == ["t1", "t2"]
+    assert (await h.scheduler.slot_usage())["w1"] == {"default": 2}
+    h.scheduler.free([RunningTask("t1", "w1", 0, {"default": 1}, False)])
+    await h.settle()
+    assert list(h.placed()) == ["t1", "t2", "t3"]
+    assert h.scheduler.queued_count() == 2
+
+
+async def test_priority_then_fifo(h: Harness) -> None:
+    low1, high1, mid, low2, high2 = (
+        h.item(priority=1), h.item(priority=3), h.item(priority=2), h.item(priority=1),
+        h.item(priority=3),
+    )
+    h.scheduler.enqueue([low1, high1, mid, low2, high2])
+    await h.settle()
+    h.worker("w1", slots=5)
+    await h.settle()
+    order = [d.task_id for d in h.dispatched]
+    assert order == [high1.task_id, high2.task_id, mid.task_id, low1.task_id, low2.task_id]
+
+
+async def test_work_spreads_across_workers(h: Harness) -> None:
+    h.worker("w1", slots=5)
+    h.worker("w2", slots=5)
+    h.scheduler.enqueue([h.item() for _ in range(6)])
+    await h.settle()
+    per_worker: dict[str, int] = {}
+    for worker in h.placed().values():
+        per_worker[worker] = per_worker.get(worker, 0) + 1
+    assert per_worker == {"w1": 3, "w2": 3}
+
+
+async def test_only_workers_with_the_action_and_assignable(h: Harness) -> None:
+    h.worker("other", actions=("b",))
+    paused = worker_slots("paused", "tenant", ("a",), {"default": 5})
+    h.scheduler.worker_up(paused)  # not assignable (no stream yet)
+    h.scheduler.enqueue([h.item("a")])
+    await h.settle()
+    assert h.placed() == {}
+    h.scheduler.set_assignable("paused", True)
+    await h.settle()
+    assert h.placed() == {"t1": "paused"}
+
+
+async def test_multi_unit_task_needs_all_units_on_one_worker(h: Harness) -> None:
+    h.worker("w1", slots=1)
+    h.worker("w2", slots=1)
+    h.scheduler.enqueue([h.item(slots=2)])
+    await h.settle()
+    assert h.placed() == {}
+    h.worker("big", slots=2)
+    await h.settle()
+    assert h.placed() == {"t1": "big"}
+
+
+async def test_refused_assignment_gives_slot_back(h: Harness) -> None:
+    h.worker("w1", slots=1)
+    first, second = h.item(), h.item()
+    h.store.refuse.add(first.task_id)  # e.g. cancelled between decision and commit
+    h.scheduler.enqueue([first, second])
+    await h.settle()
+    await h.settle()
+    assert h.placed() == {second.task_id: "w1"}
+
+
+async def test_delayed_items_wait_for_their_time(h: Harness) -> None:
+    h.worker("w1")
+    h.scheduler.enqueue([h.item(delay=10.0)])
+    await h.settle()
+    assert h.placed() == {}
+    h.clock.advance(10.5)
+    await h.settle()
+    assert h.placed() == {"t1": "w1"}
+
+
+async def test_removed_and_duplicate_items_are_not_assigned(h: Harness) -> None:
+    item = h.item()
+    h.scheduler.enqueue([item, item])
+    h.scheduler.remove([h.item().task_id])  # unknown ids are harmless
+    gone = h.item()
+    h.scheduler.enqueue([gone])
+    h.scheduler.remove([gone.task_id])
+    h.worker("w1")
+    await h.settle()
+    assert h.placed() == {item.task_id: "w1"}
+    assert (await h.scheduler.slot_usage())["w1"] == {"default": 1}
+
+
+async def test_worker_reregistration_keeps_slot_usage(h: Harness) -> None:
+    h.worker("w1", slots=1)
+    h.scheduler.enqueue([h.item(), h.item()])
+    await h.settle()
+    h.worker("w1", slots=1)  # the stream reconnects: same worker, same tasks held
+    await h.settle()
+    assert list(h.placed()) == ["t1"]
