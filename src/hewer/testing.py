@@ -46,6 +46,7 @@ class EngineThread:
             return
         try:
             self.call(self.engine.stop(grace=0.5))
+            self.call(_cancel_leftovers())
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
@@ -83,3 +84,12 @@ class EngineThread:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+async def _cancel_leftovers() -> None:
+    """Cancel what the gRPC server left behind, so the loop closes with nothing pending."""
+    current = asyncio.current_task()
+    leftovers = [t for t in asyncio.all_tasks() if t is not current]
+    for task in leftovers:
+        task.cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)

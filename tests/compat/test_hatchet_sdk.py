@@ -1,0 +1,108 @@
+"""The unmodified hatchet-sdk 1.43.1, as worker and as client, against our engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hewer.testing import EngineThread
+from tests.helpers import wait_for
+
+APP = Path(__file__).with_name("hatchet_app.py")
+
+
+def _hatchet_installed() -> bool:
+    probe = subprocess.run(
+        [sys.executable, "-c", "import hatchet_sdk"], capture_output=True, check=False
+    )
+    return probe.returncode == 0
+
+
+pytestmark = pytest.mark.skipif(not _hatchet_installed(), reason="hatchet-sdk not installed")
+
+
+def hatchet_env(engine: EngineThread) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HATCHET_")}
+    env.update(
+        HATCHET_CLIENT_TOKEN=engine.token,
+        HATCHET_CLIENT_HOST_PORT=engine.address,
+        HATCHET_CLIENT_TLS_STRATEGY="none",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def hatchet_worker(engine: EngineThread, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    log = (tmp_path / "hatchet-worker.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, str(APP), "worker"],
+        env=hatchet_env(engine),
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(
+            lambda: any(
+                w.name == "compat-worker"
+                for w in engine.call(engine.engine.store.workers_list())
+            )
+            or proc.poll() is not None,
+            timeout=60,
+            what="hatchet worker registration",
+        )
+        assert proc.poll() is None, (tmp_path / "hatchet-worker.log").read_text()
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_hatchet_worker_and_client_run_tasks_and_dags(
+    engine: EngineThread, hatchet_worker: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, str(APP), "client"],
+        env=hatchet_env(engine),
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-4000:]
+    out = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    assert out["double"] == {"y": 42}
+    assert out["dag"] == {"first": {"a": 2}, "second": {"b": 20}}
+    assert "bad x 7" in out["fail"]
+    assert out["no_wait"] == [{"y": 0}, {"y": 2}, {"y": 4}]
+    assert out["aio_double"] == {"y": 10}
+    assert out["aio_add"] == {"y": 101}
+    assert out["aio_dag"] == {"first": {"a": 3}, "second": {"b": 30}}
+    assert "bad x 3" in out["aio_fail"]
+
+
+def test_hatchet_worker_leaves_on_sigterm(
+    engine: EngineThread, hatchet_worker: subprocess.Popen[bytes]
+) -> None:
+    hatchet_worker.send_signal(signal.SIGTERM)
+    assert hatchet_worker.wait(timeout=60) == 0
+
+    # hatchet-sdk fires Unsubscribe without awaiting it, so the engine may see either the
+    # unsubscribe (STOPPED) or only the silence (INACTIVE); never a worker left ACTIVE.
+    def gone() -> bool:
+        workers = engine.call(engine.engine.store.workers_list())
+        return any(
+            w.name == "compat-worker" and w.status in ("stopped", "inactive") for w in workers
+        )
+
+    wait_for(gone, timeout=30, what="worker no longer active after SIGTERM")
