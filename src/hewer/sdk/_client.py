@@ -149,7 +149,8 @@ class Hewer:
         self._pool.close()
 
     async def aclose(self) -> None:
-        """Close the running loop's channel."""
+        """Close the running loop's results stream and channel."""
+        await self._runs.aclose()
         await self._pool.aclose()
 
     def __repr__(self) -> str:

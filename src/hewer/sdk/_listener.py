@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 # A stream that stayed up this long counts as healthy: the next failure backs off from 0.
 HEALTHY_STREAM_SECONDS = 5.0
+# How long one attempt waits for a connection before starting over on a fresh channel.
+CONNECT_TIMEOUT_SECONDS = 5.0
 # Codes with which the engine says it does not know (or no longer accepts) the worker id.
 REREGISTER_CODES = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED})
 
@@ -40,6 +42,7 @@ class ActionListener:
         on_action: Callable[[_wire.Action], None],
         on_listening: Callable[[str, bool], None],
         clock: Clock,
+        settle_seconds: float = 1.0,
         backoff: Backoff = LISTEN_BACKOFF,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -49,6 +52,7 @@ class ActionListener:
         self._on_action = on_action
         self._on_listening = on_listening
         self._clock = clock
+        self._settle = settle_seconds
         self._backoff = backoff
         self._rng = rng
         self._call: Any = None
@@ -58,12 +62,13 @@ class ActionListener:
         """Streams opened so far (1 + reconnects)."""
 
     def request_reconnect(self, since: float) -> None:
-        """Drop the current stream if it was opened before ``since`` (monotonic seconds).
+        """Drop the current stream if it was open well before ``since`` (monotonic seconds).
 
-        Called (on the loop) when a heartbeat sent at ``since`` was told the stream is gone;
-        a stream opened after that heartbeat is already the fresh one.
+        Called (on the loop) when a heartbeat sent at ``since`` was told the stream is gone.
+        A stream opened after that heartbeat is already a fresh one, and one opened just
+        before it may not have reached the engine yet: the next heartbeat will tell.
         """
-        if self._call is not None and self._opened_at <= since:
+        if self._call is not None and self._opened_at + self._settle <= since:
             self._interrupted = True
             self._call.cancel()
 
@@ -86,13 +91,21 @@ class ActionListener:
         channel = self._connection.aio_channel()
         delivered = False
         try:
+            try:
+                await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_SECONDS)
+            except TimeoutError:
+                logger.warning(
+                    "cannot reach the engine at %s; still trying", self._connection.address
+                )
+                return False
+            # The engine need not answer anything until it has work, so the stream counts
+            # as open once the request is on a ready connection.
             call = _wire.dispatcher_stub(channel).ListenV2(
                 _wire.listen_request(worker_id), metadata=self._connection.metadata
             )
             self._call = call
             self._opened_at = self._clock.monotonic()
             self._interrupted = False
-            await call.wait_for_connection()
             self.connections += 1
             self._on_listening(worker_id, self.connections > 1)
             async for message in call:

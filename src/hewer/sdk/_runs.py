@@ -10,6 +10,7 @@ when the last waiter is served.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -149,6 +150,12 @@ class RunClient:
                 if not f.done():
                     self._sync_waiter.discard(run_id, f)
 
+    async def aclose(self) -> None:
+        """Stop this loop's results stream (waiters still pending get CancelledError)."""
+        waiter = self._aio_waiters.pop(asyncio.get_running_loop(), None)
+        if waiter is not None:
+            await waiter.aclose()
+
     async def aio_wait(self, run_id: str) -> _wire.RunEvent:
         """Wait until the run finishes."""
         loop = asyncio.get_running_loop()
@@ -281,6 +288,16 @@ class _AioRunWaiter:
                 if not waiting:
                     self._pending.pop(run_id, None)
 
+    async def aclose(self) -> None:
+        task = self._task
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        for futures in self._pending.values():
+            for future in futures:
+                future.cancel()
+        self._pending.clear()
+
     async def _run(self) -> None:
         attempt = 0
         try:
@@ -327,3 +344,6 @@ class _AioRunWaiter:
             return False
         finally:
             call.cancel()
+            # Let gRPC finish the cancelled call while the loop still runs.
+            with contextlib.suppress(Exception):
+                await call.code()

@@ -180,6 +180,7 @@ class Worker:
             on_action=runner.handle,
             on_listening=lambda worker_id, again: self._on_listening(worker_id, again, beats),
             clock=self._client.clock,
+            settle_seconds=min(1.0, settings.heartbeat_interval.total_seconds()),
         )
 
         def stream_lost(since: float) -> None:
@@ -233,8 +234,8 @@ class Worker:
             logger.info("action listener reconnected: %s", worker_id)
         else:
             logger.info("acquired action listener: %s", worker_id)
-        # Heartbeats start once the stream is up: before that the engine would answer that
-        # the worker has no stream, and we would reconnect a stream that is just opening.
+        # Heartbeats start with the first stream: before it the engine would only answer
+        # that the worker has no stream.
         beats.start()
         self.ready.set()
 
