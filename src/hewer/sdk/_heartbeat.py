@@ -106,7 +106,14 @@ class Heartbeater:
             )
             self._on_stream_lost(started)
             return failures
-        log = logger.warning if failures >= 2 else logger.info
+        # One miss is noise; a run of them matters, but an engine down for minutes must not
+        # flood the log at one line per interval.
+        if failures == 1:
+            log = logger.info
+        elif failures <= 5 or failures % 25 == 0:
+            log = logger.warning
+        else:
+            return failures
         log(
             "heartbeat %d for worker %s failed: %s %s",
             failures,

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from hewer.errors import HewerError
 from hewer.sdk import _wire
 from hewer.sdk._connection import Connection, status_code, status_details
 from hewer.sdk._time import LISTEN_BACKOFF, Backoff, Clock
@@ -137,8 +138,8 @@ class ActionListener:
             )
             try:
                 await self._reregister()
-            except grpc.RpcError as again:
-                logger.warning("registering again failed (%s); will retry", status_code(again))
+            except (grpc.RpcError, HewerError) as again:
+                logger.warning("registering again failed (%s); will retry", again)
             except Exception:
                 logger.exception("registering again failed; will retry")
             return

@@ -294,7 +294,10 @@ class Runner:
 
     async def _send(self, event: Any) -> None:
         stub = self._services.aio_dispatcher
-        what = f"report {event.event_type} of {event.task_run_external_id}"
+        what = (
+            f"report {_wire.EventKind(event.event_type).name} "
+            f"of {event.action_id} (run {event.task_run_external_id})"
+        )
         try:
             await aio_call_with_retry(
                 lambda: stub.SendStepActionEvent(
