@@ -13,8 +13,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -29,7 +30,10 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
 
 
-def _option(name: str, env: str, **kwargs: Any) -> Any:
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _option(name: str, env: str, **kwargs: Any) -> Callable[[F], F]:
     return click.option(name, envvar=env, show_envvar=True, **kwargs)
 
 
@@ -47,7 +51,7 @@ def _engine_settings(**given: Any) -> EngineSettings:
     return EngineSettings(**{k: v for k, v in given.items() if v is not None})
 
 
-def engine_options(fn: Any) -> Any:
+def engine_options(fn: F) -> F:
     """Options that say where the engine and its database are."""
     for decorator in reversed(
         [
@@ -69,8 +73,7 @@ def engine_options(fn: Any) -> Any:
             _option(
                 "--broadcast-address",
                 "HEWER_BROADCAST_ADDRESS",
-                help="host:port that workers should dial, written into tokens "
-                "[default: host:port]",
+                help="host:port that workers should dial, written into tokens [default: host:port]",
             ),
         ]
     ):
@@ -218,8 +221,8 @@ def run(workflow: str, input_json: str, no_wait: bool, log_level: str) -> None:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--input") from None
     if not isinstance(data, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--input")
+    from hewer import Hewer
     from hewer.errors import HewerError
-    from hewer.sdk import Hewer
 
     hw = Hewer()
     try:

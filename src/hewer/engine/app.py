@@ -57,10 +57,13 @@ class Engine:
         self.port = port
         if s.port != port:
             self.settings = s.model_copy(update={"port": port})
-        self.token = await self._local_token()
+        self.token, token_is_new = await self._local_token()
         await self.core.start()
         await server.start()
         self._server = server
+        # Written once the server listens: a client that finds the file can connect.
+        if token_is_new:
+            write_private(self.settings.token_file, self.token)
         logger.info(
             "hewer engine listening on %s (database %s); token for tenant %r in %s "
             "(more with: hewer token create)",
@@ -70,8 +73,9 @@ class Engine:
             self.settings.token_file,
         )
 
-    async def _local_token(self) -> str:
-        """The default tenant's token, reused from the state dir while it is still valid."""
+    async def _local_token(self) -> tuple[str, bool]:
+        """The default tenant's token (reused from the state dir while still valid), and
+        whether it is new."""
         path = self.settings.token_file
         if path.exists():
             existing = path.read_text(encoding="utf-8").strip()
@@ -82,7 +86,7 @@ class Engine:
                     principal.tenant_id == self.default_tenant_id
                     and claims.get("grpc_broadcast_address") == self.address
                 ):
-                    return existing
+                    return existing, False
             except Unauthenticated:
                 pass
         token = await self.auth.mint(
@@ -92,8 +96,7 @@ class Engine:
             server_url=self.settings.server_url,
             grpc_address=self.address,
         )
-        write_private(path, token)
-        return token
+        return token, True
 
     async def stop(self, grace: float = 2.0) -> None:
         if self._server is not None:

@@ -12,6 +12,7 @@ from hewer.config import ClientSettings
 from hewer.sdk._connection import ChannelPool, Connection, resolve_connection
 from hewer.sdk._options import DEFAULT_SLOTS, TaskKwargs, TaskOptions
 from hewer.sdk._runs import RunClient
+from hewer.sdk._runs_api import Runs
 from hewer.sdk._task import StandaloneDecorator, StandaloneTask, Workflow
 from hewer.sdk._time import SYSTEM_CLOCK, Clock
 
@@ -61,6 +62,8 @@ class Hewer:
         self.clock = clock
         self._pool = ChannelPool(self._resolve)
         self._runs = RunClient(self._pool)
+        self.runs = Runs(self)
+        """Runs by workflow name and run id (``hw.runs.trigger("name", {...})``)."""
 
     def _resolve(self) -> Connection:
         return resolve_connection(self.settings)

@@ -193,7 +193,7 @@ class Runner:
         run = _Run(action, ctx, is_async=task is not None and task.is_async)
         self._runs[key] = run
         logger.info(
-            "starting %s (run %s, attempt %d)",
+            "starting %s (task run %s, attempt %d)",
             action.action_id,
             key,
             action.retry_count + 1,
@@ -212,7 +212,7 @@ class Runner:
         if run is None:
             logger.debug("cancel for %s, which is not running here", action.task_run_external_id)
             return
-        logger.info("cancelling %s (run %s)", run.action.action_id, action.task_run_external_id)
+        logger.info("cancelling %s (task run %s)", run.action.action_id, action.task_run_external_id)
         run.ctx.cancelled.set()
         # Sync functions cannot be interrupted; they see ctx.is_cancelled and their result
         # is dropped. Async ones get CancelledError unless they already returned.
@@ -329,7 +329,7 @@ class Runner:
             for run in list(self._runs.values()):
                 if run.task in pending:
                     logger.warning(
-                        "abandoning %s (run %s) after the grace period; the engine will retry it",
+                        "abandoning %s (task run %s) after the grace period; the engine will retry it",
                         run.action.action_id,
                         run.action.task_run_external_id,
                     )

@@ -439,7 +439,11 @@ class EngineCore:
         self._workers[record.id] = _WorkerState(record, WorkerStatus.ACTIVE, last_seen=now)
         self.scheduler.worker_up(slots)
         logger.info(
-            "worker registered",
+            "worker %r registered as %s with %d action(s), slots %s",
+            name,
+            record.id,
+            len(record.actions),
+            record.slot_config,
             extra={"worker_id": record.id, "worker_name": name, "actions": list(actions)},
         )
         return record

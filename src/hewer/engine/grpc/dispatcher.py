@@ -123,6 +123,8 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
             await abort_for(exc, context, "ListenV2")
             return
         try:
+            # Confirms the stream at once; a client need not wait for the first action.
+            await context.send_initial_metadata(())
             while True:
                 action = await session.next()
                 if action is None:
@@ -282,28 +284,27 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
                     )
 
         reader = asyncio.create_task(read_requests(), name="subscribe-reader")
+        getter: asyncio.Future[Any] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(ready.get())
                 done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    event = getter.result()
-                    pending.pop(event.workflow_run_id, None)
-                    yield event
-                    continue
-                getter.cancel()
-                if reader.exception() is not None or not pending:
-                    # The client closed its side and nothing is left to answer.
-                    while not ready.empty():
-                        yield ready.get_nowait()
+                if getter not in done:
+                    # The client closed its side: answer what it asked for, then end.
+                    getter.cancel()
+                    if reader.exception() is not None:
+                        return
+                    while pending:
+                        event = await ready.get()
+                        pending.pop(event.workflow_run_id, None)
+                        yield event
                     return
-                # Client half-closed: keep answering what it asked for.
-                while pending:
-                    event = await ready.get()
-                    pending.pop(event.workflow_run_id, None)
-                    yield event
-                return
+                event = getter.result()
+                pending.pop(event.workflow_run_id, None)
+                yield event
         finally:
+            if getter is not None:
+                getter.cancel()
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader

@@ -1,0 +1,65 @@
+"""``hw.runs``: runs addressed by workflow name and run id, without a task handle."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from hewer.sdk import _serde, _wire
+from hewer.sdk._options import check_priority
+from hewer.sdk._runs import run_outputs
+from hewer.sdk._task import RunRef
+
+if TYPE_CHECKING:
+    from hewer.sdk._client import Hewer
+
+
+class Runs:
+    """Trigger a workflow by name and wait for runs by id (e.g. from the CLI)."""
+
+    def __init__(self, client: Hewer) -> None:
+        self._client = client
+
+    def _request(
+        self,
+        workflow: str,
+        input: Mapping[str, Any] | None,
+        additional_metadata: Mapping[str, Any] | None,
+        priority: int | None,
+    ) -> Any:
+        return _wire.trigger_request(
+            self._client.namespaced(workflow),
+            _serde.dumps(dict(input or {})),
+            additional_metadata_json=(
+                _serde.dumps(dict(additional_metadata)) if additional_metadata else None
+            ),
+            priority=check_priority(priority),
+        )
+
+    def trigger(
+        self,
+        workflow: str,
+        input: Mapping[str, Any] | None = None,
+        *,
+        additional_metadata: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+    ) -> RunRef[dict[str, Any]]:
+        """Start a run of ``workflow``; its result is ``{task name: output}``."""
+        request = self._request(workflow, input, additional_metadata, priority)
+        return RunRef(self._client._runs.trigger(request), self._client, run_outputs)
+
+    async def aio_trigger(
+        self,
+        workflow: str,
+        input: Mapping[str, Any] | None = None,
+        *,
+        additional_metadata: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+    ) -> RunRef[dict[str, Any]]:
+        """Start a run of ``workflow``; its result is ``{task name: output}``."""
+        request = self._request(workflow, input, additional_metadata, priority)
+        return RunRef(await self._client._runs.aio_trigger(request), self._client, run_outputs)
+
+    def ref(self, run_id: str) -> RunRef[dict[str, Any]]:
+        """A handle on an existing run, to wait for its result."""
+        return RunRef(run_id, self._client, run_outputs)
