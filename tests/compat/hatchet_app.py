@@ -50,9 +50,7 @@ def second(input: In, ctx: Context) -> dict[str, int]:
 
 
 def worker() -> None:
-    hatchet.worker(
-        "compat-worker", slots=4, workflows=[double, async_add, fail, dag]
-    ).start()
+    hatchet.worker("compat-worker", slots=4, workflows=[double, async_add, fail, dag]).start()
 
 
 async def client_async() -> dict[str, object]:

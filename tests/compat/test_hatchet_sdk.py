@@ -51,11 +51,13 @@ def hatchet_worker(engine: EngineThread, tmp_path: Path) -> Iterator[subprocess.
     )
     try:
         wait_for(
-            lambda: any(
-                w.name == "compat-worker"
-                for w in engine.call(engine.engine.store.workers_list())
-            )
-            or proc.poll() is not None,
+            lambda: (
+                any(
+                    w.name == "compat-worker"
+                    for w in engine.call(engine.engine.store.workers_list())
+                )
+                or proc.poll() is not None
+            ),
             timeout=60,
             what="hatchet worker registration",
         )

@@ -52,10 +52,12 @@ def spawn_worker(engine: EngineThread, tmp_path: Path) -> Iterator[WorkerFactory
         procs.append(proc)
         if wait:
             wait_for(
-                lambda: proc.poll() is not None
-                or any(
-                    w.name == name and w.status == "active"
-                    for w in engine.call(engine.engine.store.workers_list())
+                lambda: (
+                    proc.poll() is not None
+                    or any(
+                        w.name == name and w.status == "active"
+                        for w in engine.call(engine.engine.store.workers_list())
+                    )
                 ),
                 timeout=30,
                 what=f"worker {name} registered",

@@ -69,8 +69,15 @@ async def assign(store: Store, task_id: str, tenant_id: str, worker: str, retry:
     return bool(done)
 
 
-def event(tenant_id: str, task_id: str, kind: EventType, worker: str = "w1", retry: int = 0,
-          payload: str = "", **kw: object) -> TaskEvent:
+def event(
+    tenant_id: str,
+    task_id: str,
+    kind: EventType,
+    worker: str = "w1",
+    retry: int = 0,
+    payload: str = "",
+    **kw: object,
+) -> TaskEvent:
     return TaskEvent(tenant_id, task_id, retry, worker, kind, payload, **kw)  # type: ignore[arg-type]
 
 
@@ -284,8 +291,17 @@ async def test_workers_are_tenant_scoped(store: Store) -> None:
     tid = await tenant(store)
     other = await tenant(store, "other")
     rec = WorkerRecord(
-        "w1", tid, "worker", ("a:b",), {"default": 5}, {"gpu": 1}, WorkerStatus.ACTIVE,
-        "registered", NOW, NOW, NOW,
+        "w1",
+        tid,
+        "worker",
+        ("a:b",),
+        {"default": 5},
+        {"gpu": 1},
+        WorkerStatus.ACTIVE,
+        "registered",
+        NOW,
+        NOW,
+        NOW,
     )
     await store.worker_insert(rec)
     assert await store.worker_get(tid, "w1") == rec

@@ -22,8 +22,19 @@ class RecordingStore:
     async def tasks_assign(self, assignments: Sequence[Assignment], now: float) -> list[Any]:
         return [
             DispatchInfo(
-                a.task_id, a.tenant_id, a.worker_id, "run", "step", "wf", "v", "r", "act",
-                a.retry_count, 1, "{}", None,
+                a.task_id,
+                a.tenant_id,
+                a.worker_id,
+                "run",
+                "step",
+                "wf",
+                "v",
+                "r",
+                "act",
+                a.retry_count,
+                1,
+                "{}",
+                None,
             )
             for a in assignments
             if a.task_id not in self.refuse
@@ -91,7 +102,10 @@ async def test_never_exceeds_slots_and_resumes_when_freed(h: Harness) -> None:
 
 async def test_priority_then_fifo(h: Harness) -> None:
     low1, high1, mid, low2, high2 = (
-        h.item(priority=1), h.item(priority=3), h.item(priority=2), h.item(priority=1),
+        h.item(priority=1),
+        h.item(priority=3),
+        h.item(priority=2),
+        h.item(priority=1),
         h.item(priority=3),
     )
     h.scheduler.enqueue([low1, high1, mid, low2, high2])

@@ -212,7 +212,9 @@ class Runner:
         if run is None:
             logger.debug("cancel for %s, which is not running here", action.task_run_external_id)
             return
-        logger.info("cancelling %s (task run %s)", run.action.action_id, action.task_run_external_id)
+        logger.info(
+            "cancelling %s (task run %s)", run.action.action_id, action.task_run_external_id
+        )
         run.ctx.cancelled.set()
         # Sync functions cannot be interrupted; they see ctx.is_cancelled and their result
         # is dropped. Async ones get CancelledError unless they already returned.
