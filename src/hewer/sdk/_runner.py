@@ -331,7 +331,7 @@ class Runner:
             for run in list(self._runs.values()):
                 if run.task in pending:
                     logger.warning(
-                        "abandoning %s (task run %s) after the grace period; the engine will retry it",
+                        "abandoning %s (task run %s) after the grace period; the engine retries it",
                         run.action.action_id,
                         run.action.task_run_external_id,
                     )
