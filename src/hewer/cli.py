@@ -144,6 +144,19 @@ def token_create(tenant: str, name: str, **given: Any) -> None:
     click.echo(asyncio.run(mint_token(settings, tenant, name)))
 
 
+@token.command("revoke")
+@click.argument("token_or_id")
+@engine_options
+def token_revoke(token_or_id: str, **given: Any) -> None:
+    """Revoke a token (the token itself or its id); engines refuse it within seconds."""
+    from hewer.engine.app import revoke_token
+
+    settings = _engine_settings(**given)
+    if not asyncio.run(revoke_token(settings, token_or_id)):
+        raise click.ClickException("no such active token")
+    click.echo("revoked")
+
+
 # ---------------------------------------------------------------------- workers
 
 

@@ -46,7 +46,14 @@ def noop(input: Item, ctx: Context) -> dict[str, int]:
 def slow(input: Sleep, ctx: Context) -> dict[str, int]:
     marker = os.environ.get("HEWER_TEST_LOG_DIR")
     if marker:
-        (Path(marker) / f"started-{os.getpid()}").touch()
+        (Path(marker) / f"started-{os.getpid()}-{ctx.task_run_external_id}").touch()
+    time.sleep(input.seconds)
+    return {"pid": os.getpid(), "retry_count": ctx.retry_count}
+
+
+@hw.task(name="it-block-loop")
+async def block_loop(input: Sleep, ctx: Context) -> dict[str, int]:
+    # Deliberately blocks the worker's event loop; heartbeats must keep flowing.
     time.sleep(input.seconds)
     return {"pid": os.getpid(), "retry_count": ctx.retry_count}
 
@@ -55,5 +62,5 @@ def make_worker():  # type: ignore[no-untyped-def]
     return hw.worker(
         os.environ.get("HEWER_TEST_WORKER_NAME", "it-worker"),
         slots=int(os.environ.get("HEWER_TEST_SLOTS", "5")),
-        workflows=[noop, slow],
+        workflows=[noop, slow, block_loop],
     )

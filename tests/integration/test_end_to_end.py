@@ -157,8 +157,12 @@ def test_sigkilled_worker_tasks_complete_on_another(
 ) -> None:
     victim = spawn_worker("victim", slots=1)
     ref = app.slow.run_no_wait(app.Sleep(seconds=1.0))
-    marker = tmp_path / "executions" / f"started-{victim.pid}"
-    wait_for(marker.exists, timeout=20, what="task started on the victim")
+    executions = tmp_path / "executions"
+    wait_for(
+        lambda: list(executions.glob(f"started-{victim.pid}-*")),
+        timeout=20,
+        what="task started on the victim",
+    )
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=10)
     survivor = spawn_worker("survivor", slots=1)

@@ -148,3 +148,16 @@ async def mint_token(settings: EngineSettings, tenant: str, name: str) -> str:
         )
     finally:
         await store.close()
+
+
+async def revoke_token(settings: EngineSettings, token_or_id: str) -> bool:
+    """Revoke a token (given as the token itself or its id); False if unknown or revoked."""
+    token_id = token_or_id
+    if token_or_id.count(".") == 2:
+        token_id = str(unverified_claims(token_or_id).get("token_id", ""))
+    store = open_store(str(settings.database))
+    await store.open()
+    try:
+        return await store.token_revoke(token_id, SystemClock().now())
+    finally:
+        await store.close()

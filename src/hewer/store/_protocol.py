@@ -23,6 +23,7 @@ from hewer.store.models import (
     TaskDef,
     TaskEvent,
     Tenant,
+    TimedOutTask,
     WorkerRecord,
     WorkerStatus,
     Workflow,
@@ -81,6 +82,9 @@ class Store(Protocol):
         self, tenant_id: str, task_ids: Sequence[str], reason: str, now: float
     ) -> EventOutcome:
         """Cancel tasks (and runs, given run ids) that are not terminal yet."""
+
+    async def tasks_timed_out(self, now: float, limit: int = 500) -> list[TimedOutTask]:
+        """Running attempts whose execution deadline has passed."""
 
     async def task_run_id(self, tenant_id: str, task_id: str) -> str | None: ...
     async def task_release_slot(self, tenant_id: str, task_id: str) -> RunningTask | None: ...

@@ -201,6 +201,15 @@ class RunningTask:
 
 
 @dataclass(frozen=True, slots=True)
+class TimedOutTask:
+    """A running attempt past its execution deadline."""
+
+    tenant_id: str
+    task: RunningTask
+    timeout_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class TaskResult:
     task_id: str
     readable_id: str

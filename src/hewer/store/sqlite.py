@@ -38,6 +38,7 @@ from hewer.store.models import (
     TaskResult,
     TaskStatus,
     Tenant,
+    TimedOutTask,
     WorkerRecord,
     WorkerStatus,
     Workflow,
@@ -587,6 +588,15 @@ class SqliteStore:
             )
 
         return await self._write(body)
+
+    async def tasks_timed_out(self, now: float, limit: int = 500) -> list[TimedOutTask]:
+        def body(conn: sqlite3.Connection) -> list[TimedOutTask]:
+            return [
+                TimedOutTask(r["tenant_id"], _running(r), r["timeout_at"])
+                for r in conn.execute(Q["tasks_timed_out"], {"now": now, "limit": limit})
+            ]
+
+        return await self._read(body)
 
     async def task_run_id(self, tenant_id: str, task_id: str) -> str | None:
         def body(conn: sqlite3.Connection) -> str | None:

@@ -26,6 +26,7 @@ from hewer.store import Store
 from hewer.store.models import (
     DispatchInfo,
     EventOutcome,
+    EventType,
     LogLine,
     NewRun,
     RunDetails,
@@ -353,11 +354,7 @@ class EngineCore:
         self.scheduler.remove(outcome.cancelled)
         self._after(outcome)
         for held in outcome.freed:
-            state = self._workers.get(held.worker_id)
-            if state is not None and state.session is not None:
-                state.session.send(
-                    Action(ActionKind.CANCEL, task_id=held.task_id, retry_count=held.retry_count)
-                )
+            self._send_cancel(held)
         return list(outcome.cancelled)
 
     # ------------------------------------------------------------------ task reports
@@ -574,11 +571,43 @@ class EngineCore:
             await self._give_back_tasks(worker_id, "worker lost (no heartbeat)")
         return [s.record.id for s in lost]
 
+    async def expire(self) -> int:
+        """Fail attempts past their execution timeout (retried if retries remain) and tell
+        their workers to cancel them; returns how many expired."""
+        now = self.clock.now()
+        expired = await self.store.tasks_timed_out(now)
+        for timed_out in expired:
+            held = timed_out.task
+            outcome = await self.store.task_apply_event(
+                TaskEvent(
+                    tenant_id=timed_out.tenant_id,
+                    task_id=held.task_id,
+                    retry_count=held.retry_count,
+                    worker_id=held.worker_id,
+                    type=EventType.FAILED,
+                    payload="task exceeded its execution timeout",
+                ),
+                now,
+            )
+            if not outcome.applied:
+                continue
+            self._after(outcome)
+            self._send_cancel(held)
+        return len(expired)
+
+    def _send_cancel(self, held: RunningTask) -> None:
+        state = self._workers.get(held.worker_id)
+        if state is not None and state.session is not None:
+            state.session.send(
+                Action(ActionKind.CANCEL, task_id=held.task_id, retry_count=held.retry_count)
+            )
+
     async def _reap_forever(self) -> None:
         while True:
             await asyncio.sleep(self.reaper_interval)
             try:
                 await self.reap()
+                await self.expire()
             except Exception:
                 logger.exception("reaper pass failed")
 

@@ -208,3 +208,9 @@ SELECT tenant_id FROM runs WHERE id = :run_id;
 
 -- name: task_run_id
 SELECT run_id FROM tasks WHERE id = :task_id AND tenant_id = :tenant_id;
+
+-- name: tasks_timed_out
+-- Running attempts past their execution deadline.
+SELECT id, tenant_id, worker_id, retry_count, slot_requests, slot_released, timeout_at
+FROM tasks WHERE status = 'running' AND timeout_at IS NOT NULL AND timeout_at <= :now
+ORDER BY timeout_at LIMIT :limit;

@@ -1,0 +1,301 @@
+"""The gRPC edge with raw stubs: authentication, tenant isolation, bad input, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from hewer._proto import dispatcher_pb2 as d
+from hewer._proto import dispatcher_pb2_grpc as dg
+from hewer._proto import events_pb2 as ev
+from hewer._proto import events_pb2_grpc as evg
+from hewer._proto import workflows_pb2 as w0
+from hewer._proto import workflows_pb2_grpc as wg
+from hewer._proto.v1 import workflows_pb2 as v1
+from hewer._proto.v1 import workflows_pb2_grpc as v1g
+from hewer._proto.v1.shared import trigger_pb2 as tr
+from hewer.engine.app import revoke_token
+from hewer.testing import EngineThread
+from tests.helpers import wait_for
+
+LIMIT = 256 * 1024
+
+
+class Stubs:
+    def __init__(self, engine: EngineThread, token: str) -> None:
+        self.channel = grpc.insecure_channel(
+            engine.address,
+            options=[("grpc.max_send_message_length", 16 * LIMIT)],
+        )
+        self.md = [("authorization", f"bearer {token}")]
+        self.dispatcher = dg.DispatcherStub(self.channel)
+        self.admin = v1g.AdminServiceStub(self.channel)
+        self.workflows = wg.WorkflowServiceStub(self.channel)
+        self.events = evg.EventsServiceStub(self.channel)
+
+    def put_one_task(self, name: str = "edge") -> None:
+        self.admin.PutWorkflow(
+            v1.CreateWorkflowVersionRequest(
+                name=name, tasks=[v1.CreateTaskOpts(readable_id="t", action=f"{name}:t")]
+            ),
+            metadata=self.md,
+        )
+
+    def trigger(self, name: str = "edge", input: str = "{}", **kw: Any) -> str:
+        resp = self.workflows.TriggerWorkflow(
+            tr.TriggerWorkflowRequest(name=name, input=input, **kw), metadata=self.md
+        )
+        return str(resp.workflow_run_id)
+
+
+@pytest.fixture
+def small_engine(tmp_path: Path) -> Iterator[EngineThread]:
+    with EngineThread(tmp_path, max_message_bytes=LIMIT) as running:
+        yield running
+
+
+@pytest.fixture
+def stubs(small_engine: EngineThread) -> Stubs:
+    return Stubs(small_engine, small_engine.token)
+
+
+def other_tenant_token(engine: EngineThread, tenant: str = "other") -> str:
+    async def mint() -> str:
+        found = await engine.engine.store.tenant_ensure(tenant, engine.engine.clock.now())
+        return await engine.engine.auth.mint(
+            found.id, "test", 3600, server_url="http://x", grpc_address=engine.address
+        )
+
+    return engine.call(mint())
+
+
+def code_of(fn: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        fn()
+    return info.value.code(), info.value.details() or ""
+
+
+def test_calls_without_a_valid_token_are_unauthenticated(
+    small_engine: EngineThread, stubs: Stubs
+) -> None:
+    get_version = stubs.dispatcher.GetVersion
+    assert code_of(lambda: get_version(d.GetVersionRequest()))[0] is (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+    for bad in ("bearer nonsense", "basic abc", small_engine.token):
+        md = [("authorization", bad)]
+        code, details = code_of(lambda md=md: get_version(d.GetVersionRequest(), metadata=md))
+        assert code is grpc.StatusCode.UNAUTHENTICATED, bad
+        assert details
+    forged = small_engine.token[:-6] + "AAAAAA"
+    code, _ = code_of(
+        lambda: get_version(d.GetVersionRequest(), metadata=[("authorization", f"bearer {forged}")])
+    )
+    assert code is grpc.StatusCode.UNAUTHENTICATED
+
+    async def expired() -> str:
+        return await small_engine.engine.auth.mint(
+            small_engine.engine.default_tenant_id, "old", -1, server_url="x", grpc_address="y"
+        )
+
+    old = small_engine.call(expired())
+    code, details = code_of(
+        lambda: get_version(d.GetVersionRequest(), metadata=[("authorization", f"bearer {old}")])
+    )
+    assert code is grpc.StatusCode.UNAUTHENTICATED and "expired" in details
+    assert "v0.111.0" in get_version(d.GetVersionRequest(), metadata=stubs.md).version
+
+
+def test_revoked_token_is_refused(small_engine: EngineThread) -> None:
+    token = other_tenant_token(small_engine, "revocable")
+    stubs = Stubs(small_engine, token)
+    stubs.dispatcher.GetVersion(d.GetVersionRequest(), metadata=stubs.md)
+    assert asyncio.run(revoke_token(small_engine.settings, token))
+
+    def refused() -> bool:
+        try:
+            stubs.dispatcher.GetVersion(d.GetVersionRequest(), metadata=stubs.md)
+        except grpc.RpcError as exc:
+            return exc.code() is grpc.StatusCode.UNAUTHENTICATED
+        return False
+
+    # Validations are cached for a few seconds; revocation must win within that window.
+    wait_for(refused, timeout=10, what="revoked token refused")
+
+
+def test_tenants_cannot_see_or_touch_each_other(small_engine: EngineThread, stubs: Stubs) -> None:
+    stubs.put_one_task()
+    run_id = stubs.trigger()
+    worker = stubs.dispatcher.Register(
+        d.WorkerRegisterRequest(worker_name="a", actions=["edge:t"]), metadata=stubs.md
+    )
+    intruder = Stubs(small_engine, other_tenant_token(small_engine))
+
+    code, _ = code_of(
+        lambda: intruder.admin.GetRunDetails(
+            v1.GetRunDetailsRequest(external_id=run_id), metadata=intruder.md
+        )
+    )
+    assert code is grpc.StatusCode.NOT_FOUND
+    code, _ = code_of(lambda: intruder.trigger("edge"))
+    assert code is grpc.StatusCode.NOT_FOUND
+    for call in (
+        lambda: intruder.dispatcher.Heartbeat(
+            d.HeartbeatRequest(worker_id=worker.worker_id), metadata=intruder.md
+        ),
+        lambda: intruder.dispatcher.Unsubscribe(
+            d.WorkerUnsubscribeRequest(worker_id=worker.worker_id), metadata=intruder.md
+        ),
+        lambda: next(
+            iter(
+                intruder.dispatcher.ListenV2(
+                    d.WorkerListenRequest(worker_id=worker.worker_id), metadata=intruder.md
+                )
+            )
+        ),
+    ):
+        assert code_of(call)[0] is grpc.StatusCode.NOT_FOUND
+    cancelled = intruder.admin.CancelTasks(
+        v1.CancelTasksRequest(external_ids=[run_id]), metadata=intruder.md
+    )
+    assert list(cancelled.cancelled_tasks) == []
+    details = stubs.admin.GetRunDetails(
+        v1.GetRunDetailsRequest(external_id=run_id), metadata=stubs.md
+    )
+    assert details.status == v1.QUEUED
+
+
+def test_bad_input_gets_a_clear_status(stubs: Stubs) -> None:
+    stubs.put_one_task()
+    cases = {
+        "not json": ("[1, 2", grpc.StatusCode.INVALID_ARGUMENT, "not valid JSON"),
+        "array": ("[1, 2]", grpc.StatusCode.INVALID_ARGUMENT, "JSON object"),
+        "nan": ('{"x": NaN}', grpc.StatusCode.INVALID_ARGUMENT, "not valid JSON"),
+        "deep": ("[" * 100_000 + "]" * 100_000, grpc.StatusCode.INVALID_ARGUMENT, "JSON"),
+    }
+    for label, (text, expected, words) in cases.items():
+        code, details = code_of(lambda text=text: stubs.trigger(input=text))
+        assert code is expected and words in details, label
+    code, details = code_of(lambda: stubs.trigger(input="{}", priority=7))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "priority" in details
+    code, details = code_of(lambda: stubs.trigger("does-not-exist"))
+    assert code is grpc.StatusCode.NOT_FOUND and "does-not-exist" in details
+    code, details = code_of(
+        lambda: stubs.workflows.TriggerWorkflow(
+            tr.TriggerWorkflowRequest(name="edge", additional_metadata="nope"), metadata=stubs.md
+        )
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "additional_metadata" in details
+    # Nothing half-created: the run list of the good trigger still works.
+    assert stubs.trigger(input='{"ok": true}')
+
+
+def test_bad_workflow_definitions_are_refused(stubs: Stubs) -> None:
+    def put(*tasks: Any, **kw: Any) -> tuple[grpc.StatusCode, str]:
+        request = v1.CreateWorkflowVersionRequest(name="bad", tasks=list(tasks), **kw)
+        return code_of(lambda: stubs.admin.PutWorkflow(request, metadata=stubs.md))
+
+    task = v1.CreateTaskOpts
+    code, details = put(
+        task(readable_id="a", action="bad:a", parents=["b"]),
+        task(readable_id="b", action="bad:b", parents=["a"]),
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "cycle" in details
+    code, details = put(task(readable_id="a", action="bad:a", parents=["ghost"]))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "ghost" in details
+    code, details = put(task(readable_id="a", action="bad:a", timeout="soon"))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "duration" in details
+    code, details = put()
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    code, details = put(
+        task(readable_id="a", action="bad:a"),
+        concurrency=v1.Concurrency(expression="input.x", max_runs=1),
+    )
+    assert code is grpc.StatusCode.UNIMPLEMENTED and "concurrency" in details
+
+
+def test_oversized_messages_are_refused_and_the_engine_carries_on(stubs: Stubs) -> None:
+    stubs.put_one_task()
+    fits = json.dumps({"blob": "x" * (LIMIT - 1024)})
+    assert stubs.trigger(input=fits)
+    code, details = code_of(lambda: stubs.trigger(input=json.dumps({"blob": "x" * (LIMIT + 1)})))
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert str(LIMIT) in details
+    assert stubs.trigger(input="{}")
+
+
+def test_unimplemented_methods_say_so(stubs: Stubs) -> None:
+    code, _ = code_of(
+        lambda: stubs.events.Push(ev.PushEventRequest(key="k", payload="{}"), metadata=stubs.md)
+    )
+    assert code is grpc.StatusCode.UNIMPLEMENTED
+    code, _ = code_of(
+        lambda: stubs.workflows.PutRateLimit(
+            w0.PutRateLimitRequest(key="k", limit=1), metadata=stubs.md
+        )
+    )
+    assert code is grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_heartbeat_without_stream_asks_for_reconnect(stubs: Stubs) -> None:
+    stubs.put_one_task()
+    worker = stubs.dispatcher.Register(
+        d.WorkerRegisterRequest(worker_name="a", actions=["edge:t"]), metadata=stubs.md
+    )
+    code, _ = code_of(
+        lambda: stubs.dispatcher.Heartbeat(
+            d.HeartbeatRequest(worker_id=worker.worker_id), metadata=stubs.md
+        )
+    )
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    code, _ = code_of(
+        lambda: stubs.dispatcher.Heartbeat(d.HeartbeatRequest(worker_id="nope"), metadata=stubs.md)
+    )
+    assert code is grpc.StatusCode.NOT_FOUND
+
+
+def test_subscriptions_answer_finished_and_unknown_runs(stubs: Stubs) -> None:
+    stubs.put_one_task()
+    run_id = stubs.trigger(input='{"v": 1}')
+    worker = stubs.dispatcher.Register(
+        d.WorkerRegisterRequest(worker_name="a", actions=["edge:t"]), metadata=stubs.md
+    )
+    listen = stubs.dispatcher.ListenV2(
+        d.WorkerListenRequest(worker_id=worker.worker_id), metadata=stubs.md
+    )
+    action = next(iter(listen))
+    assert json.loads(action.action_payload)["input"] == {"v": 1}
+    stubs.dispatcher.SendStepActionEvent(
+        d.StepActionEvent(
+            worker_id=worker.worker_id,
+            task_run_external_id=action.task_run_external_id,
+            retry_count=action.retry_count,
+            event_type=d.STEP_EVENT_TYPE_COMPLETED,
+            event_payload='{"done": true}',
+        ),
+        metadata=stubs.md,
+    )
+    listen.cancel()
+
+    def finished() -> bool:
+        details = stubs.admin.GetRunDetails(
+            v1.GetRunDetailsRequest(external_id=run_id), metadata=stubs.md
+        )
+        return bool(details.done)
+
+    wait_for(finished, what="run finished")
+    # Subscribing after the run finished still answers, once per id even if asked twice.
+    requests = [
+        d.SubscribeToWorkflowRunsRequest(workflow_run_id=i) for i in (run_id, run_id, "ghost")
+    ]
+    events = list(stubs.dispatcher.SubscribeToWorkflowRuns(iter(requests), metadata=stubs.md))
+    by_id = {e.workflow_run_id: e for e in events}
+    assert len(events) == 2
+    assert json.loads(by_id[run_id].results[0].output) == {"done": True}
+    assert "not found" in by_id["ghost"].results[0].error

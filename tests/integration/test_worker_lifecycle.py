@@ -1,0 +1,84 @@
+"""Worker processes under signals and stalls: graceful stop, blocked loops, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from hewer import Context, Hewer, TaskRunError
+from hewer.testing import EngineThread
+from tests.conftest import INACTIVE_AFTER
+from tests.helpers import wait_for
+from tests.integration.conftest import WorkerFactory
+
+
+def worker_status(engine: EngineThread, name: str) -> str | None:
+    for w in engine.call(engine.engine.store.workers_list()):
+        if w.name == name:
+            return str(w.status)
+    return None
+
+
+def test_sigterm_finishes_in_flight_tasks_then_stops(
+    app: Any, spawn_worker: WorkerFactory, tmp_path: Path, engine: EngineThread
+) -> None:
+    worker = spawn_worker("graceful", slots=2)
+    refs = [app.slow.run_no_wait(app.Sleep(seconds=1.0)) for _ in range(2)]
+    executions = tmp_path / "executions"
+    wait_for(
+        lambda: len(list(executions.glob(f"started-{worker.pid}-*"))) == 2,
+        what="both tasks started",
+    )
+    worker.send_signal(signal.SIGTERM)
+    late = app.slow.run_no_wait(app.Sleep(seconds=0.0))  # must not go to the stopping worker
+    for ref in refs:
+        result = ref.result()
+        assert result == {"pid": worker.pid, "retry_count": 0}  # finished once, in place
+    assert worker.wait(timeout=30) == 0
+    wait_for(lambda: worker_status(engine, "graceful") == "stopped", what="STOPPED")
+    successor = spawn_worker("successor", slots=1)
+    assert late.result()["pid"] == successor.pid
+
+
+def test_blocked_event_loop_does_not_make_the_worker_inactive(
+    app: Any, spawn_worker: WorkerFactory, engine: EngineThread
+) -> None:
+    worker = spawn_worker("blocked", slots=1)
+    result = app.block_loop.run(app.Sleep(seconds=2 * INACTIVE_AFTER))
+    assert result == {"pid": worker.pid, "retry_count": 0}
+    assert worker_status(engine, "blocked") == "active"
+
+
+class Nap(BaseModel):
+    seconds: float
+
+
+def test_execution_timeout_fails_the_attempt_and_cancels_it(
+    client: Hewer, in_process_worker: Any
+) -> None:
+    seen_cancel = threading.Event()
+    attempts: list[int] = []
+
+    @client.task(name="sleepy", execution_timeout=timedelta(milliseconds=300), retries=1)
+    async def sleepy(input: Nap, ctx: Context) -> dict[str, bool]:
+        attempts.append(ctx.retry_count)
+        try:
+            await asyncio.sleep(input.seconds)
+        except asyncio.CancelledError:
+            seen_cancel.set()
+            raise
+        return {"ok": True}
+
+    in_process_worker(client, [sleepy])
+    with pytest.raises(TaskRunError, match="execution timeout"):
+        sleepy.run(Nap(seconds=30))
+    assert attempts == [0, 1]  # timed out, retried once, timed out again
+    assert seen_cancel.wait(10), "the worker was told to cancel the timed-out attempt"
+    assert sleepy.run(Nap(seconds=0)) == {"ok": True}
