@@ -22,11 +22,7 @@ TOKEN_FILE_NAME = "token"
 def _duration(value: object) -> object:
     """Accept "5s", "1m30s" or a number of seconds where a timedelta is expected."""
     if isinstance(value, str):
-        stripped = value.strip()
-        try:
-            return timedelta(seconds=float(stripped))
-        except ValueError:
-            return parse_duration(stripped)
+        return parse_duration(value)
     if isinstance(value, int | float):
         return timedelta(seconds=value)
     return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
@@ -20,8 +21,18 @@ _UNITS = {
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
 
 
+# Longer than any timeout or interval anyone means; beyond it is a typo or an attack.
+MAX_SECONDS = 10 * 365 * 86400.0
+
+
 class InvalidDuration(HewerError, ValueError):
-    """A duration string could not be parsed."""
+    """A duration string could not be parsed, or is out of range."""
+
+
+def _bounded(seconds: float, text: str) -> timedelta:
+    if not math.isfinite(seconds) or abs(seconds) > MAX_SECONDS:
+        raise InvalidDuration(f"duration {text!r} is out of range (at most 10 years)")
+    return timedelta(seconds=seconds)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -30,9 +41,11 @@ def parse_duration(text: str) -> timedelta:
     if not s:
         raise InvalidDuration("empty duration")
     try:
-        return timedelta(seconds=float(s))
+        number = float(s)
     except ValueError:
         pass
+    else:
+        return _bounded(number, text)
     pos = 0
     total = 0.0
     for match in _PART.finditer(s):
@@ -42,7 +55,7 @@ def parse_duration(text: str) -> timedelta:
         pos = match.end()
     if pos != len(s):
         raise InvalidDuration(f"invalid duration {text!r} (expected e.g. '30s', '5m', '1h30m')")
-    return timedelta(seconds=total)
+    return _bounded(total, text)
 
 
 def format_duration(value: timedelta) -> str:

@@ -187,9 +187,11 @@ async def test_reports_from_a_dead_attempt_change_nothing(store: Store) -> None:
     await assign(store, a, tid, "w1")
     running = await store.tasks_running("w1")
     requeued = await store.tasks_requeue(running, "worker lost", NOW)
-    assert [(q.task_id, q.retry_count) for q in requeued] == [(a, 1)]
+    assert [(q.task_id, q.retry_count) for q in requeued.queued] == [(a, 1)]
+    assert requeued.freed == tuple(running)
     # Second requeue of the same (old) attempt is fenced.
-    assert await store.tasks_requeue(running, "again", NOW) == []
+    again = await store.tasks_requeue(running, "again", NOW)
+    assert not again.applied and again.queued == () and again.freed == ()
     await assign(store, a, tid, "w2", retry=1)
     late = await store.task_apply_event(event(tid, a, EventType.COMPLETED, "w1", 0), NOW)
     assert not late.applied
@@ -322,3 +324,41 @@ async def test_logs_are_tenant_scoped(store: Store) -> None:
     await store.logs_insert(tid, [LogLine("t1", NOW, "hello", "INFO", 0)])
     assert [line.message for line in await store.logs_list(tid, "t1")] == ["hello"]
     assert await store.logs_list(other, "t1") == []
+
+
+async def test_lost_attempts_do_not_use_up_retries(store: Store) -> None:
+    tid = await tenant(store)
+    wf = await store.workflow_upsert(tid, "one", [TaskDef("t", "one:t", retries=1)], 1, NOW)
+    run = await create_run(store, wf)
+    t = run.task_ids[0]
+    await assign(store, t, tid, "w1")
+    await store.tasks_requeue(await store.tasks_running("w1"), "worker lost", NOW)
+    await assign(store, t, tid, "w2", retry=1)
+    out = await store.task_apply_event(event(tid, t, EventType.FAILED, "w2", 1, "boom"), NOW)
+    assert [q.retry_count for q in out.queued] == [2], "the one app retry is still there"
+    await assign(store, t, tid, "w2", retry=2)
+    out = await store.task_apply_event(event(tid, t, EventType.FAILED, "w2", 2, "boom"), NOW)
+    assert out.queued == () and out.finished_runs == (run.id,)
+
+
+async def test_unacknowledged_starts_are_found(store: Store) -> None:
+    tid = await tenant(store)
+    wf = await dag_workflow(store, tid)
+    first, second = await create_run(store, wf), await create_run(store, wf)
+    await assign(store, first.task_ids[0], tid, "w1")
+    await assign(store, second.task_ids[0], tid, "w1")
+    await store.task_apply_event(event(tid, second.task_ids[0], EventType.STARTED), NOW)
+    assert await store.tasks_unstarted(NOW) == []  # assigned at NOW, not before
+    lost = await store.tasks_unstarted(NOW + 1)
+    assert [t.task_id for t in lost] == [first.task_ids[0]]
+
+
+async def test_timed_out_attempts_are_found(store: Store) -> None:
+    tid = await tenant(store)
+    wf = await store.workflow_upsert(tid, "one", [TaskDef("t", "one:t", timeout_s=10)], 1, NOW)
+    run = await create_run(store, wf)
+    await assign(store, run.task_ids[0], tid, "w1")
+    assert await store.tasks_timed_out(NOW + 9.9) == []
+    [found] = await store.tasks_timed_out(NOW + 10)
+    assert found.tenant_id == tid and found.task.task_id == run.task_ids[0]
+    assert found.timeout_at == NOW + 10

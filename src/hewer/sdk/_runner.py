@@ -35,6 +35,8 @@ from hewer.sdk._time import CALL_BACKOFF
 
 logger = logging.getLogger(__name__)
 
+STARTED_WAIT_SECONDS = 2.0
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -234,6 +236,9 @@ class Runner:
                 )
             fn_input = task.validate_input(raw_input)
             if task.is_async:
+                # An async body that blocks the loop would also hold back STARTED, and the
+                # engine re-queues starts it never hears about; so let STARTED go out first.
+                await asyncio.wait({run.started_report}, timeout=STARTED_WAIT_SECONDS)
                 result = await task.fn(fn_input, run.ctx)
             else:
                 loop = asyncio.get_running_loop()

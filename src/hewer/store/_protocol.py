@@ -75,8 +75,15 @@ class Store(Protocol):
 
     async def tasks_requeue(
         self, tasks: Sequence[RunningTask], reason: str, now: float
-    ) -> list[QueueItem]:
-        """Give tasks whose attempt was lost a new attempt (fenced on the old one)."""
+    ) -> EventOutcome:
+        """Give attempts that were lost a new attempt, fenced on (task, attempt, worker).
+
+        ``freed`` holds what each requeued attempt held at that moment (read in the same
+        transaction), ``queued`` the new attempts.
+        """
+
+    async def tasks_unstarted(self, cutoff: float, limit: int = 500) -> list[RunningTask]:
+        """Attempts assigned before ``cutoff`` that no worker acknowledged (STARTED)."""
 
     async def tasks_cancel(
         self, tenant_id: str, task_ids: Sequence[str], reason: str, now: float

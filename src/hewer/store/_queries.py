@@ -42,6 +42,7 @@ def migrations(dialect: str) -> list[tuple[int, str, str]]:
 
 
 def split_statements(sql: str) -> list[str]:
-    """Split a migration into statements (migrations use no semicolons inside literals)."""
-    body = "\n".join(ln for ln in sql.splitlines() if not ln.lstrip().startswith("--"))
+    """Split a migration into statements. Comments are dropped first; migrations put no
+    ``--`` or ``;`` inside string literals."""
+    body = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
     return [s.strip() for s in body.split(";") if s.strip()]

@@ -132,10 +132,12 @@ class SqliteStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # Also after a failed COMMIT: an open transaction would block every later write.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def body() -> T:
@@ -477,10 +479,10 @@ class SqliteStore:
                 return EventOutcome(True, freed, tuple(queued), finished)
             # FAILED: retry while attempts remain, unless the task said not to.
             conn.execute(Q["attempt_finish"], {**key, "outcome": "failed"})
-            retries_used = event.retry_count
-            if not event.should_not_retry and retries_used < live["max_retries"]:
+            app_retries = live["app_retries"]
+            if not event.should_not_retry and app_retries < live["max_retries"]:
                 delay = _retry_delay(
-                    retries_used + 1,
+                    app_retries + 1,
                     live["backoff_factor"],
                     live["backoff_max"],
                     event.retry_after_ms,
@@ -490,6 +492,8 @@ class SqliteStore:
                     {
                         "task_id": event.task_id,
                         "retry_count": event.retry_count,
+                        "worker_id": event.worker_id,
+                        "app_failure": 1,
                         "now": now,
                         "available_at": now + delay,
                         "error": event.payload,
@@ -508,35 +512,39 @@ class SqliteStore:
 
     async def tasks_requeue(
         self, tasks: Sequence[RunningTask], reason: str, now: float
-    ) -> list[QueueItem]:
-        def body(conn: sqlite3.Connection) -> list[QueueItem]:
-            out: list[QueueItem] = []
+    ) -> EventOutcome:
+        def body(conn: sqlite3.Connection) -> EventOutcome:
+            queued: list[QueueItem] = []
+            freed: list[RunningTask] = []
             for t in tasks:
+                fence = {"task_id": t.task_id, "retry_count": t.retry_count}
+                held = conn.execute(Q["task_held"], {**fence, "worker_id": t.worker_id}).fetchone()
+                if held is None:
+                    continue
                 row = conn.execute(
                     Q["task_requeue"],
                     {
-                        "task_id": t.task_id,
-                        "retry_count": t.retry_count,
+                        **fence,
+                        "worker_id": t.worker_id,
+                        "app_failure": 0,
                         "now": now,
                         "available_at": now,
                         "error": reason,
                     },
                 ).fetchone()
-                if row is None:
-                    continue
-                conn.execute(
-                    Q["attempt_finish"],
-                    {
-                        "task_id": t.task_id,
-                        "retry_count": t.retry_count,
-                        "now": now,
-                        "outcome": "lost",
-                    },
-                )
-                out.append(_queue_item(t.task_id, row, now, now))
-            return out
+                conn.execute(Q["attempt_finish"], {**fence, "now": now, "outcome": "lost"})
+                freed.append(_running(held))
+                queued.append(_queue_item(t.task_id, row, now, now))
+            return EventOutcome(bool(queued), tuple(freed), tuple(queued))
 
         return await self._write(body)
+
+    async def tasks_unstarted(self, cutoff: float, limit: int = 500) -> list[RunningTask]:
+        def body(conn: sqlite3.Connection) -> list[RunningTask]:
+            rows = conn.execute(Q["tasks_unstarted"], {"cutoff": cutoff, "limit": limit})
+            return [_running(r) for r in rows]
+
+        return await self._read(body)
 
     async def tasks_cancel(
         self, tenant_id: str, task_ids: Sequence[str], reason: str, now: float

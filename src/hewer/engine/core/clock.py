@@ -8,12 +8,18 @@ from typing import Protocol
 
 class Clock(Protocol):
     def now(self) -> float:
-        """Seconds since the UNIX epoch (UTC)."""
+        """Seconds since the UNIX epoch (UTC): what gets stored."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps: what liveness windows are measured on."""
 
 
 class SystemClock:
     def now(self) -> float:
         return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
 
 class ManualClock:
@@ -23,6 +29,9 @@ class ManualClock:
         self._now = start
 
     def now(self) -> float:
+        return self._now
+
+    def monotonic(self) -> float:
         return self._now
 
     def advance(self, seconds: float) -> None:

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_SLOT_TYPE = "default"
 DEFAULT_SLOTS = 100
 MAX_BATCH = 500
+RETRY_AFTER_FAILURE = 0.5  # seconds before a pass that failed to commit is tried again
 
 QueueKey = tuple[str, str]  # (tenant id, action id)
 
@@ -124,11 +125,12 @@ class Scheduler:
         self._dispatch = dispatch
         self._inbox: asyncio.Queue[_Message] = asyncio.Queue()
         self._workers: dict[str, WorkerSlots] = {}
-        self._queues: dict[QueueKey, list[tuple[int, int, QueueItem]]] = {}
+        self._queues: dict[QueueKey, list[tuple[int, int, int, QueueItem]]] = {}
         self._delayed: list[tuple[float, int, QueueItem]] = []
         self._queued: dict[str, int] = {}  # task id -> retry_count waiting in a queue
         self._tiebreak = itertools.count()
         self._task: asyncio.Task[None] | None = None
+        self._retry_at: float | None = None  # after a failed commit, try again then
         self.passes = 0
 
     # -- public API: post a message, never touch state ------------------------------
@@ -175,6 +177,7 @@ class Scheduler:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self.run(), name="hewer-scheduler")
+            self._task.add_done_callback(_report_exit)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -185,28 +188,33 @@ class Scheduler:
 
     async def run(self) -> None:
         while True:
-            timeout = self._next_delay()
             try:
-                msg = await asyncio.wait_for(self._inbox.get(), timeout)
+                msg = await asyncio.wait_for(self._inbox.get(), self._next_delay())
                 self._apply(msg)
             except TimeoutError:
                 pass
-            while not self._inbox.empty():
-                self._apply(self._inbox.get_nowait())
+            self._drain_inbox()
             try:
                 while await self._pass():
                     # A full batch means more may fit: apply news first, then go again.
-                    while not self._inbox.empty():
-                        self._apply(self._inbox.get_nowait())
-            except asyncio.CancelledError:
-                raise
+                    self._drain_inbox()
             except Exception:
-                logger.exception("scheduling pass failed; retrying on the next wake-up")
-                await asyncio.sleep(0.5)
+                logger.exception("scheduling pass failed; its tasks stay queued, retrying")
+                self._retry_at = self._clock.monotonic() + RETRY_AFTER_FAILURE
+
+    def _drain_inbox(self) -> None:
+        while not self._inbox.empty():
+            self._apply(self._inbox.get_nowait())
 
     # -- state changes (loop task only) ----------------------------------------------
 
     def _apply(self, msg: _Message) -> None:
+        try:
+            self._apply_one(msg)
+        except Exception:
+            logger.exception("scheduler could not apply %s", type(msg).__name__)
+
+    def _apply_one(self, msg: _Message) -> None:
         match msg:
             case _Enqueue(items):
                 now = self._clock.now()
@@ -247,15 +255,19 @@ class Scheduler:
 
     def _push(self, item: QueueItem) -> None:
         key = (item.tenant_id, item.action_id)
-        heapq.heappush(self._queues.setdefault(key, []), (-item.priority, item.seq, item))
+        entry = (-item.priority, item.seq, next(self._tiebreak), item)
+        heapq.heappush(self._queues.setdefault(key, []), entry)
 
     def _is_live(self, item: QueueItem) -> bool:
         return self._queued.get(item.task_id) == item.retry_count
 
     def _next_delay(self) -> float | None:
-        if not self._delayed:
-            return None
-        return max(0.0, self._delayed[0][0] - self._clock.now())
+        delays = []
+        if self._delayed:
+            delays.append(self._delayed[0][0] - self._clock.now())
+        if self._retry_at is not None:
+            delays.append(self._retry_at - self._clock.monotonic())
+        return max(0.0, min(delays)) if delays else None
 
     def _promote_delayed(self, now: float) -> None:
         while self._delayed and self._delayed[0][0] <= now:
@@ -263,7 +275,7 @@ class Scheduler:
             if self._is_live(item):
                 self._push(item)
 
-    def _decide(self) -> list[Assignment]:
+    def _decide(self) -> list[tuple[Assignment, QueueItem]]:
         """Pick up to MAX_BATCH assignments, highest priority then oldest first."""
         by_key: dict[QueueKey, list[WorkerSlots]] = {}
         for w in self._workers.values():
@@ -275,15 +287,15 @@ class Scheduler:
         heads: list[tuple[int, int, QueueKey]] = []
         for key, queue in self._queues.items():
             if key in by_key and self._drop_dead_heads(queue):
-                prio, seq, _ = queue[0]
+                prio, seq, _, _ = queue[0]
                 heads.append((prio, seq, key))
         heapq.heapify(heads)
 
-        out: list[Assignment] = []
+        out: list[tuple[Assignment, QueueItem]] = []
         while heads and len(out) < MAX_BATCH:
             _, _, key = heapq.heappop(heads)
             queue = self._queues[key]
-            item = queue[0][2]
+            item = queue[0][3]
             best: WorkerSlots | None = None
             best_free = -1
             for w in by_key[key]:
@@ -296,55 +308,61 @@ class Scheduler:
             heapq.heappop(queue)
             del self._queued[item.task_id]
             best.take(item.slot_requests)
-            out.append(
-                Assignment(
-                    item.task_id, item.tenant_id, best.id, item.retry_count, item.slot_requests
-                )
+            assignment = Assignment(
+                item.task_id, item.tenant_id, best.id, item.retry_count, item.slot_requests
             )
+            out.append((assignment, item))
             if self._drop_dead_heads(queue):
-                prio, seq, _ = queue[0]
+                prio, seq, _, _ = queue[0]
                 heapq.heappush(heads, (prio, seq, key))
         for key in [k for k, q in self._queues.items() if not q]:
             del self._queues[key]
         return out
 
-    def _drop_dead_heads(self, queue: list[tuple[int, int, QueueItem]]) -> bool:
-        while queue and not self._is_live(queue[0][2]):
+    def _drop_dead_heads(self, queue: list[tuple[int, int, int, QueueItem]]) -> bool:
+        while queue and not self._is_live(queue[0][3]):
             heapq.heappop(queue)
         return bool(queue)
 
     async def _pass(self) -> bool:
         """One scheduling pass; True if the batch was full (there may be more to do)."""
         now = self._clock.now()
+        self._retry_at = None
         self._promote_delayed(now)
         decided = self._decide()
         if not decided:
             return False
         self.passes += 1
         try:
-            committed = await self._store.tasks_assign(decided, now)
+            committed = await self._store.tasks_assign([a for a, _ in decided], now)
         except Exception:
-            # Nothing was written: undo the slots and put the tasks back.
-            for a in decided:
-                self._undo(a)
+            # Nothing was written: give the slots back and put the tasks back in line.
+            for assignment, item in decided:
+                self._give_back(assignment)
+                self._queued[item.task_id] = item.retry_count
+                self._push(item)
             raise
         done = {d.task_id for d in committed}
-        for a in decided:
-            if a.task_id not in done and (w := self._workers.get(a.worker_id)) is not None:
-                w.give_back(a.slot_requests)
+        for assignment, _ in decided:
+            if assignment.task_id not in done:
+                self._give_back(assignment)
         if committed:
             self._dispatch(committed)
         return len(decided) >= MAX_BATCH
 
-    def _undo(self, a: Assignment) -> None:
+    def _give_back(self, a: Assignment) -> None:
         if (w := self._workers.get(a.worker_id)) is not None:
             w.give_back(a.slot_requests)
-        logger.warning("assignment of task %s not committed; it stays queued", a.task_id)
 
     # -- read-only helpers for tests ---------------------------------------------------
 
     def queued_count(self) -> int:
         return len(self._queued)
+
+
+def _report_exit(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.critical("scheduler loop died; no task will be assigned", exc_info=exc)
 
 
 def worker_slots(

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from hewer.engine.core.clock import Clock
 from hewer.engine.core.scheduler import Scheduler, worker_slots
@@ -39,6 +39,8 @@ from hewer.store.models import (
 )
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MIN_PRIORITY, MAX_PRIORITY = 1, 3
 
@@ -149,16 +151,17 @@ class EngineCore:
         self.scheduler = Scheduler(store, clock, self._dispatch)
         self._workers: dict[str, _WorkerState] = {}
         self._watchers = _Watchers()
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        now = self.clock.now()
+        # Every known worker starts with a fresh window, as if it had just sent a heartbeat.
+        fresh = self.clock.monotonic()
         for record in await self.store.workers_list():
             if record.status in (WorkerStatus.ACTIVE, WorkerStatus.PAUSED):
-                self._workers[record.id] = _WorkerState(record, record.status, last_seen=now)
+                self._workers[record.id] = _WorkerState(record, record.status, last_seen=fresh)
                 self.scheduler.worker_up(
                     worker_slots(record.id, record.tenant_id, record.actions, record.slot_config)
                 )
@@ -167,9 +170,7 @@ class EngineCore:
         # Tasks held by workers that were already gone when we stopped: give them back.
         orphans = [t for t in running if t.worker_id not in self._workers and not t.slot_released]
         if orphans:
-            self.scheduler.enqueue(
-                await self.store.tasks_requeue(orphans, "worker was gone at engine start", now)
-            )
+            await self._requeue(orphans, "worker was gone at engine start")
         self.scheduler.enqueue(await self.store.tasks_queued())
         self.scheduler.start()
         self._reaper = asyncio.create_task(self._reap_forever(), name="hewer-reaper")
@@ -187,15 +188,44 @@ class EngineCore:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
         task = asyncio.create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background_done)
+        return task
 
-    def _background_done(self, task: asyncio.Task[None]) -> None:
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
         self._background.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            logger.error("background task %s failed", task.get_name(), exc_info=exc)
+            # Errors of calls whose caller went away surface here; others reached the caller.
+            logger.log(
+                logging.ERROR if not isinstance(exc, HewerError) else logging.DEBUG,
+                "background task %s failed",
+                task.get_name(),
+                exc_info=exc,
+            )
+
+    async def _finish(
+        self,
+        coro: Coroutine[Any, Any, T],
+        name: str,
+        on_abandon: Callable[[T], None] | None = None,
+    ) -> T:
+        """Run ``coro`` to its end even if the caller is cancelled (a client deadline or
+        disconnect): a committed write must always be followed by its in-memory effects."""
+        task = self._spawn(coro, name)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if on_abandon is not None:
+                task.add_done_callback(
+                    lambda t: (
+                        on_abandon(t.result())
+                        if not t.cancelled() and t.exception() is None
+                        else None
+                    )
+                )
+            raise
 
     # ------------------------------------------------------------------ workflows and runs
 
@@ -217,6 +247,12 @@ class EngineCore:
                 raise InvalidInput(f"task {t.readable_id!r}: retries must be >= 0")
             if any(n <= 0 for n in t.slot_requests.values()):
                 raise InvalidInput(f"task {t.readable_id!r}: slot requests must be positive")
+            for label, value in (
+                ("backoff_factor", t.backoff_factor),
+                ("backoff_max", t.backoff_max_s),
+            ):
+                if value is not None and not (math.isfinite(value) and value > 0):
+                    raise InvalidInput(f"task {t.readable_id!r}: {label} must be positive")
         for t in tasks:
             for p in t.parents:
                 if p not in seen:
@@ -228,6 +264,9 @@ class EngineCore:
 
     async def trigger(self, tenant_id: str, specs: Sequence[TriggerSpec]) -> list[str]:
         """Create runs durably, then queue their root tasks; returns run ids in order."""
+        return await self._finish(self._trigger(tenant_id, specs), "trigger")
+
+    async def _trigger(self, tenant_id: str, specs: Sequence[TriggerSpec]) -> list[str]:
         workflows: dict[str, Workflow] = {}
         runs: list[NewRun] = []
         for spec in specs:
@@ -306,18 +345,24 @@ class EngineCore:
 
     async def _notify_finished(self, run_ids: Sequence[str]) -> None:
         for run_id in run_ids:
-            for (_, streamed_run), queues in list(self._watchers.streams.items()):
-                if streamed_run == run_id:
-                    for queue in queues:
-                        queue.put_nowait(None)
-            watchers = list(self._watchers.by_run.get(run_id, ()))
-            details: dict[str, RunDetails | None] = {}
-            for tenant_id, deliver in watchers:
-                if tenant_id not in details:
-                    details[tenant_id] = await self.store.run_get(tenant_id, run_id)
-                found = details[tenant_id]
-                if found is not None:
-                    deliver(found)
+            try:
+                await self._notify_one(run_id)
+            except Exception:
+                logger.exception("could not notify waiters of run %s", run_id)
+
+    async def _notify_one(self, run_id: str) -> None:
+        for (_, streamed_run), queues in list(self._watchers.streams.items()):
+            if streamed_run == run_id:
+                for queue in queues:
+                    queue.put_nowait(None)
+        watchers = list(self._watchers.by_run.get(run_id, ()))
+        details: dict[str, RunDetails | None] = {}
+        for tenant_id, deliver in watchers:
+            if tenant_id not in details:
+                details[tenant_id] = await self.store.run_get(tenant_id, run_id)
+            found = details[tenant_id]
+            if found is not None:
+                deliver(found)
 
     async def put_stream_event(
         self, tenant_id: str, task_id: str, data: bytes, index: int | None
@@ -333,10 +378,8 @@ class EngineCore:
         self, tenant_id: str, run_id: str
     ) -> tuple[asyncio.Queue[StreamEvent | None], Callable[[], None]]:
         """A queue of the run's stream events, ending with None once the run is done."""
-        details = await self.run_details(tenant_id, run_id)
         queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
         key = (tenant_id, run_id)
-        self._watchers.streams.setdefault(key, []).append(queue)
 
         def unsubscribe() -> None:
             queues = self._watchers.streams.get(key)
@@ -345,11 +388,22 @@ class EngineCore:
                 if not queues:
                     del self._watchers.streams[key]
 
+        # Register before reading, so a run finishing in between still ends the stream.
+        self._watchers.streams.setdefault(key, []).append(queue)
+        try:
+            details = await self.run_details(tenant_id, run_id)
+        except BaseException:
+            unsubscribe()
+            raise
         if details.done:
             queue.put_nowait(None)
         return queue, unsubscribe
 
     async def cancel(self, tenant_id: str, ids: Sequence[str], reason: str) -> list[str]:
+        """Cancel runs or tasks by id; returns the ids of the tasks cancelled."""
+        return await self._finish(self._cancel(tenant_id, ids, reason), "cancel")
+
+    async def _cancel(self, tenant_id: str, ids: Sequence[str], reason: str) -> list[str]:
         outcome = await self.store.tasks_cancel(tenant_id, ids, reason, self.clock.now())
         self.scheduler.remove(outcome.cancelled)
         self._after(outcome)
@@ -360,9 +414,10 @@ class EngineCore:
     # ------------------------------------------------------------------ task reports
 
     async def task_event(self, event: TaskEvent) -> EventOutcome:
-        state = self._workers.get(event.worker_id)
-        if state is None or state.record.tenant_id != event.tenant_id:
-            raise NotFound(f"worker {event.worker_id!r} not found")
+        """Apply a worker's report; the store fences it on (task, attempt, worker, tenant)."""
+        return await self._finish(self._task_event(event), "task-event")
+
+    async def _task_event(self, event: TaskEvent) -> EventOutcome:
         outcome = await self.store.task_apply_event(event, self.clock.now())
         if not outcome.applied:
             logger.info(
@@ -383,6 +438,9 @@ class EngineCore:
             self._spawn(self._notify_finished(outcome.finished_runs), "notify-finished")
 
     async def release_slot(self, tenant_id: str, task_id: str) -> None:
+        await self._finish(self._release_slot(tenant_id, task_id), "release-slot")
+
+    async def _release_slot(self, tenant_id: str, task_id: str) -> None:
         held = await self.store.task_release_slot(tenant_id, task_id)
         if held is None:
             raise NotFound(f"no running task {task_id!r} holding a slot")
@@ -432,8 +490,10 @@ class EngineCore:
             created_at=now,
             runtime_info=dict(runtime_info),
         )
-        await self.store.worker_insert(record)
-        self._workers[record.id] = _WorkerState(record, WorkerStatus.ACTIVE, last_seen=now)
+        await self._finish(self.store.worker_insert(record), "register")
+        self._workers[record.id] = _WorkerState(
+            record, WorkerStatus.ACTIVE, last_seen=self.clock.monotonic()
+        )
         self.scheduler.worker_up(slots)
         logger.info(
             "worker %r registered as %s with %d action(s), slots %s",
@@ -452,19 +512,25 @@ class EngineCore:
         return state
 
     async def open_session(self, tenant_id: str, worker_id: str) -> Session:
+        """Make ``session`` the worker's action stream (replacing an older one)."""
+        return await self._finish(
+            self._open_session(tenant_id, worker_id), "open-session", self.close_session
+        )
+
+    async def _open_session(self, tenant_id: str, worker_id: str) -> Session:
         state = self._workers.get(worker_id)
         if state is None:
             record = await self.store.worker_get(tenant_id, worker_id)
             if record is None:
                 raise NotFound(f"worker {worker_id!r} not found")
-            state = _WorkerState(record, record.status, last_seen=self.clock.now())
-            self._workers[worker_id] = state
-            r = record
+            state = self._workers.setdefault(
+                worker_id, _WorkerState(record, record.status, last_seen=self.clock.monotonic())
+            )
+            r = state.record
             self.scheduler.worker_up(worker_slots(r.id, r.tenant_id, r.actions, r.slot_config))
         elif state.record.tenant_id != tenant_id:
             raise NotFound(f"worker {worker_id!r} not found")
-        now = self.clock.now()
-        state.last_seen = now
+        state.last_seen = self.clock.monotonic()
         if state.session is not None:
             self._requeue_undelivered(state.session.close())
         session = Session(worker_id, tenant_id)
@@ -490,32 +556,49 @@ class EngineCore:
             ]
             self._spawn(self._requeue(held, "not delivered to the worker"), "requeue")
 
-    async def _requeue(self, held: Sequence[RunningTask], reason: str) -> None:
-        # Slot units come from the store's view of each task, so the count is exact.
-        running = {t.task_id: t for t in await self.store.tasks_running()}
-        exact = [running[t.task_id] for t in held if t.task_id in running]
-        items = await self.store.tasks_requeue(exact, reason, self.clock.now())
-        requeued = {i.task_id for i in items}
-        self.scheduler.free(t for t in exact if t.task_id in requeued)
-        self.scheduler.enqueue(items)
+    async def _requeue(self, held: Sequence[RunningTask], reason: str) -> int:
+        """New attempts for attempts that were lost; the store frees exactly what each held."""
+        outcome = await self.store.tasks_requeue(held, reason, self.clock.now())
+        self._after(outcome)
+        if outcome.queued:
+            logger.warning("re-queued %d task(s): %s", len(outcome.queued), reason)
+        return len(outcome.queued)
 
     async def heartbeat(self, tenant_id: str, worker_id: str) -> None:
-        state = self._worker(tenant_id, worker_id)
-        now = self.clock.now()
-        state.last_seen = now
-        await self.store.worker_heartbeat(worker_id, now)
+        state = self._workers.get(worker_id)
+        if state is None or state.record.tenant_id != tenant_id:
+            record = await self.store.worker_get(tenant_id, worker_id)
+            if record is None:
+                raise NotFound(f"worker {worker_id!r} not found")
+            # Declared lost (or stopped) but alive after all: it must reopen its stream.
+            raise FailedPrecondition(f"worker {worker_id!r} is {record.status}; reconnect")
+        state.last_seen = self.clock.monotonic()
+        await self.store.worker_heartbeat(worker_id, self.clock.now())
         if state.session is None or state.session.closed:
             # Tells the SDK to reopen its action stream (it may have gone deaf).
             raise FailedPrecondition(f"worker {worker_id!r} has no open action listener")
 
     async def unsubscribe(self, tenant_id: str, worker_id: str) -> None:
-        state = self._worker(tenant_id, worker_id)
+        await self._finish(self._unsubscribe(tenant_id, worker_id), "unsubscribe")
+
+    async def _unsubscribe(self, tenant_id: str, worker_id: str) -> None:
+        state = self._workers.get(worker_id)
+        if state is None or state.record.tenant_id != tenant_id:
+            if await self.store.worker_get(tenant_id, worker_id) is None:
+                raise NotFound(f"worker {worker_id!r} not found")
+            now = self.clock.now()
+            await self.store.worker_set_status(worker_id, WorkerStatus.STOPPED, "unsubscribed", now)
+            return
         if state.session is not None:
             self.close_session(state.session)
-        await self._set_status(state, WorkerStatus.STOPPED, "worker unsubscribed")
         await self._give_back_tasks(worker_id, "worker stopped with the task unfinished")
+        await self._set_status(state, WorkerStatus.STOPPED, "worker unsubscribed")
+        self._forget(worker_id)
+
+    def _forget(self, worker_id: str) -> None:
+        """Drop a worker that is gone from memory; it comes back through its stream."""
         self.scheduler.worker_remove(worker_id)
-        del self._workers[worker_id]
+        self._workers.pop(worker_id, None)
 
     async def upsert_labels(
         self, tenant_id: str, worker_id: str, labels: dict[str, str | int]
@@ -528,8 +611,8 @@ class EngineCore:
     async def _set_status(self, state: _WorkerState, status: WorkerStatus, reason: str) -> None:
         if state.status is status:
             return
-        state.status = status
         await self.store.worker_set_status(state.record.id, status, reason, self.clock.now())
+        state.status = status
         logger.info(
             "worker %s is %s (%s)",
             state.record.id,
@@ -539,19 +622,16 @@ class EngineCore:
         )
 
     async def _give_back_tasks(self, worker_id: str, reason: str) -> None:
+        # A task whose slot was released manually stays with its worker (as upstream).
         held = [t for t in await self.store.tasks_running(worker_id) if not t.slot_released]
         if held:
-            items = await self.store.tasks_requeue(held, reason, self.clock.now())
-            requeued = {i.task_id for i in items}
-            self.scheduler.free(t for t in held if t.task_id in requeued)
-            self.scheduler.enqueue(items)
-            logger.warning("re-queued %d task(s) of worker %s: %s", len(items), worker_id, reason)
+            await self._requeue(held, f"{reason} (worker {worker_id})")
 
     # ------------------------------------------------------------------ reaper
 
     async def reap(self) -> list[str]:
         """Declare silent workers INACTIVE and re-queue their tasks; returns their ids."""
-        now = self.clock.now()
+        now = self.clock.monotonic()
         lost = [
             state
             for state in self._workers.values()
@@ -563,20 +643,21 @@ class EngineCore:
             if state.session is not None:
                 self.close_session(state.session)
             self.scheduler.set_assignable(worker_id, False)
-            await self._set_status(
-                state,
-                WorkerStatus.INACTIVE,
-                f"no heartbeat for {now - state.last_seen:.1f}s",
-            )
+            # Tasks first: if this fails, the worker is still ACTIVE and the next pass retries.
             await self._give_back_tasks(worker_id, "worker lost (no heartbeat)")
+            await self._set_status(
+                state, WorkerStatus.INACTIVE, f"no heartbeat for {now - state.last_seen:.1f}s"
+            )
+            self._forget(worker_id)
         return [s.record.id for s in lost]
 
     async def expire(self) -> int:
         """Fail attempts past their execution timeout (retried if retries remain) and tell
-        their workers to cancel them; returns how many expired."""
+        their workers to cancel them; re-queue starts no worker acknowledged within the
+        liveness window (lost on the way). Returns how many attempts ended."""
         now = self.clock.now()
-        expired = await self.store.tasks_timed_out(now)
-        for timed_out in expired:
+        ended = 0
+        for timed_out in await self.store.tasks_timed_out(now):
             held = timed_out.task
             outcome = await self.store.task_apply_event(
                 TaskEvent(
@@ -589,11 +670,14 @@ class EngineCore:
                 ),
                 now,
             )
-            if not outcome.applied:
-                continue
-            self._after(outcome)
-            self._send_cancel(held)
-        return len(expired)
+            if outcome.applied:
+                ended += 1
+                self._after(outcome)
+                self._send_cancel(held)
+        unacknowledged = await self.store.tasks_unstarted(now - self.inactive_after)
+        if unacknowledged:
+            ended += await self._requeue(unacknowledged, "start never acknowledged by the worker")
+        return ended
 
     def _send_cancel(self, held: RunningTask) -> None:
         state = self._workers.get(held.worker_id)
@@ -605,11 +689,11 @@ class EngineCore:
     async def _reap_forever(self) -> None:
         while True:
             await asyncio.sleep(self.reaper_interval)
-            try:
-                await self.reap()
-                await self.expire()
-            except Exception:
-                logger.exception("reaper pass failed")
+            for step in (self.reap, self.expire):
+                try:
+                    await step()
+                except Exception:
+                    logger.exception("%s pass failed; retrying next tick", step.__name__)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -648,7 +732,14 @@ def _json_object_text(text: str | None, what: str) -> str:
         raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}")
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        compact = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        compact.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} holds a lone surrogate (\\ud800-\\udfff)") from None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInput(f"{what} cannot be stored: {exc}") from None
+    return compact
 
 
 def _check_acyclic(name: str, tasks: Sequence[TaskDef]) -> None:

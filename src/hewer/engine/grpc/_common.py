@@ -14,6 +14,7 @@ from hewer.durations import InvalidDuration
 from hewer.engine.core.auth import TokenAuthority, Unauthenticated, bearer
 from hewer.engine.core.service import EngineCore, FailedPrecondition
 from hewer.errors import InvalidInput, NotFound, NotSupported
+from hewer.store import StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidDuration, grpc.StatusCode.INVALID_ARGUMENT),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (NotSupported, grpc.StatusCode.UNIMPLEMENTED),
+    # The database is busy or away: worth retrying, unlike the rest.
+    (StoreError, grpc.StatusCode.UNAVAILABLE),
 )
 
 

@@ -99,7 +99,7 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
             info = request.runtime_info
             runtime = {
                 "sdk_version": info.sdk_version,
-                "language": pb.SDKS.Name(info.language),
+                "language": _enum_name(pb.SDKS, info.language),
                 "language_version": info.language_version,
                 "os": info.os,
             }
@@ -312,13 +312,20 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
                 unwatch()
 
 
+def _enum_name(enum: Any, value: int) -> str:
+    try:
+        return str(enum.Name(value))
+    except ValueError:
+        return "UNKNOWN"
+
+
 def _completed_output(payload: str) -> tuple[str, EventType]:
     """A COMPLETED payload must be a JSON object (empty = no output); otherwise it fails."""
     if not payload:
         return "", EventType.COMPLETED
     try:
         value = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         return f"task output is not valid JSON: {payload[:200]!r}", EventType.FAILED
     if not isinstance(value, dict):
         return f"task output must be a JSON object, got {type(value).__name__}", EventType.FAILED

@@ -54,7 +54,9 @@ CREATE TABLE tasks (
     readable_id      TEXT NOT NULL,
     action_id        TEXT NOT NULL,
     status           TEXT NOT NULL,
-    retry_count      INTEGER NOT NULL DEFAULT 0,
+    retry_count      INTEGER NOT NULL DEFAULT 0,  -- attempt number; fences late reports
+    app_retries      INTEGER NOT NULL DEFAULT 0,  -- attempts that failed in user code
+    reassignments    INTEGER NOT NULL DEFAULT 0,  -- attempts lost with their worker
     max_retries      INTEGER NOT NULL DEFAULT 0,
     backoff_factor   REAL,
     backoff_max      REAL,
@@ -77,6 +79,7 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_run ON tasks (run_id);
 CREATE INDEX tasks_status ON tasks (status, tenant_id);
 CREATE INDEX tasks_worker ON tasks (worker_id) WHERE status = 'running';
+CREATE INDEX tasks_timeout ON tasks (timeout_at) WHERE status = 'running';
 
 CREATE TABLE task_attempts (
     task_id     TEXT NOT NULL REFERENCES tasks (id),

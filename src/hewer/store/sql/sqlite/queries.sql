@@ -104,7 +104,7 @@ SELECT readable_id, output FROM tasks WHERE run_id = :run_id AND status = 'compl
 
 -- name: task_live
 -- The live attempt of a task, if (task, attempt, worker) still owns it.
-SELECT run_id, readable_id, retry_count, max_retries, backoff_factor, backoff_max,
+SELECT run_id, readable_id, retry_count, app_retries, max_retries, backoff_factor, backoff_max,
        slot_requests, slot_released, worker_id, tenant_id
 FROM tasks
 WHERE id = :task_id AND tenant_id = :tenant_id AND status = 'running'
@@ -118,12 +118,22 @@ WHERE id = :task_id;
 UPDATE tasks SET status = 'failed', error = :error, finished_at = :now
 WHERE id = :task_id;
 
+-- name: task_held
+-- What an attempt holds right now, if (task, attempt, worker) still owns it.
+SELECT id, worker_id, retry_count, slot_requests, slot_released FROM tasks
+WHERE id = :task_id AND status = 'running' AND retry_count = :retry_count
+  AND worker_id = :worker_id;
+
 -- name: task_requeue
 -- A new attempt: later reports carrying the old retry_count are fenced off.
-UPDATE tasks SET status = 'queued', retry_count = retry_count + 1, worker_id = NULL,
-                 slot_released = 0, queued_at = :now, available_at = :available_at,
-                 error = :error, started_at = NULL, timeout_at = NULL
+UPDATE tasks SET status = 'queued', retry_count = retry_count + 1,
+                 app_retries = app_retries + :app_failure,
+                 reassignments = reassignments + 1 - :app_failure,
+                 worker_id = NULL, slot_released = 0, queued_at = :now,
+                 available_at = :available_at, error = :error, started_at = NULL,
+                 timeout_at = NULL
 WHERE id = :task_id AND status = 'running' AND retry_count = :retry_count
+  AND worker_id = :worker_id
 RETURNING tenant_id, action_id, priority, seq, retry_count, slot_requests, schedule_timeout_s;
 
 -- name: run_tasks
@@ -214,3 +224,10 @@ SELECT run_id FROM tasks WHERE id = :task_id AND tenant_id = :tenant_id;
 SELECT id, tenant_id, worker_id, retry_count, slot_requests, slot_released, timeout_at
 FROM tasks WHERE status = 'running' AND timeout_at IS NOT NULL AND timeout_at <= :now
 ORDER BY timeout_at LIMIT :limit;
+
+-- name: tasks_unstarted
+-- Attempts assigned before :cutoff that no worker has acknowledged (lost on the way).
+SELECT t.id, t.worker_id, t.retry_count, t.slot_requests, t.slot_released
+FROM tasks t JOIN task_attempts a ON a.task_id = t.id AND a.retry_count = t.retry_count
+WHERE t.status = 'running' AND a.started_at IS NULL AND a.assigned_at < :cutoff
+LIMIT :limit;
