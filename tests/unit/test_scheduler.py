@@ -18,8 +18,12 @@ class RecordingStore:
 
     def __init__(self) -> None:
         self.refuse: set[str] = set()
+        self.fail_next = 0
 
     async def tasks_assign(self, assignments: Sequence[Assignment], now: float) -> list[Any]:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RuntimeError("database is locked")
         return [
             DispatchInfo(
                 a.task_id,
@@ -190,3 +194,16 @@ async def test_worker_reregistration_keeps_slot_usage(h: Harness) -> None:
     h.worker("w1", slots=1)  # the stream reconnects: same worker, same tasks held
     await h.settle()
     assert list(h.placed()) == ["t1"]
+
+
+async def test_a_pass_that_fails_to_commit_keeps_its_tasks_queued(h: Harness) -> None:
+    h.worker("w1", slots=2)
+    h.store.fail_next = 1
+    h.scheduler.enqueue([h.item(), h.item()])
+    await h.settle()
+    await h.settle()
+    # The failed batch went back in line and a later pass placed it; nothing leaked.
+    assert h.store.fail_next == 0
+    assert set(h.placed()) == {"t1", "t2"}
+    assert h.scheduler.queued_count() == 0
+    assert (await h.scheduler.slot_usage())["w1"] == {"default": 2}

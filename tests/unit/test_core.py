@@ -1,0 +1,156 @@
+"""EngineCore with an injected clock: liveness thresholds, lost starts, cancelled callers.
+
+No sockets: the core is driven directly, with a real SQLite file underneath.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from hewer.engine.core.clock import ManualClock
+from hewer.engine.core.service import (
+    ActionKind,
+    EngineCore,
+    FailedPrecondition,
+    Session,
+    TriggerSpec,
+)
+from hewer.store import SqliteStore
+from hewer.store.models import NewRun, QueueItem, TaskDef, WorkerStatus
+
+INACTIVE_AFTER = 30.0
+
+
+class GatedStore(SqliteStore):
+    """Holds ``runs_create`` at a gate, to cancel a caller while its write is in flight."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+
+    async def runs_create(self, runs: Sequence[NewRun], now: float) -> list[QueueItem]:
+        if self.gate is not None:
+            self.entered.set()
+            await self.gate.wait()
+        return await super().runs_create(runs, now)
+
+
+class Rig:
+    def __init__(self, path: Path) -> None:
+        self.clock = ManualClock()
+        self.store = GatedStore(path)
+        self.core = EngineCore(self.store, self.clock, inactive_after=INACTIVE_AFTER)
+        self.tenant = ""
+
+    async def start(self) -> None:
+        await self.store.open()
+        self.tenant = (await self.store.tenant_ensure("t", self.clock.now())).id
+        await self.core.start()
+        await self.core.put_workflow(self.tenant, "job", [TaskDef("job", "job:job")], None)
+
+    async def settle(self) -> None:
+        await self.core.scheduler.slot_usage()
+        await self.core.scheduler.slot_usage()
+
+    async def worker(self, name: str = "w", slots: int = 1) -> tuple[str, Session]:
+        record = await self.core.register_worker(
+            self.tenant, name, ["job:job"], {"default": slots}, {}, {}
+        )
+        return record.id, await self.core.open_session(self.tenant, record.id)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    r = Rig(tmp_path / "core.db")
+    await r.start()
+    yield r
+    await r.core.stop()
+    await r.store.close()
+
+
+async def next_action(session: Session) -> tuple[ActionKind, str, int]:
+    action = await asyncio.wait_for(session.next(), 5)
+    assert action is not None
+    task_id = action.info.task_id if action.info else action.task_id
+    retry = action.info.retry_count if action.info else action.retry_count
+    return action.kind, task_id, retry
+
+
+async def test_worker_is_lost_just_outside_the_window_not_inside(rig: Rig) -> None:
+    worker_id, session = await rig.worker()
+    await rig.core.trigger(rig.tenant, [_spec()])
+    kind, task_id, _ = await next_action(session)
+    assert kind is ActionKind.START
+    rig.clock.advance(INACTIVE_AFTER - 0.001)
+    assert await rig.core.reap() == []
+    await rig.core.heartbeat(rig.tenant, worker_id)
+    rig.clock.advance(INACTIVE_AFTER - 0.001)
+    assert await rig.core.reap() == []
+    rig.clock.advance(0.002)
+    assert await rig.core.reap() == [worker_id]
+    worker = await rig.store.worker_get(rig.tenant, worker_id)
+    assert worker is not None and worker.status is WorkerStatus.INACTIVE
+    assert "no heartbeat" in worker.status_reason
+    # Its task went back to the queue as a new attempt and the slot is no longer held.
+    _, other = await rig.worker("other")
+    kind, again, retry = await next_action(other)
+    assert (kind, again, retry) == (ActionKind.START, task_id, 1)
+    # The lost worker comes back: told to reconnect, then ACTIVE again.
+    with pytest.raises(FailedPrecondition):
+        await rig.core.heartbeat(rig.tenant, worker_id)
+    await rig.core.open_session(rig.tenant, worker_id)
+    worker = await rig.store.worker_get(rig.tenant, worker_id)
+    assert worker is not None and worker.status is WorkerStatus.ACTIVE
+
+
+async def test_engine_restart_gives_every_worker_a_fresh_window(rig: Rig, tmp_path: Path) -> None:
+    worker_id, _ = await rig.worker()
+    rig.clock.advance(INACTIVE_AFTER * 10)  # silent for long before the restart
+    await rig.core.stop()
+    restarted = EngineCore(rig.store, rig.clock, inactive_after=INACTIVE_AFTER)
+    await restarted.start()
+    try:
+        rig.clock.advance(INACTIVE_AFTER - 0.001)
+        assert await restarted.reap() == []
+        rig.clock.advance(0.002)
+        assert await restarted.reap() == [worker_id]
+    finally:
+        await restarted.stop()
+
+
+async def test_a_start_never_acknowledged_is_sent_again(rig: Rig) -> None:
+    worker_id, session = await rig.worker()
+    await rig.core.trigger(rig.tenant, [_spec()])
+    _, task_id, retry = await next_action(session)
+    assert retry == 0
+    # The worker stays alive but never says STARTED: the start was lost on the way.
+    rig.clock.advance(INACTIVE_AFTER / 2)
+    await rig.core.heartbeat(rig.tenant, worker_id)
+    assert await rig.core.expire() == 0
+    rig.clock.advance(INACTIVE_AFTER / 2 + 0.01)
+    await rig.core.heartbeat(rig.tenant, worker_id)
+    assert await rig.core.expire() == 1
+    kind, again, retry = await next_action(session)
+    assert (kind, again, retry) == (ActionKind.START, task_id, 1)
+
+
+async def test_a_cancelled_trigger_still_queues_what_it_wrote(rig: Rig) -> None:
+    _, session = await rig.worker()
+    rig.store.gate = asyncio.Event()
+    caller = asyncio.create_task(rig.core.trigger(rig.tenant, [_spec()]))
+    await rig.store.entered.wait()
+    caller.cancel()  # e.g. the client's deadline passed
+    rig.store.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    kind, _, _ = await next_action(session)
+    assert kind is ActionKind.START, "the committed run was scheduled anyway"
+
+
+def _spec() -> TriggerSpec:
+    return TriggerSpec("job", "{}")
