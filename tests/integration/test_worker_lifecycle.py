@@ -82,3 +82,39 @@ def test_execution_timeout_fails_the_attempt_and_cancels_it(
     assert attempts == [0, 1]  # timed out, retried once, timed out again
     assert seen_cancel.wait(10), "the worker was told to cancel the timed-out attempt"
     assert sleepy.run(Nap(seconds=0)) == {"ok": True}
+
+
+def test_worker_reconnects_after_an_engine_restart(tmp_path: Path) -> None:
+    first = EngineThread(tmp_path, inactive_after=INACTIVE_AFTER).start()
+    port = first.engine.port
+    hw = Hewer(settings=first.client_settings(heartbeat_interval=0.1, grace_period=5))
+    gate = threading.Event()
+
+    @hw.task(name="gated")
+    def gated(input: Nap, ctx: Context) -> dict[str, int]:
+        gate.wait(30)
+        return {"attempt": ctx.retry_count}
+
+    @hw.task(name="quick")
+    def quick(input: Nap, ctx: Context) -> dict[str, bool]:
+        return {"ok": True}
+
+    worker = hw.worker("survivor", slots=2, workflows=[gated, quick])
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    second: EngineThread | None = None
+    try:
+        assert worker.ready.wait(20)
+        in_flight = gated.run_no_wait(Nap(seconds=0))
+        wait_for(lambda: first.call(first.engine.store.tasks_running()), what="task assigned")
+        first.stop()
+        second = EngineThread(tmp_path, port=port, inactive_after=INACTIVE_AFTER).start()
+        gate.set()  # the task finishes while its worker reconnects; the result must land
+        assert in_flight.result() == {"attempt": 0}
+        assert quick.run(Nap(seconds=0)) == {"ok": True}
+    finally:
+        worker.stop()
+        thread.join(20)
+        if second is not None:
+            second.stop()
+        first.stop()
