@@ -189,7 +189,17 @@ def worker() -> None:
 def worker_start(target: str, log_level: str) -> None:
     """Run the worker TARGET (MODULE:ATTR) until SIGTERM/SIGINT; exits 0 after a graceful stop."""
     _setup_logging(log_level)
-    load_worker(target).start()
+    _start_worker(target)
+
+
+def _start_worker(target: str) -> None:
+    from hewer.errors import HewerError
+
+    worker = load_worker(target)
+    try:
+        worker.start()
+    except HewerError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @worker.command("dev")
@@ -211,7 +221,11 @@ def worker_dev(target: str, log_level: str) -> None:
 
 def _run_dev_worker(target: str, log_level: str) -> None:
     _setup_logging(log_level)
-    load_worker(target).start()
+    try:
+        _start_worker(target)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
 
 
 # ---------------------------------------------------------------------- runs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -198,3 +199,33 @@ def test_worker_dev_restarts_on_code_change(cluster: Cluster) -> None:
         return result.returncode == 0 and json.loads(result.stdout)["version"]["version"] == 2
 
     wait_for(reloaded, timeout=60, interval=0.3, what="worker restarted with new code")
+
+
+def test_worker_started_before_the_engine_waits_for_it(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEWER_")}
+    env.update(
+        HEWER_DATABASE=str(tmp_path / "hewer.db"),
+        HEWER_STATE_DIR=str(tmp_path / "state"),
+        HEWER_PORT=str(port),
+        HEWER_HEARTBEAT_INTERVAL="0.2",
+        PYTHONUNBUFFERED="1",
+    )
+    c = Cluster(env, tmp_path, [])
+    minted = c.hewer("token", "create")
+    assert minted.returncode == 0, minted.stderr
+    c.env["HEWER_TOKEN"] = minted.stdout.strip()
+    try:
+        worker = c.spawn("worker", "start", "tests.integration.app:make_worker")
+        wait_for(lambda: "engine not reachable" in c.logs(), timeout=30, what="worker waiting")
+        assert worker.poll() is None
+        c.spawn("engine")
+        result = run_until_ok(c, "run", "it-noop", "--input", '{"n": 5}')
+        assert json.loads(result.stdout)["it-noop"]["pid"] == worker.pid
+    finally:
+        for proc in reversed(c.procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc in c.procs:
+            proc.wait(timeout=30)

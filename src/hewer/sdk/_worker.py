@@ -28,11 +28,14 @@ from hewer.sdk._retry import aio_call_with_retry, translate
 from hewer.sdk._runner import Runner
 from hewer.sdk._services import WorkerServices
 from hewer.sdk._task import StandaloneTask, Task, Workflow
+from hewer.sdk._time import Backoff
 
 if TYPE_CHECKING:
     from hewer.sdk._client import Hewer
 
 logger = logging.getLogger(__name__)
+
+REGISTER_BACKOFF = Backoff(initial=0.5, cap=5.0)
 
 REGISTER_TIMEOUT_SECONDS = 30.0
 UNSUBSCRIBE_TIMEOUT_SECONDS = 5.0
@@ -198,8 +201,7 @@ class Worker:
         listen_task: asyncio.Task[None] | None = None
         self._draining = False
         try:
-            await self._register_all(services)
-            if self._stop_event.is_set():
+            if not await self._register_until_reachable(services):
                 return
             listen_task = asyncio.create_task(listener.run(), name="hewer-listener")
             stop_wait = asyncio.create_task(self._stop_event.wait(), name="hewer-stop-wait")
@@ -238,6 +240,29 @@ class Worker:
         # that the worker has no stream.
         beats.start()
         self.ready.set()
+
+    async def _register_until_reachable(self, services: WorkerServices) -> bool:
+        """Register, waiting (with backoff) for as long as the engine is unreachable; a worker
+        started before its engine simply waits. False if stopped before registering."""
+        stop = self._stop_event
+        assert stop is not None
+        attempt = 0
+        while not stop.is_set():
+            try:
+                await self._register_all(services)
+                return not stop.is_set()
+            except HewerError as exc:
+                cause = exc.__cause__
+                if not (
+                    isinstance(cause, grpc.RpcError) and status_code(cause) in TRANSIENT_CODES
+                ):
+                    raise
+                delay = REGISTER_BACKOFF.delay(attempt)
+                attempt += 1
+                logger.warning("engine not reachable (%s); retrying in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        return False
 
     async def _register_all(self, services: WorkerServices) -> None:
         """PutWorkflow for every workflow, GetVersion, then Register (sets ``self.id``)."""
