@@ -19,6 +19,7 @@ from hewer.store.models import (
     NewRun,
     QueueItem,
     RunDetails,
+    RunFilter,
     RunningTask,
     TaskDef,
     TaskEvent,
@@ -63,6 +64,9 @@ class Store(Protocol):
         """Write runs with all their tasks; returns the root tasks, now queued."""
 
     async def run_get(self, tenant_id: str, run_id: str) -> RunDetails | None: ...
+    async def runs_find(self, tenant_id: str, match: RunFilter) -> list[str]:
+        """Ids of the tenant's runs that match, newest first, at most ``match.limit``."""
+
     async def tasks_queued(self) -> list[QueueItem]: ...
     async def tasks_running(self, worker_id: str | None = None) -> list[RunningTask]: ...
     async def tasks_assign(

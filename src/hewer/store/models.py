@@ -267,3 +267,15 @@ class LogLine:
     message: str
     level: str | None
     retry_count: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    """Which runs of a tenant an operation applies to; empty fields match everything."""
+
+    since: float | None = None
+    until: float | None = None
+    statuses: tuple[RunStatus, ...] = ()
+    workflows: tuple[str, ...] = ()  # workflow ids or names
+    additional_metadata: tuple[tuple[str, str], ...] = ()
+    limit: int = 10_000

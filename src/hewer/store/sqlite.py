@@ -31,6 +31,7 @@ from hewer.store.models import (
     NewRun,
     QueueItem,
     RunDetails,
+    RunFilter,
     RunningTask,
     RunStatus,
     TaskDef,
@@ -345,6 +346,31 @@ class SqliteStore:
                 additional_metadata=row["additional_metadata"],
                 tasks=tasks,
             )
+
+        return await self._read(body)
+
+    async def runs_find(self, tenant_id: str, match: RunFilter) -> list[str]:
+        def body(conn: sqlite3.Connection) -> list[str]:
+            statuses = {str(st) for st in match.statuses}
+            workflows = set(match.workflows)
+            found: list[str] = []
+            rows = conn.execute(
+                Q["runs_in_window"],
+                {"tenant_id": tenant_id, "since": match.since, "until": match.until},
+            )
+            for r in rows:
+                if statuses and r["status"] not in statuses:
+                    continue
+                if workflows and not workflows & {r["workflow_id"], r["workflow_name"]}:
+                    continue
+                if match.additional_metadata:
+                    meta = _json_or_empty(r["additional_metadata"])
+                    if any(str(meta.get(k)) != v for k, v in match.additional_metadata):
+                        continue
+                found.append(r["id"])
+                if len(found) >= match.limit:
+                    break
+            return found
 
         return await self._read(body)
 

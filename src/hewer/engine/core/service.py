@@ -30,6 +30,7 @@ from hewer.store.models import (
     LogLine,
     NewRun,
     RunDetails,
+    RunFilter,
     RunningTask,
     TaskDef,
     TaskEvent,
@@ -104,6 +105,19 @@ class _WorkerState:
     status: WorkerStatus
     last_seen: float
     session: Session | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """A worker as the engine sees it now: stored record plus live slot usage."""
+
+    record: WorkerRecord
+    slots_used: dict[str, int]
+    connected: bool
+
+    @property
+    def status(self) -> WorkerStatus:
+        return self.record.status
 
 
 @dataclass(frozen=True, slots=True)
@@ -709,8 +723,51 @@ class EngineCore:
                 undelivered.append(info)
         self._requeue_undelivered(undelivered)
 
-    def worker_states(self) -> dict[str, WorkerStatus]:
-        return {wid: s.status for wid, s in self._workers.items()}
+    # ------------------------------------------------------------------ reads and admin
+
+    async def workers_view(self, tenant_id: str) -> list[WorkerView]:
+        """Every worker of the tenant, newest last, with live slot usage."""
+        usage = await self.scheduler.slot_usage()
+        return [self._view(r, usage) for r in await self.store.workers_list(tenant_id)]
+
+    async def worker_view(self, tenant_id: str, worker_id: str) -> WorkerView:
+        record = await self.store.worker_get(tenant_id, worker_id)
+        if record is None:
+            raise NotFound(f"worker {worker_id!r} not found")
+        return self._view(record, await self.scheduler.slot_usage())
+
+    def _view(self, record: WorkerRecord, usage: dict[str, dict[str, int]]) -> WorkerView:
+        state = self._workers.get(record.id)
+        used = usage.get(record.id, {})
+        return WorkerView(
+            record=record,
+            slots_used={t: used.get(t, 0) for t in record.slot_config},
+            connected=state is not None and state.session is not None,
+        )
+
+    async def set_paused(self, tenant_id: str, worker_id: str, paused: bool) -> WorkerView:
+        """Pause (no new tasks; running ones go on) or resume a live worker."""
+        await self._finish(self._set_paused(tenant_id, worker_id, paused), "pause")
+        return await self.worker_view(tenant_id, worker_id)
+
+    async def _set_paused(self, tenant_id: str, worker_id: str, paused: bool) -> None:
+        state = self._workers.get(worker_id)
+        if state is None or state.record.tenant_id != tenant_id:
+            record = await self.store.worker_get(tenant_id, worker_id)
+            if record is None:
+                raise NotFound(f"worker {worker_id!r} not found")
+            raise FailedPrecondition(f"worker {worker_id!r} is {record.status}, not running")
+        if paused:
+            await self._set_status(state, WorkerStatus.PAUSED, "paused by request")
+            self.scheduler.set_assignable(worker_id, False)
+        else:
+            await self._set_status(state, WorkerStatus.ACTIVE, "resumed by request")
+            self.scheduler.set_assignable(worker_id, state.session is not None)
+
+    async def cancel_matching(self, tenant_id: str, match: RunFilter, reason: str) -> list[str]:
+        """Cancel every run of the tenant that matches; returns the cancelled task ids."""
+        run_ids = await self.store.runs_find(tenant_id, match)
+        return await self.cancel(tenant_id, run_ids, reason) if run_ids else []
 
 
 def _check_priority(priority: int) -> None:

@@ -231,3 +231,12 @@ SELECT t.id, t.worker_id, t.retry_count, t.slot_requests, t.slot_released
 FROM tasks t JOIN task_attempts a ON a.task_id = t.id AND a.retry_count = t.retry_count
 WHERE t.status = 'running' AND a.started_at IS NULL AND a.assigned_at < :cutoff
 LIMIT :limit;
+
+-- name: runs_in_window
+-- Candidate runs for a filter, newest first; the rest of the filter is applied in Python.
+SELECT r.id, r.status, r.workflow_id, r.workflow_name, r.additional_metadata
+FROM runs r
+WHERE r.tenant_id = :tenant_id
+  AND r.created_at >= coalesce(:since, r.created_at)
+  AND r.created_at <= coalesce(:until, r.created_at)
+ORDER BY r.created_at DESC;
