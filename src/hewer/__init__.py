@@ -15,11 +15,14 @@ from hewer.errors import (
 from hewer.sdk import (
     Context,
     Hewer,
+    RunFilter,
     RunRef,
     StandaloneTask,
     Task,
     TaskOptions,
     Worker,
+    WorkerInfo,
+    WorkerState,
     Workflow,
 )
 
@@ -33,11 +36,14 @@ __all__ = [
     "NonRetryableError",
     "NotFound",
     "RetryAfter",
+    "RunFilter",
     "RunRef",
     "StandaloneTask",
     "Task",
     "TaskOptions",
     "TaskRunError",
     "Worker",
+    "WorkerInfo",
+    "WorkerState",
     "Workflow",
 ]

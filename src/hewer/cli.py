@@ -13,13 +13,18 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from hewer.config import EngineSettings
+
+if TYPE_CHECKING:
+    from hewer.sdk import Hewer, WorkerInfo
 
 logger = logging.getLogger("hewer.cli")
 
@@ -75,6 +80,23 @@ def engine_options(fn: F) -> F:
                 "HEWER_BROADCAST_ADDRESS",
                 help="host:port that workers should dial, written into tokens [default: host:port]",
             ),
+            _option(
+                "--api-host",
+                "HEWER_API_HOST",
+                help="HTTP API listen host [default: the gRPC host]",
+            ),
+            _option(
+                "--api-port",
+                "HEWER_API_PORT",
+                type=int,
+                help="HTTP API listen port, 0 = any free port [default: 8080]",
+            ),
+            _option(
+                "--api-url",
+                "HEWER_API_URL",
+                help="HTTP API base URL written into tokens as server_url "
+                "[default: http://<broadcast host>:<api port>]",
+            ),
         ]
     ):
         fn = decorator(fn)
@@ -104,10 +126,14 @@ def main() -> None:
 )
 @log_level_option
 def engine(log_level: str, **given: Any) -> None:
-    """Run the engine (gRPC on 127.0.0.1:7070, state in ./hewer.db)."""
+    """Run the engine (gRPC on 127.0.0.1:7070, HTTP API on 127.0.0.1:8080, state in
+    ./hewer.db)."""
     _setup_logging(log_level)
     settings = _engine_settings(**given)
-    asyncio.run(_serve_engine(settings))
+    try:
+        asyncio.run(_serve_engine(settings))
+    except OSError as exc:
+        raise click.ClickException(f"cannot start the engine: {exc}") from None
 
 
 async def _serve_engine(settings: EngineSettings) -> None:
@@ -178,9 +204,59 @@ def load_worker(spec: str) -> Any:
     return target() if callable(target) and not hasattr(target, "start") else target
 
 
+def client_options(fn: F) -> F:
+    """Options that say which engine a client command talks to, and as whom."""
+    for decorator in reversed(
+        [
+            _option(
+                "--token",
+                "HEWER_TOKEN",
+                help="API token [default: the local engine's token in <state-dir>/token]",
+            ),
+            _option(
+                "--host-port",
+                "HEWER_HOST_PORT",
+                help="Engine gRPC address host:port [default: from the token]",
+            ),
+            _option(
+                "--server-url",
+                "HEWER_SERVER_URL",
+                help="Engine HTTP API base URL [default: from the token]",
+            ),
+            _option(
+                "--state-dir",
+                "HEWER_STATE_DIR",
+                type=click.Path(path_type=Path),
+                help="Where a local engine left its token [default: ./.hewer]",
+            ),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+@contextmanager
+def _client(**given: Any) -> Iterator[Hewer]:
+    """A client from the connection flags (else the environment); Hewer errors become a
+    one-line message and exit status 1."""
+    from hewer import ClientSettings, Hewer
+    from hewer.errors import HewerError
+
+    try:
+        hw = Hewer(settings=ClientSettings(**{k: v for k, v in given.items() if v is not None}))
+    except ValueError as exc:
+        raise click.ClickException(f"invalid settings: {exc}") from None
+    try:
+        yield hw
+    except HewerError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        hw.close()
+
+
 @main.group()
 def worker() -> None:
-    """Run workers."""
+    """Run and manage workers."""
 
 
 @worker.command("start")
@@ -228,19 +304,167 @@ def _run_dev_worker(target: str, log_level: str) -> None:
         sys.exit(exc.exit_code)
 
 
+STATES = ("active", "paused", "inactive", "stopped")
+
+
+@worker.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(STATES, case_sensitive=False),
+    help="Only workers in this state (repeatable) [default: all].",
+)
+@client_options
+@log_level_option
+def worker_list(as_json: bool, states: tuple[str, ...], log_level: str, **given: Any) -> None:
+    """List the tenant's workers: name, id, state, slots used/total, labels, last heartbeat."""
+    _setup_logging(log_level)
+    with _client(**given) as hw:
+        workers = hw.workers.list()
+    wanted = {s.lower() for s in states}
+    workers = [w for w in workers if not wanted or w.status in wanted]
+    if as_json:
+        click.echo(json.dumps([_worker_dict(w) for w in workers], indent=2))
+    elif not workers:
+        click.echo("no workers", err=True)
+    else:
+        click.echo(worker_table(workers, datetime.now(UTC)))
+
+
+@worker.command("pause")
+@click.argument("worker_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the worker as JSON.")
+@client_options
+@log_level_option
+def worker_pause(worker_id: str, as_json: bool, log_level: str, **given: Any) -> None:
+    """Stop assigning new tasks to WORKER_ID; tasks it is running go on."""
+    _setup_logging(log_level)
+    with _client(**given) as hw:
+        _show_worker(hw.workers.pause(worker_id), as_json)
+
+
+@worker.command("resume")
+@click.argument("worker_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the worker as JSON.")
+@client_options
+@log_level_option
+def worker_resume(worker_id: str, as_json: bool, log_level: str, **given: Any) -> None:
+    """Let the paused WORKER_ID take new tasks again."""
+    _setup_logging(log_level)
+    with _client(**given) as hw:
+        _show_worker(hw.workers.resume(worker_id), as_json)
+
+
+def _show_worker(info: WorkerInfo, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(_worker_dict(info), indent=2))
+    else:
+        click.echo(f"worker {info.name} ({info.id}) is {info.status.upper()}")
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat().replace("+00:00", "Z") if at is not None else None
+
+
+def _worker_dict(w: WorkerInfo) -> dict[str, Any]:
+    return {
+        "id": w.id,
+        "name": w.name,
+        "state": w.status.upper(),
+        "status_reason": w.status_reason,
+        "status_changed_at": _iso(w.status_changed_at),
+        "slots_used": w.slots_used,
+        "slots_total": w.slots_total,
+        "labels": w.labels,
+        "last_heartbeat_at": _iso(w.last_heartbeat_at),
+        "connected": w.connected,
+        "actions": list(w.actions),
+    }
+
+
+def _ago(at: datetime | None, now: datetime) -> str:
+    if at is None:
+        return "never"
+    seconds = max(0.0, (now - at).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def worker_table(workers: Sequence[WorkerInfo], now: datetime) -> str:
+    """Workers as a plain, column-aligned table."""
+    header = ("NAME", "ID", "STATE", "SLOTS", "LABELS", "LAST HEARTBEAT")
+    rows = [
+        (
+            w.name,
+            w.id,
+            w.status.upper(),
+            f"{w.slots_used}/{w.slots_total}",
+            ",".join(f"{k}={v}" for k, v in sorted(w.labels.items())) or "-",
+            _ago(w.last_heartbeat_at, now),
+        )
+        for w in workers
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    )
+
+
 # ---------------------------------------------------------------------- runs
 
 
-@main.command("run")
-@click.argument("workflow")
-@click.option("--input", "input_json", default="{}", show_default=True, help="Input as JSON.")
-@click.option("--no-wait", is_flag=True, help="Print the run id and exit without waiting.")
-@log_level_option
-def run(workflow: str, input_json: str, no_wait: bool, log_level: str) -> None:
-    """Trigger WORKFLOW, wait for it, and print its output as JSON.
+class _DefaultGroup(click.Group):
+    """A group whose first argument, when it names no subcommand, goes to a default one:
+    ``hewer run WORKFLOW ...`` is ``hewer run trigger WORKFLOW ...``."""
+
+    default_command = "trigger"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return ["WORKFLOW [OPTIONS] | COMMAND [ARGS]..."]
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        default = self.commands[self.default_command]
+        sub = click.Context(default, info_name=self.default_command, parent=ctx)
+        rows = [
+            record
+            for param in default.get_params(sub)
+            if isinstance(param, click.Option)
+            and param.name != "help"
+            and (record := param.get_help_record(sub)) is not None
+        ]
+        with formatter.section("Options of hewer run WORKFLOW"):
+            formatter.write_dl(rows)
+        super().format_options(ctx, formatter)
+
+
+@main.group("run", cls=_DefaultGroup)
+def run() -> None:
+    """Trigger a workflow (hewer run WORKFLOW --input JSON), or cancel runs.
 
     Connection settings come from HEWER_TOKEN / HEWER_HOST_PORT, or the local engine's token.
     """
+
+
+@run.command("trigger")
+@click.argument("workflow")
+@click.option("--input", "input_json", default="{}", show_default=True, help="Input as JSON.")
+@click.option("--no-wait", is_flag=True, help="Print the run id and exit without waiting.")
+@client_options
+@log_level_option
+def run_trigger(
+    workflow: str, input_json: str, no_wait: bool, log_level: str, **given: Any
+) -> None:
+    """Trigger WORKFLOW, wait for it, and print its output as JSON."""
     _setup_logging(log_level)
     try:
         data = json.loads(input_json)
@@ -248,20 +472,34 @@ def run(workflow: str, input_json: str, no_wait: bool, log_level: str) -> None:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--input") from None
     if not isinstance(data, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--input")
-    from hewer import Hewer
-    from hewer.errors import HewerError
-
-    hw = Hewer()
-    try:
+    with _client(**given) as hw:
         ref = hw.runs.trigger(workflow, data)
         if no_wait:
             click.echo(ref.run_id)
             return
         click.echo(json.dumps(ref.result(), indent=2, sort_keys=True))
-    except HewerError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        hw.close()
+
+
+@run.command("cancel")
+@click.argument("ids", nargs=-1, required=True)
+@client_options
+@log_level_option
+def run_cancel(ids: tuple[str, ...], log_level: str, **given: Any) -> None:
+    """Cancel the runs (or tasks) IDS; prints the ids of the tasks cancelled.
+
+    Runs that are unknown or already finished cancel nothing (not an error).
+    """
+    _setup_logging(log_level)
+    with _client(**given) as hw:
+        cancelled = hw.runs.cancel(list(ids))
+    for task_id in cancelled:
+        click.echo(task_id)
+    click.echo(
+        f"cancelled {len(cancelled)} task(s)"
+        if cancelled
+        else "nothing to cancel (unknown ids, or runs already finished)",
+        err=True,
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,17 @@ class EngineSettings(BaseSettings):
     broadcast_address: str | None = Field(
         None, description="host:port workers use to reach the engine (baked into tokens)"
     )
-    api_port: int = Field(8080, description="HTTP API port (named in tokens as server_url)")
+    api_host: str | None = Field(
+        None, description="HTTP API listen host (default: the gRPC listen host)"
+    )
+    api_port: int = Field(
+        8080, description="HTTP API listen port (0 = pick a free one); named in tokens"
+    )
+    api_url: str | None = Field(
+        None,
+        description="HTTP API base URL written into tokens as server_url "
+        "(default: http://<advertised host>:<api port>)",
+    )
     database: Path = Field(Path("hewer.db"), description="SQLite database file")
     state_dir: Path = Field(
         DEFAULT_STATE_DIR, description="directory for local state (the default tenant's token)"
@@ -64,8 +74,19 @@ class EngineSettings(BaseSettings):
         return f"{host}:{self.port}"
 
     @property
+    def api_listen_host(self) -> str:
+        return self.api_host if self.api_host is not None else self.host
+
+    @property
     def server_url(self) -> str:
+        """The REST base URL clients use (the token's ``server_url`` claim)."""
+        if self.api_url:
+            return self.api_url.rstrip("/")
         host = self.advertised_address.rsplit(":", 1)[0]
+        api_host = self.api_listen_host
+        if api_host not in ("0.0.0.0", "::", "") and api_host != self.host:
+            # The API listens on an address of its own: that is where clients reach it.
+            host = f"[{api_host}]" if ":" in api_host else api_host
         return f"http://{host}:{self.api_port}"
 
     @property
@@ -81,6 +102,9 @@ class ClientSettings(BaseSettings):
     token: str | None = Field(None, description="API token (default: the local engine's token)")
     host_port: str | None = Field(
         None, description="engine gRPC address host:port (default: from the token)"
+    )
+    server_url: str | None = Field(
+        None, description="engine HTTP API base URL (default: the token's server_url claim)"
     )
     state_dir: Path = Field(DEFAULT_STATE_DIR, description="where a local engine left its token")
     namespace: str = Field("", description="prefix applied to workflow names")

@@ -1,7 +1,7 @@
 """Test helpers for Hewer users and for our own suite: an engine in a background thread.
 
-``EngineThread`` runs a real engine (real gRPC on loopback, real SQLite file) on its own
-event loop, so synchronous SDK calls in the test thread can talk to it.
+``EngineThread`` runs a real engine (real gRPC and HTTP on loopback, real SQLite file) on its
+own event loop, so synchronous SDK calls in the test thread can talk to it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class EngineThread:
         base: dict[str, Any] = {
             "host": "127.0.0.1",
             "port": 0,
+            "api_port": 0,
             "database": directory / "hewer.db",
             "state_dir": directory / ".hewer",
         }
@@ -63,6 +64,11 @@ class EngineThread:
     @property
     def address(self) -> str:
         return self.engine.address
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of the engine's HTTP API."""
+        return self.engine.api_url
 
     @property
     def token(self) -> str:

@@ -74,6 +74,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         HEWER_STATE_DIR=str(tmp_path / "state"),
         HEWER_DATABASE=str(tmp_path / "hewer.db"),
         HEWER_PORT="0",
+        HEWER_API_PORT="0",
         HEWER_HEARTBEAT_INTERVAL="0.2",
         HEWER_INACTIVE_AFTER="1.5",
         PYTHONUNBUFFERED="1",
@@ -210,6 +211,7 @@ def test_worker_started_before_the_engine_waits_for_it(tmp_path: Path) -> None:
         HEWER_DATABASE=str(tmp_path / "hewer.db"),
         HEWER_STATE_DIR=str(tmp_path / "state"),
         HEWER_PORT=str(port),
+        HEWER_API_PORT="0",
         HEWER_HEARTBEAT_INTERVAL="0.2",
         PYTHONUNBUFFERED="1",
     )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,82 @@ def test_hatchet_worker_leaves_on_sigterm(
         )
 
     wait_for(gone, timeout=30, what="worker no longer active after SIGTERM")
+
+
+def test_hatchet_worker_sigterm_pause_call_succeeds(
+    engine: EngineThread,
+    hatchet_worker: subprocess.Popen[bytes],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="hewer.engine.core.service")
+    hatchet_worker.send_signal(signal.SIGTERM)
+    assert hatchet_worker.wait(timeout=60) == 0
+    log = (tmp_path / "hatchet-worker.log").read_text()
+    # hatchet-sdk PATCHes /api/v1/workers/{id} {"isPaused": true} and parses the Worker JSON.
+    assert "task assignment paused" in log, log[-4000:]
+    assert "error while pausing" not in log and "timeout while pausing" not in log, log[-4000:]
+    assert any("paused by request" in r.getMessage() for r in caplog.records)
+
+    def gone() -> bool:
+        workers = engine.call(engine.engine.store.workers_list())
+        return any(
+            w.name == "compat-worker" and w.status in ("stopped", "inactive") for w in workers
+        )
+
+    wait_for(gone, timeout=30, what="worker no longer active after SIGTERM")
+
+
+ADMIN = Path(__file__).with_name("hatchet_admin.py")
+
+
+def hatchet_admin(engine: EngineThread, tmp_path: Path, *args: str) -> dict[str, object]:
+    result = subprocess.run(
+        [sys.executable, str(ADMIN), *args],
+        env=hatchet_env(engine),
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-4000:]
+    parsed: dict[str, object] = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    return parsed
+
+
+def test_hatchet_rest_clients_list_pause_and_cancel(
+    engine: EngineThread, hatchet_worker: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    from hewer.engine.core.service import TriggerSpec
+    from hewer.store.models import TaskDef
+
+    core = engine.engine.core
+    tenant = engine.engine.default_tenant_id
+    listed = hatchet_admin(engine, tmp_path, "workers")
+    assert [r["name"] for r in listed["rows"]] == ["compat-worker"]  # type: ignore[index]
+    assert listed["paused"] == "PAUSED" and listed["unpaused"] == "ACTIVE"
+
+    # Runs of a workflow no worker serves stay queued until cancelled.
+    engine.call(core.put_workflow(tenant, "compat-parked", [TaskDef("p", "compat-parked:p")], None))
+    since = (datetime.now(UTC) - timedelta(seconds=5)).isoformat()
+    by_id, by_filter, untouched = engine.call(
+        core.trigger(
+            tenant,
+            [
+                TriggerSpec("compat-parked", additional_metadata='{"k": "a"}'),
+                TriggerSpec("compat-parked", additional_metadata='{"k": "b"}'),
+                TriggerSpec("compat-parked", additional_metadata='{"k": "c"}'),
+            ],
+        )
+    )
+    hatchet_admin(engine, tmp_path, "cancel", by_id)
+    hatchet_admin(engine, tmp_path, "cancel-filter", since, "compat-parked", "k:b")
+
+    def status(run_id: str) -> str:
+        return str(engine.call(core.run_details(tenant, run_id)).status)
+
+    assert [status(r) for r in (by_id, by_filter, untouched)] == [
+        "cancelled",
+        "cancelled",
+        "queued",
+    ]

@@ -1,4 +1,5 @@
-"""The engine process: store, domain core and gRPC server, started and stopped in order."""
+"""The engine process: store, domain core, gRPC server and REST API, started and stopped
+in order."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from types import TracebackType
 from grpc import aio
 
 from hewer.config import EngineSettings
+from hewer.engine.api.app import build_app
+from hewer.engine.api.server import ApiServer
 from hewer.engine.core.auth import TokenAuthority, Unauthenticated, unverified_claims
 from hewer.engine.core.clock import Clock, SystemClock
 from hewer.engine.core.service import EngineCore
@@ -37,15 +40,22 @@ class Engine:
             inactive_after=settings.inactive_after.total_seconds(),
         )
         self._server: aio.Server | None = None
+        self._api: ApiServer | None = None
         self.auth = TokenAuthority(self.store, self.clock)
         self._stopped = asyncio.Event()
         self.port = settings.port
+        self.api_port = settings.api_port
         self.token = ""
         self.default_tenant_id = ""
 
     @property
     def address(self) -> str:
         return self.settings.advertised_address
+
+    @property
+    def api_url(self) -> str:
+        """The REST API's base URL (what tokens carry as ``server_url``)."""
+        return self.settings.server_url
 
     async def start(self) -> None:
         await self.store.open()
@@ -54,20 +64,34 @@ class Engine:
         await self.auth.load()
         s = self.settings
         server, port = build_server(self.core, self.auth, s.host, s.port, s.max_message_bytes)
-        self.port = port
-        if s.port != port:
-            self.settings = s.model_copy(update={"port": port})
+        api = ApiServer(build_app(self.core, self.auth), s.api_listen_host, s.api_port)
+        try:
+            # Both listeners are bound before tokens are minted: they carry the real ports.
+            api_port = api.bind()
+        except OSError:
+            await server.stop(None)
+            await self.store.close()
+            raise
+        self.port, self.api_port = port, api_port
+        if (s.port, s.api_port) != (port, api_port):
+            self.settings = s.model_copy(update={"port": port, "api_port": api_port})
         self.token, token_is_new = await self._local_token()
-        await self.core.start()
-        await server.start()
-        self._server = server
+        self._server, self._api = server, api
+        try:
+            await self.core.start()
+            await server.start()
+            await api.start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
         # Written once the server listens: a client that finds the file can connect.
         if token_is_new:
             write_private(self.settings.token_file, self.token)
         logger.info(
-            "hewer engine listening on %s (database %s); token for tenant %r in %s "
-            "(more with: hewer token create)",
+            "hewer engine listening on %s, HTTP API on %s (database %s); token for tenant %r "
+            "in %s (more with: hewer token create)",
             self.address,
+            self.api_url,
             self.settings.database,
             DEFAULT_TENANT,
             self.settings.token_file,
@@ -85,6 +109,7 @@ class Engine:
                 if (
                     principal.tenant_id == self.default_tenant_id
                     and claims.get("grpc_broadcast_address") == self.address
+                    and claims.get("server_url") == self.settings.server_url
                 ):
                     return existing, False
             except Unauthenticated:
@@ -99,6 +124,9 @@ class Engine:
         return token, True
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self._api is not None:
+            api, self._api = self._api, None
+            await api.stop()
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hewer.sdk._admin import RunFilter, WorkerInfo, Workers, WorkerState
 from hewer.sdk._client import Hewer
 from hewer.sdk._connection import Connection
 from hewer.sdk._context import Context
@@ -15,11 +16,15 @@ __all__ = [
     "Connection",
     "Context",
     "Hewer",
+    "RunFilter",
     "RunRef",
     "StandaloneTask",
     "SystemClock",
     "Task",
     "TaskOptions",
     "Worker",
+    "WorkerInfo",
+    "WorkerState",
+    "Workers",
     "Workflow",
 ]

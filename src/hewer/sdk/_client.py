@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
 from pydantic import BaseModel
 
 from hewer.config import ClientSettings
+from hewer.sdk._admin import Workers
 from hewer.sdk._connection import ChannelPool, Connection, resolve_connection
 from hewer.sdk._options import DEFAULT_SLOTS, TaskKwargs, TaskOptions
 from hewer.sdk._runs import RunClient
@@ -64,6 +65,8 @@ class Hewer:
         self._runs = RunClient(self._pool)
         self.runs = Runs(self)
         """Runs by workflow name and run id (``hw.runs.trigger("name", {...})``)."""
+        self.workers = Workers(self)
+        """The tenant's workers: ``list()``, ``get(id)``, ``pause(id)``, ``resume(id)``."""
 
     def _resolve(self) -> Connection:
         return resolve_connection(self.settings)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from hewer.sdk import _serde, _wire
+from hewer.sdk import _admin, _serde, _wire
 from hewer.sdk._options import check_priority
 from hewer.sdk._runs import run_outputs
 from hewer.sdk._task import RunRef
@@ -63,3 +63,23 @@ class Runs:
     def ref(self, run_id: str) -> RunRef[dict[str, Any]]:
         """A handle on an existing run, to wait for its result."""
         return RunRef(run_id, self._client, run_outputs)
+
+    def cancel(
+        self,
+        ids: str | Sequence[str] | None = None,
+        *,
+        filter: _admin.RunFilter | None = None,
+    ) -> list[str]:
+        """Cancel runs (or single tasks) by id, or every run matching ``filter``; returns
+        the ids of the tasks cancelled. Unknown or finished runs cancel nothing. Workers
+        running a cancelled task are told to stop it."""
+        return _admin.cancel(self._client, ids, filter)
+
+    async def aio_cancel(
+        self,
+        ids: str | Sequence[str] | None = None,
+        *,
+        filter: _admin.RunFilter | None = None,
+    ) -> list[str]:
+        """Cancel runs by id or filter; see :meth:`cancel`."""
+        return await _admin.aio_cancel(self._client, ids, filter)

@@ -7,6 +7,7 @@ from typing import Any
 from hewer._proto.v1 import workflows_pb2 as pb
 from hewer._proto.v1 import workflows_pb2_grpc as pb_grpc
 from hewer.durations import parse_duration
+from hewer.engine.api.filters import run_filter
 from hewer.engine.grpc._common import Servicer, unary
 from hewer.errors import InvalidInput, NotSupported
 from hewer.store.models import RunDetails, RunStatus, TaskDef, TaskStatus
@@ -139,11 +140,23 @@ class AdminServicer(Servicer, pb_grpc.AdminServiceServicer):  # type: ignore[mis
 
     @unary
     async def CancelTasks(self, tenant_id: str, request: Any, context: Any) -> Any:
+        ids = list(request.external_ids)
         if request.HasField("filter"):
-            raise NotSupported("cancelling by filter is not supported yet; pass external_ids")
-        if not request.external_ids:
+            if ids:
+                raise InvalidInput("give external_ids or a filter, not both")
+            f = request.filter
+            match = run_filter(
+                since=f.since.ToMicroseconds() / 1e6 if f.HasField("since") else None,
+                until=f.until.ToMicroseconds() / 1e6 if f.HasField("until") else None,
+                statuses=f.statuses,
+                workflows=f.workflow_ids,
+                additional_metadata=f.additional_metadata,
+            )
+            cancelled = await self.core.cancel_matching(tenant_id, match, "cancelled by request")
+            return pb.CancelTasksResponse(cancelled_tasks=cancelled)
+        if not ids:
             raise InvalidInput("external_ids must name at least one run or task")
-        cancelled = await self.core.cancel(
-            tenant_id, list(request.external_ids), "cancelled by request"
-        )
+        if any(not i.strip() for i in ids):
+            raise InvalidInput("external_ids must not contain empty ids")
+        cancelled = await self.core.cancel(tenant_id, ids, "cancelled by request")
         return pb.CancelTasksResponse(cancelled_tasks=cancelled)

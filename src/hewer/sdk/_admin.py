@@ -1,0 +1,328 @@
+"""Administration: workers (``hw.workers``) over the engine's HTTP API, and cancelling runs
+(``hw.runs.cancel``) over gRPC ``v1.AdminService/CancelTasks``.
+
+The HTTP API's base URL is ``HEWER_SERVER_URL`` if set, else the token's ``server_url``
+claim (the engine writes its real address there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from hewer._proto.v1 import workflows_pb2 as v1_pb
+from hewer.errors import ConfigurationError, HewerError, InvalidInput, NotFound
+from hewer.sdk import _wire
+from hewer.sdk._connection import is_local, token_claims
+from hewer.sdk._retry import aio_call_with_retry, call_with_retry, translate
+
+if TYPE_CHECKING:
+    from hewer.sdk._client import Hewer
+
+logger = logging.getLogger(__name__)
+
+HTTP_TIMEOUT_SECONDS = 10.0
+CANCEL_TIMEOUT_SECONDS = 30.0
+RUN_STATUSES = ("QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+
+
+class WorkerState(StrEnum):
+    """Where a worker is in its life: ACTIVE (takes work), PAUSED (connected, takes no new
+    work), INACTIVE (silent too long; its tasks went elsewhere), STOPPED (left gracefully)."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    INACTIVE = "inactive"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A worker as the engine sees it."""
+
+    id: str
+    name: str
+    status: WorkerState
+    status_reason: str
+    status_changed_at: datetime | None
+    slots_used: int
+    slots_total: int
+    labels: dict[str, str] = field(default_factory=dict)
+    last_heartbeat_at: datetime | None = None
+    actions: tuple[str, ...] = ()
+    connected: bool = False
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> WorkerInfo:
+        """From the engine's Worker JSON (Hatchet's shape plus Hewer's keys)."""
+        meta = data.get("metadata") or {}
+        state = str(data.get("state") or data.get("status") or "inactive").lower()
+        try:
+            status = WorkerState(state)
+        except ValueError:
+            status = WorkerState.INACTIVE
+        used = total = 0
+        for slot in (data.get("slotConfig") or {}).values():
+            limit = int(slot.get("limit", 0))
+            total += limit
+            used += limit - int(slot.get("available", limit))
+        labels = {
+            str(label["key"]): str(label.get("value", ""))
+            for label in data.get("labels") or ()
+            if isinstance(label, Mapping) and "key" in label
+        }
+        return cls(
+            id=str(meta.get("id", "")),
+            name=str(data.get("name", "")),
+            status=status,
+            status_reason=str(data.get("statusReason", "")),
+            status_changed_at=_time(data.get("statusChangedAt")),
+            slots_used=used,
+            slots_total=total,
+            labels=labels,
+            last_heartbeat_at=_time(data.get("lastHeartbeatAt")),
+            actions=tuple(str(a) for a in data.get("actions") or ()),
+            connected=bool(data.get("connected", False)),
+            created_at=_time(meta.get("createdAt")),
+        )
+
+
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+# --- HTTP --------------------------------------------------------------------------------
+
+
+class RestClient:
+    """Blocking JSON calls to the engine's HTTP API with the client's token."""
+
+    def __init__(self, client: Hewer) -> None:
+        self._client = client
+
+    @property
+    def base_url(self) -> str:
+        configured = self._client.settings.server_url
+        if configured:
+            return configured.rstrip("/")
+        claimed = token_claims(self._client.connection.token).get("server_url")
+        if not isinstance(claimed, str) or not claimed:
+            raise ConfigurationError(
+                "no engine HTTP API address: set HEWER_SERVER_URL (the token carries no "
+                "server_url claim)"
+            )
+        return claimed.rstrip("/")
+
+    @property
+    def tenant_id(self) -> str:
+        tenant = self._client.connection.tenant_id
+        if not tenant:
+            raise ConfigurationError("the token names no tenant (no 'sub' claim)")
+        return tenant
+
+    def call(self, method: str, path: str, body: Any = None, *, what: str) -> Any:
+        base = self.base_url
+        url = base + path
+        data = None if body is None else json.dumps(body).encode()
+        headers = {
+            "Authorization": f"Bearer {self._client.connection.token}",
+            "Accept": "application/json",
+        }
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        host = urllib.parse.urlsplit(base).netloc
+        # Loopback never goes through a proxy, whatever *_proxy variables say.
+        opener = (
+            urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            if is_local(host)
+            else urllib.request.build_opener()
+        )
+        try:
+            with opener.open(request, timeout=HTTP_TIMEOUT_SECONDS) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise _http_error(exc, what) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise HewerError(
+                f"{what}: cannot reach the engine's HTTP API at {base}: {reason}"
+            ) from None
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            raise HewerError(f"{what}: the engine answered with invalid JSON") from None
+
+
+def _http_error(exc: urllib.error.HTTPError, what: str) -> HewerError:
+    try:
+        body = json.loads(exc.read() or b"{}")
+        detail = "; ".join(str(e.get("description", "")) for e in body.get("errors", ()))
+    except (ValueError, AttributeError, TypeError):
+        detail = ""
+    detail = detail or str(exc.reason)
+    message = f"{what}: {detail}"
+    if exc.code == 404:
+        return NotFound(message)
+    if exc.code == 400:
+        return InvalidInput(message)
+    if exc.code in (401, 403):
+        return ConfigurationError(f"{what}: the engine rejected the token ({detail})")
+    return HewerError(f"{what} failed (HTTP {exc.code}): {detail}")
+
+
+def _worker_path(worker_id: str) -> str:
+    if not worker_id or not worker_id.strip():
+        raise InvalidInput("a worker id must not be empty")
+    return "/api/v1/workers/" + urllib.parse.quote(worker_id.strip(), safe="")
+
+
+_WorkerInfos = list[WorkerInfo]
+
+
+class Workers:
+    """``hw.workers``: list, read, pause and resume the tenant's workers."""
+
+    def __init__(self, client: Hewer) -> None:
+        self._rest = RestClient(client)
+
+    def list(self) -> list[WorkerInfo]:
+        """Every worker of the tenant (including stopped and inactive ones), oldest first."""
+        tenant = urllib.parse.quote(self._rest.tenant_id, safe="")
+        body = self._rest.call("GET", f"/api/v1/tenants/{tenant}/worker", what="list workers")
+        return [WorkerInfo.from_json(row) for row in (body or {}).get("rows") or ()]
+
+    def get(self, worker_id: str) -> WorkerInfo:
+        """One worker; raises NotFound for an unknown id."""
+        body = self._rest.call("GET", _worker_path(worker_id), what=f"get worker {worker_id}")
+        return WorkerInfo.from_json(body)
+
+    def pause(self, worker_id: str) -> WorkerInfo:
+        """Stop assigning new tasks to a live worker; its running tasks go on."""
+        return self._set_paused(worker_id, True)
+
+    def resume(self, worker_id: str) -> WorkerInfo:
+        """Let a paused worker take new tasks again."""
+        return self._set_paused(worker_id, False)
+
+    def _set_paused(self, worker_id: str, paused: bool) -> WorkerInfo:
+        verb = "pause" if paused else "resume"
+        body = self._rest.call(
+            "PATCH",
+            _worker_path(worker_id),
+            {"isPaused": paused},
+            what=f"{verb} worker {worker_id}",
+        )
+        return WorkerInfo.from_json(body)
+
+    async def aio_list(self) -> _WorkerInfos:
+        return await asyncio.to_thread(self.list)
+
+    async def aio_get(self, worker_id: str) -> WorkerInfo:
+        return await asyncio.to_thread(self.get, worker_id)
+
+    async def aio_pause(self, worker_id: str) -> WorkerInfo:
+        return await asyncio.to_thread(self.pause, worker_id)
+
+    async def aio_resume(self, worker_id: str) -> WorkerInfo:
+        return await asyncio.to_thread(self.resume, worker_id)
+
+
+# --- cancelling runs (gRPC) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs ``hw.runs.cancel(filter=...)`` applies to: created in ``[since, until]``,
+    in one of ``statuses`` (QUEUED, RUNNING, ...), of one of ``workflows`` (names, namespaced
+    like everywhere else, or ids), carrying all of ``additional_metadata``. Empty = any."""
+
+    since: datetime
+    until: datetime | None = None
+    statuses: Sequence[str] = ()
+    workflows: Sequence[str] = ()
+    additional_metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def cancel_request(client: Hewer, ids: str | Sequence[str] | None, filter: RunFilter | None) -> Any:
+    """``CancelTasksRequest`` for run/task ids or a filter (exactly one of them)."""
+    if isinstance(ids, str):
+        ids = [ids]
+    id_list = [i.strip() for i in ids or ()]
+    if id_list and filter is not None:
+        raise InvalidInput("cancel takes run ids or a filter, not both")
+    if filter is None:
+        if not id_list or not all(id_list):
+            raise InvalidInput("cancel needs at least one run id (or a filter)")
+        return v1_pb.CancelTasksRequest(external_ids=id_list)
+    given = [filter.statuses] if isinstance(filter.statuses, str) else filter.statuses
+    statuses = [s.strip().upper() for s in given]
+    unknown = [s for s in statuses if s not in RUN_STATUSES]
+    if unknown:
+        raise InvalidInput(f"unknown status {unknown[0]!r} (expected one of {RUN_STATUSES})")
+    request = v1_pb.CancelTasksRequest()
+    f = request.filter
+    f.since.CopyFrom(_wire.timestamp(_aware(filter.since)))
+    if filter.until is not None:
+        f.until.CopyFrom(_wire.timestamp(_aware(filter.until)))
+    f.statuses.extend(statuses)
+    workflows = [filter.workflows] if isinstance(filter.workflows, str) else filter.workflows
+    f.workflow_ids.extend(w if _UUID.match(w) else client.namespaced(w) for w in workflows)
+    f.additional_metadata.extend(f"{k}:{v}" for k, v in filter.additional_metadata.items())
+    return request
+
+
+def _aware(at: datetime) -> datetime:
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
+
+
+def cancel(client: Hewer, ids: str | Sequence[str] | None, filter: RunFilter | None) -> list[str]:
+    request = cancel_request(client, ids, filter)
+    stub = _wire.admin_stub(client._pool.sync())
+    try:
+        response = call_with_retry(
+            lambda: stub.CancelTasks(
+                request, metadata=client._pool.metadata, timeout=CANCEL_TIMEOUT_SECONDS
+            ),
+            what="cancel",
+        )
+    except grpc.RpcError as exc:
+        raise translate(exc, "cancel") from exc
+    return [str(i) for i in response.cancelled_tasks]
+
+
+async def aio_cancel(
+    client: Hewer, ids: str | Sequence[str] | None, filter: RunFilter | None
+) -> list[str]:
+    request = cancel_request(client, ids, filter)
+    stub = _wire.admin_stub(client._pool.aio())
+    try:
+        response = await aio_call_with_retry(
+            lambda: stub.CancelTasks(
+                request, metadata=client._pool.metadata, timeout=CANCEL_TIMEOUT_SECONDS
+            ),
+            what="cancel",
+        )
+    except grpc.RpcError as exc:
+        raise translate(exc, "cancel") from exc
+    return [str(i) for i in response.cancelled_tasks]
