@@ -480,18 +480,83 @@ def run_trigger(
         click.echo(json.dumps(ref.result(), indent=2, sort_keys=True))
 
 
+def _point_in_time(text: str, param_hint: str) -> datetime:
+    """``"1h"`` (that long ago) or an ISO 8601 time (naive = UTC)."""
+    from hewer.durations import InvalidDuration, parse_duration
+
+    try:
+        return datetime.now(UTC) - parse_duration(text)
+    except InvalidDuration:
+        pass
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither a duration (e.g. 90m) nor an ISO 8601 time",
+            param_hint=param_hint,
+        ) from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
 @run.command("cancel")
-@click.argument("ids", nargs=-1, required=True)
+@click.argument("ids", nargs=-1)
+@click.option("--since", help="Cancel runs created since this long ago (e.g. 2h) or this ISO time.")
+@click.option("--until", help="... and created until this long ago or this ISO time.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["queued", "running"], case_sensitive=False),
+    help="... and in this state (repeatable).",
+)
+@click.option(
+    "--workflow", "workflows", multiple=True, help="... and of this workflow (repeatable)."
+)
+@click.option(
+    "--meta", "metadata", multiple=True, help="... and with this KEY=VALUE additional metadata."
+)
 @client_options
 @log_level_option
-def run_cancel(ids: tuple[str, ...], log_level: str, **given: Any) -> None:
-    """Cancel the runs (or tasks) IDS; prints the ids of the tasks cancelled.
+def run_cancel(
+    ids: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    statuses: tuple[str, ...],
+    workflows: tuple[str, ...],
+    metadata: tuple[str, ...],
+    log_level: str,
+    **given: Any,
+) -> None:
+    """Cancel the runs (or tasks) IDS, or every run matching the filter options; prints
+    the ids of the tasks cancelled.
 
     Runs that are unknown or already finished cancel nothing (not an error).
     """
     _setup_logging(log_level)
+    from hewer import RunFilter
+
+    filtering = bool(since or until or statuses or workflows or metadata)
+    if ids and filtering:
+        raise click.UsageError("give run ids or filter options, not both")
+    if not ids and not filtering:
+        raise click.UsageError("give run ids to cancel, or filter options (see --help)")
+    run_filter = None
+    if filtering:
+        pairs = {}
+        for entry in metadata:
+            key, sep, value = entry.partition("=")
+            if not sep or not key:
+                raise click.BadParameter(f"{entry!r} is not KEY=VALUE", param_hint="--meta")
+            pairs[key] = value
+        run_filter = RunFilter(
+            since=_point_in_time(since, "--since") if since else datetime.fromtimestamp(0, UTC),
+            until=_point_in_time(until, "--until") if until else None,
+            statuses=statuses,
+            workflows=workflows,
+            additional_metadata=pairs,
+        )
     with _client(**given) as hw:
-        cancelled = hw.runs.cancel(list(ids))
+        cancelled = hw.runs.cancel(list(ids), filter=run_filter)
     for task_id in cancelled:
         click.echo(task_id)
     click.echo(

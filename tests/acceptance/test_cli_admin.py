@@ -85,6 +85,7 @@ def _base_env(tmp_path: Path) -> dict[str, str]:
         HEWER_API_PORT="0",
         HEWER_HEARTBEAT_INTERVAL="0.2",
         HEWER_INACTIVE_AFTER="1.5",
+        HEWER_GRACE_PERIOD="2",
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -172,25 +173,37 @@ def test_worker_list_pause_resume(cluster: Cluster) -> None:
     assert json.loads(done.stdout)["it-noop"]["n"] == 2
 
 
-def test_run_cancel(cluster: Cluster) -> None:
+def test_run_cancel_by_ids_and_by_filter(cluster: Cluster) -> None:
     spawn_worker(cluster, "cli-c", slots=1)
-    first = cluster.hewer("run", "it-slow", "--input", '{"seconds": 60}', "--no-wait")
-    second = cluster.hewer("run", "it-slow", "--input", '{"seconds": 60}', "--no-wait")
-    ids = [first.stdout.strip(), second.stdout.strip()]
-    assert all(ids), first.stderr + second.stderr
+    ids = []
+    for _ in range(3):
+        result = cluster.hewer("run", "it-slow", "--input", '{"seconds": 60}', "--no-wait")
+        assert result.returncode == 0, result.stderr
+        ids.append(result.stdout.strip())
     wait_for(
         lambda: worker_json(cluster, "cli-c")["slots_used"] == 1,
         timeout=30,
         interval=0.2,
         what="one task running",
     )
-    cancelled = cluster.hewer("run", "cancel", *ids)
+    # The two that wait for the only slot, by filter; then the running one, by id.
+    queued = cluster.hewer(
+        "run", "cancel", "--workflow", "it-slow", "--status", "queued", "--since", "10m"
+    )
+    assert queued.returncode == 0, queued.stderr
+    assert len(queued.stdout.split()) == 2 and set(queued.stdout.split()) < set(ids)
+    (running,) = set(ids) - set(queued.stdout.split())
+    cancelled = cluster.hewer("run", "cancel", running)
     assert cancelled.returncode == 0, cancelled.stderr
-    assert sorted(cancelled.stdout.split()) == sorted(ids)
-    assert "cancelled 2 task(s)" in cancelled.stderr
-    again = cluster.hewer("run", "cancel", ids[0])
+    assert cancelled.stdout.split() == [running]
+    assert "cancelled 1 task(s)" in cancelled.stderr
+    again = cluster.hewer("run", "cancel", *ids)
     assert again.returncode == 0 and again.stdout == ""
     assert "nothing to cancel" in again.stderr
+    both = cluster.hewer("run", "cancel", ids[0], "--status", "queued")
+    assert both.returncode == 2 and "not both" in both.stderr
+    bad = cluster.hewer("run", "cancel", "--since", "yesterday-ish")
+    assert bad.returncode == 2 and "neither a duration" in bad.stderr
 
 
 def test_admin_errors_are_one_clear_line(cluster: Cluster) -> None:
@@ -207,7 +220,7 @@ def test_admin_errors_are_one_clear_line(cluster: Cluster) -> None:
         assert expected in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
     usage = cluster.hewer("run", "cancel")
-    assert usage.returncode == 2 and "Missing argument" in usage.stderr
+    assert usage.returncode == 2 and "give run ids" in usage.stderr
 
 
 def test_engine_reports_a_busy_http_port_without_a_traceback(tmp_path: Path) -> None:
