@@ -1,0 +1,261 @@
+"""Faults 2-5: a stalled worker (SIGSTOP), a graceful stop (SIGTERM), blocked event loops
+and threads, and a poison task that kills every worker it lands on."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import ModuleType
+
+import pytest
+
+from hewer import TaskRunError
+from hewer.testing import EngineThread
+from tests.conftest import HEARTBEAT, INACTIVE_AFTER
+from tests.fault.conftest import (
+    EventSpy,
+    Fleet,
+    history,
+    runs_done,
+    settle_slots,
+    worker_ids,
+    worker_status,
+)
+from tests.fault.history import TransitionRecorder, read_executions
+from tests.helpers import wait_for
+
+STALL_TASKS = 4
+STALL_TASK_SECONDS = 1.0
+TERM_TASKS = 3
+TERM_TASK_SECONDS = 1.0
+BLOCK_SECONDS = 2 * INACTIVE_AFTER
+POISON_COMPANIONS = 150
+REASSIGNMENT_CAP = 3  # the engine default
+POISON_WAIT = 40.0  # seconds; each loss costs ~INACTIVE_AFTER plus a worker restart
+
+
+def bodies(fleet: Fleet, pid: int, event: str = "start") -> int:
+    """Task bodies that started (or ended) in process ``pid``."""
+    return sum(
+        1
+        for e in read_executions(fleet.log_dir)
+        if e.pid == pid and (event == "start" or e.end is not None)
+    )
+
+
+class StatusWatch:
+    """Polls one worker's status in the store; ``seen`` holds every status observed."""
+
+    def __init__(self, engine: EngineThread, name: str) -> None:
+        self.seen: set[str] = set()
+        self._engine = engine
+        self._name = name
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            status = worker_status(self._engine, self._name)
+            if status is not None:
+                self.seen.add(status)
+
+    def stop(self) -> set[str]:
+        self._stop.set()
+        self._thread.join(5)
+        return self.seen
+
+
+# --------------------------------------------------------------------------- fault 2
+
+
+def test_sigstopped_worker_loses_its_tasks_and_its_late_results_are_rejected(
+    engine: EngineThread, fleet: Fleet, app: ModuleType
+) -> None:
+    spy = EventSpy(engine)
+    stalled = fleet.spawn("stalled", slots=STALL_TASKS)
+    refs = [app.short.run_no_wait(app.Work(seconds=STALL_TASK_SECONDS)) for _ in range(STALL_TASKS)]
+    ids = [r.run_id for r in refs]
+    recorder = TransitionRecorder(engine.settings.database, ids).start()
+    wait_for(lambda: bodies(fleet, stalled.pid) == STALL_TASKS, what="tasks running")
+    stalled_name = fleet.name(stalled)
+    (stalled_id,) = worker_ids(engine, stalled_name)
+
+    fleet.stop(stalled)
+    rescuer = fleet.spawn("rescuer", slots=STALL_TASKS)
+    results = [r.result() for r in refs]
+    assert {(r["pid"], r["attempt"]) for r in results} == {(rescuer.pid, 1)}
+    assert worker_status(engine, stalled_name) == "inactive"
+
+    fleet.cont(stalled)
+    # The stalled bodies return and report; the engine must fence those reports off.
+    wait_for(lambda: bodies(fleet, stalled.pid, "end") == STALL_TASKS, what="stale bodies end")
+    wait_for(
+        lambda: len([e for e in spy.rejected("completed") if e[4] == stalled_id]) == STALL_TASKS,
+        timeout=10,
+        what="the stale results reached the engine",
+    )
+    # It comes back (re-registers or reopens its stream) and holds nothing.
+    wait_for(
+        lambda: (
+            worker_status(engine, stalled_name) == "active"
+            or len(worker_ids(engine, stalled_name)) > 1
+        ),
+        timeout=10,
+        what="the stalled worker reconnects",
+    )
+    assert settle_slots(engine, timeout=2.0), "slots still held after SIGCONT"
+    recorder.stop()
+
+    h = history(engine, fleet, ids)
+    summary = h.summary()
+    print(f"\n[fault 2] SIGSTOP {STALL_TASKS} running tasks\n{summary.text}")
+    for task_id in ids:
+        task = h.tasks[task_id]
+        assert task.status == "completed"
+        assert task.output["pid"] == rescuer.pid, "a stale result overwrote the re-run's"
+        assert task.attempts[0].outcome == "lost"
+        assert task.attempts[1].outcome == "completed"
+    assert recorder.regressions() == [], recorder.sequences
+    assert spy.rejected("completed") and all(e[4] == stalled_id for e in spy.rejected("completed"))
+    c = summary.counts
+    assert c["lost"] == 0 and c["stuck"] == 0 and c["leaked_slots"] == 0
+    assert c["duplicates_by_cause"] == {
+        "killed": 0,
+        "stalled": STALL_TASKS,
+        "timed_out": 0,
+        "other": 0,
+    }
+    assert c["overlaps"] == 0
+    assert c["overlaps_by_cause"]["stalled"] == STALL_TASKS  # excused: the owner was lost
+
+
+# --------------------------------------------------------------------------- fault 3
+
+
+def test_sigterm_drains_in_flight_tasks_once_and_takes_no_new_work(
+    engine: EngineThread, fleet: Fleet, app: ModuleType
+) -> None:
+    worker = fleet.spawn("graceful", slots=TERM_TASKS)
+    name = fleet.name(worker)
+    (worker_id,) = worker_ids(engine, name)
+    refs = [app.short.run_no_wait(app.Work(seconds=TERM_TASK_SECONDS)) for _ in range(TERM_TASKS)]
+    wait_for(lambda: bodies(fleet, worker.pid) == TERM_TASKS, what="tasks running")
+
+    signalled = time.time()
+    fleet.term(worker)
+    late = [app.short.run_no_wait(app.Work(seconds=0.0)) for _ in range(5)]
+    results = [r.result() for r in refs]
+    assert results == [{"pid": worker.pid, "attempt": 0, "worker": worker_id}] * TERM_TASKS
+    assert worker.wait(timeout=30) == 0, fleet.output(worker)
+    fleet.processes.exited(worker.pid, 0)
+    wait_for(lambda: worker_status(engine, name) == "stopped", what="STOPPED")
+
+    successor = fleet.spawn("successor", slots=5)
+    assert {r.result()["pid"] for r in late} == {successor.pid}
+    accepted = [r.run_id for r in refs + late]
+    settle_slots(engine, timeout=2.0)
+    h = history(engine, fleet, accepted)
+    summary = h.summary()
+    print(f"\n[fault 3] SIGTERM with {TERM_TASKS} tasks in flight\n{summary.text}")
+
+    after_signal = [
+        (a.task, a.attempt, a.assigned_at)
+        for t in h.tasks.values()
+        for a in t.attempts.values()
+        if a.worker_id == worker_id and a.assigned_at is not None and a.assigned_at > signalled
+    ]
+    assert after_signal == [], "assigned to a worker after it was told to stop"
+    assert not [e for e in h.executions if e.pid == worker.pid and e.start > signalled]
+    for r in refs:
+        runs = h.tasks[r.run_id].executions
+        assert [(e.pid, e.outcome) for e in runs] == [(worker.pid, "completed")]
+    # Heartbeats went on while the in-flight tasks finished.
+    record = next(w for w in h.workers.values() if w["id"] == worker_id)
+    last_body_end = max(e.end or 0.0 for e in h.executions if e.pid == worker.pid)
+    assert record["last_heartbeat_at"] >= last_body_end - 3 * HEARTBEAT
+    c = summary.counts
+    assert c["lost"] == 0 and c["stuck"] == 0 and c["leaked_slots"] == 0
+    assert c["duplicates"] == 0 and c["overlaps"] == 0
+    assert sum(c["reruns_by_cause"].values()) == 0
+
+
+# --------------------------------------------------------------------------- fault 4
+
+
+@pytest.mark.parametrize(
+    ("task_name", "companion"),
+    [
+        ("block_loop", False),
+        ("block_thread", False),
+        ("block_loop", True),  # another task is assigned while the loop is blocked
+    ],
+    ids=["event-loop", "busy-thread", "event-loop-with-arrival"],
+)
+def test_blocked_worker_is_not_declared_inactive(
+    engine: EngineThread, fleet: Fleet, app: ModuleType, task_name: str, companion: bool
+) -> None:
+    worker = fleet.spawn("blocked", slots=2)
+    name = fleet.name(worker)
+    watch = StatusWatch(engine, name)
+    blocker = getattr(app, task_name).run_no_wait(app.Work(seconds=BLOCK_SECONDS))
+    refs = [blocker]
+    if companion:
+        wait_for(lambda: bodies(fleet, worker.pid) == 1, what="loop blocked")
+        refs.append(app.short.run_no_wait(app.Work(seconds=0.0)))
+    results = [r.result() for r in refs]
+    seen = watch.stop()
+    summary = history(engine, fleet, [r.run_id for r in refs]).summary()
+    print(f"\n[fault 4] {task_name} for {BLOCK_SECONDS}s (arrival: {companion})\n{summary.text}")
+    assert seen == {"active"}, f"worker status went through {seen}"
+    assert [(r["pid"], r["attempt"]) for r in results] == [(worker.pid, 0)] * len(refs)
+    c = summary.counts
+    assert sum(c["reruns_by_cause"].values()) == 0, "no task was re-run"
+    assert c["duplicates"] == 0 and c["lost"] == 0
+
+
+# --------------------------------------------------------------------------- fault 5
+
+
+def test_poison_task_fails_after_the_reassignment_cap(
+    engine: EngineThread, fleet: Fleet, app: ModuleType
+) -> None:
+    for _ in range(3):
+        fleet.spawn("host", slots=4)
+    companions = app.short.run_many_no_wait(
+        [app.Work(seconds=0.05) for _ in range(POISON_COMPANIONS)]
+    )
+    poison = app.poison.run_no_wait(app.Work(seconds=0.05))
+    accepted = [r.run_id for r in companions] + [poison.run_id]
+
+    # Supervise: every worker the poison kills is replaced, as a process manager would.
+    deadline = time.monotonic() + POISON_WAIT
+    while not runs_done(engine, [poison.run_id]) and time.monotonic() < deadline:
+        for _ in fleet.reap_exited():
+            fleet.spawn("host", slots=4, wait=False)
+        time.sleep(0.05)  # supervisor poll period
+    terminated = runs_done(engine, [poison.run_id])
+    wait_for(lambda: runs_done(engine, accepted[:-1]), timeout=30, what="companions done")
+    settle_slots(engine, timeout=2 * INACTIVE_AFTER)
+    h = history(engine, fleet, accepted if terminated else accepted[:-1])
+    summary = h.summary()
+    task = h.tasks[poison.run_id]
+    print(
+        f"\n[fault 5] poison + {POISON_COMPANIONS} companions: poison {task.status} after "
+        f"{len(task.executions)} executions, reassignments {task.reassignments}, "
+        f"error {task.error!r}\n{summary.text}"
+    )
+    assert terminated, (
+        f"poison task still {task.status} after {POISON_WAIT}s and "
+        f"{len(task.executions)} crashed workers"
+    )
+    assert task.status == "failed"
+    assert len(task.executions) == REASSIGNMENT_CAP + 1
+    assert "lost" in (task.error or "").lower(), task.error
+    with pytest.raises(TaskRunError):
+        poison.result()
+    c = summary.counts
+    assert c["statuses"].get("completed") == POISON_COMPANIONS, "companions unaffected"
+    assert c["lost"] == 0 and c["stuck"] == 0 and c["leaked_slots"] == 0
+    by_cause = c["duplicates_by_cause"]
+    assert by_cause["other"] == by_cause["timed_out"] == by_cause["stalled"] == 0
