@@ -36,6 +36,7 @@ def start(args: argparse.Namespace, state: Path) -> list[subprocess.Popen[bytes]
         HEWER_STATE_DIR=str(state / "state"),
         HEWER_DATABASE=str(state / "bench.db"),
         HEWER_PORT="0",
+        HEWER_API_PORT="0",
         BENCH_SLOTS=str(args.slots),
     )
     os.environ.update(env)

@@ -35,7 +35,7 @@ def wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30
 def main() -> None:
     shutil.rmtree(STATE, ignore_errors=True)
     STATE.mkdir()
-    env = dict(os.environ, HEWER_STATE_DIR=str(STATE / "state"), HEWER_PORT="0")
+    env = dict(os.environ, HEWER_STATE_DIR=str(STATE / "state"), HEWER_PORT="0", HEWER_API_PORT="0")
     env["HEWER_DATABASE"] = str(STATE / "hewer.db")
     hewer = [sys.executable, "-m", "hewer"]
 

@@ -60,6 +60,12 @@ class EngineSettings(BaseSettings):
         timedelta(seconds=30), description="silence after which a worker is INACTIVE"
     )
     max_message_bytes: int = Field(4 * 1024 * 1024, description="gRPC message size limit")
+    max_reassignments: int = Field(
+        3,
+        ge=-1,
+        description="times a task may lose its worker before it fails (0: fail at the first "
+        "loss; -1: never give up)",
+    )
     token_ttl: timedelta = Field(timedelta(days=90), description="lifetime of minted tokens")
 
     _coerce = field_validator("heartbeat_interval", "inactive_after", "token_ttl", mode="before")(

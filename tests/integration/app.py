@@ -47,7 +47,7 @@ def slow(input: Sleep, ctx: Context) -> dict[str, int]:
     marker = os.environ.get("HEWER_TEST_LOG_DIR")
     if marker:
         (Path(marker) / f"started-{os.getpid()}-{ctx.task_run_external_id}").touch()
-    time.sleep(input.seconds)
+    ctx.cancelled.wait(input.seconds)  # a well-behaved long task: stops when cancelled
     return {"pid": os.getpid(), "retry_count": ctx.retry_count}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,43 @@ def test_worker_reconnects_after_an_engine_restart(tmp_path: Path) -> None:
         if second is not None:
             second.stop()
         first.stop()
+
+
+def test_a_sync_task_ignoring_cancellation_keeps_its_slot(
+    client: Hewer, in_process_worker: Any, engine: EngineThread
+) -> None:
+    started = threading.Event()
+    stubborn_end: list[float] = []
+    quick_start: list[float] = []
+
+    @client.task(name="stubborn")
+    def stubborn(input: Nap, ctx: Context) -> dict[str, bool]:
+        started.set()
+        time.sleep(input.seconds)  # ignores ctx.is_cancelled on purpose
+        stubborn_end.append(time.monotonic())
+        return {"ok": True}
+
+    @client.task(name="quick")
+    def quick(input: Nap, ctx: Context) -> dict[str, bool]:
+        quick_start.append(time.monotonic())
+        return {"ok": True}
+
+    in_process_worker(client, [stubborn, quick], slots=1)
+    ref = stubborn.run_no_wait(Nap(seconds=1.0))
+    assert started.wait(10)
+    tenant = engine.engine.default_tenant_id
+    engine.call(engine.engine.core.cancel(tenant, [ref.run_id], "by test"))
+    with pytest.raises(TaskRunError, match="cancel"):
+        ref.result()
+    assert quick.run(Nap(seconds=0)) == {"ok": True}
+    assert stubborn_end and quick_start
+    assert quick_start[0] >= stubborn_end[0], "the worker ran two tasks in one slot"
+    wait_for(
+        lambda: (
+            engine.call(engine.engine.core.scheduler.slot_usage()).get(
+                next(iter(engine.call(engine.engine.core.scheduler.slot_usage())), ""), {}
+            )
+            == {"default": 0}
+        ),
+        what="slot free after drain",
+    )

@@ -6,6 +6,7 @@ No sockets: the core is driven directly, with a real SQLite file underneath.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -20,9 +21,20 @@ from hewer.engine.core.service import (
     TriggerSpec,
 )
 from hewer.store import SqliteStore
-from hewer.store.models import NewRun, QueueItem, TaskDef, WorkerStatus
+from hewer.store.models import (
+    EventType,
+    NewRun,
+    QueueItem,
+    RunStatus,
+    TaskDef,
+    TaskEvent,
+    TaskStatus,
+    WorkerStatus,
+)
 
 INACTIVE_AFTER = 30.0
+TIMEOUT = 60.0
+SCHEDULE_TIMEOUT = 300.0
 
 
 class GatedStore(SqliteStore):
@@ -44,24 +56,36 @@ class Rig:
     def __init__(self, path: Path) -> None:
         self.clock = ManualClock()
         self.store = GatedStore(path)
-        self.core = EngineCore(self.store, self.clock, inactive_after=INACTIVE_AFTER)
+        self.core = EngineCore(
+            self.store, self.clock, inactive_after=INACTIVE_AFTER, max_reassignments=1
+        )
         self.tenant = ""
 
     async def start(self) -> None:
         await self.store.open()
         self.tenant = (await self.store.tenant_ensure("t", self.clock.now())).id
         await self.core.start()
-        await self.core.put_workflow(self.tenant, "job", [TaskDef("job", "job:job")], None)
+        task = TaskDef("job", "job:job", timeout_s=TIMEOUT, schedule_timeout_s=SCHEDULE_TIMEOUT)
+        await self.core.put_workflow(self.tenant, "job", [task], None)
 
     async def settle(self) -> None:
         await self.core.scheduler.slot_usage()
         await self.core.scheduler.slot_usage()
 
-    async def worker(self, name: str = "w", slots: int = 1) -> tuple[str, Session]:
+    async def worker(
+        self, name: str = "w", slots: int = 1, reports_cancellation: bool = False
+    ) -> tuple[str, Session]:
+        runtime = {"extra": json.dumps({"reports_cancellation": reports_cancellation})}
         record = await self.core.register_worker(
-            self.tenant, name, ["job:job"], {"default": slots}, {}, {}
+            self.tenant, name, ["job:job"], {"default": slots}, {}, runtime
         )
         return record.id, await self.core.open_session(self.tenant, record.id)
+
+    async def used(self, worker_id: str) -> int:
+        return (await self.core.scheduler.slot_usage()).get(worker_id, {}).get("default", 0)
+
+    async def report(self, worker_id: str, task_id: str, retry: int, kind: EventType) -> None:
+        await self.core.task_event(TaskEvent(self.tenant, task_id, retry, worker_id, kind))
 
 
 @pytest.fixture
@@ -154,3 +178,81 @@ async def test_a_cancelled_trigger_still_queues_what_it_wrote(rig: Rig) -> None:
 
 def _spec() -> TriggerSpec:
     return TriggerSpec("job", "{}")
+
+
+async def test_a_task_that_keeps_losing_its_worker_fails_at_the_cap(rig: Rig) -> None:
+    (run_id,) = await rig.core.trigger(rig.tenant, [_spec()])
+    for attempt in range(2):  # the cap is 1 reassignment: the second loss is final
+        worker_id, session = await rig.worker(f"w{attempt}")
+        kind, task_id, retry = await next_action(session)
+        assert (kind, retry) == (ActionKind.START, attempt)
+        await rig.report(worker_id, task_id, retry, EventType.STARTED)
+        rig.clock.advance(INACTIVE_AFTER + 1)
+        assert await rig.core.reap() == [worker_id]
+    details = await rig.core.run_details(rig.tenant, run_id)
+    assert details.status is RunStatus.FAILED
+    assert details.tasks[0].error is not None and "worker lost" in details.tasks[0].error
+
+
+async def test_schedule_timeout_cancels_a_task_nobody_takes(rig: Rig) -> None:
+    (run_id,) = await rig.core.trigger(rig.tenant, [_spec()])
+    rig.clock.advance(SCHEDULE_TIMEOUT - 0.01)
+    assert await rig.core.expire() == 0
+    rig.clock.advance(0.02)
+    assert await rig.core.expire() == 1
+    details = await rig.core.run_details(rig.tenant, run_id)
+    assert details.status is RunStatus.CANCELLED
+    assert "schedule timeout" in (details.tasks[0].error or "")
+    _, session = await rig.worker()
+    await rig.settle()
+    assert session._queue.empty(), "a cancelled task is never assigned"
+
+
+@pytest.mark.parametrize("reports", [True, False])
+async def test_cancelled_attempt_keeps_its_slot_until_its_body_returns(
+    rig: Rig, reports: bool
+) -> None:
+    worker_id, session = await rig.worker(slots=1, reports_cancellation=reports)
+    (first,) = await rig.core.trigger(rig.tenant, [_spec()])
+    _, task_id, retry = await next_action(session)
+    await rig.report(worker_id, task_id, retry, EventType.STARTED)
+    await rig.core.trigger(rig.tenant, [_spec()])
+    await rig.core.cancel(rig.tenant, [first], "by test")
+    kind, cancelled, _ = await next_action(session)
+    assert (kind, cancelled) == (ActionKind.CANCEL, task_id)
+    await rig.settle()
+    if reports:
+        # The body may still be running: the slot stays taken and nothing new arrives.
+        assert await rig.used(worker_id) == 1
+        assert session._queue.empty()
+        await rig.report(worker_id, task_id, retry, EventType.CANCELLED)
+    kind, _, _ = await next_action(session)
+    assert kind is ActionKind.START
+    assert await rig.used(worker_id) == 1
+
+
+async def test_timed_out_attempt_is_retried_and_keeps_its_slot_until_it_returns(
+    rig: Rig,
+) -> None:
+    await rig.core.put_workflow(
+        rig.tenant, "job", [TaskDef("job", "job:job", retries=1, timeout_s=TIMEOUT)], None
+    )
+    worker_id, session = await rig.worker(slots=1, reports_cancellation=True)
+    (run_id,) = await rig.core.trigger(rig.tenant, [_spec()])
+    _, task_id, retry = await next_action(session)
+    await rig.report(worker_id, task_id, retry, EventType.STARTED)
+    rig.clock.advance(TIMEOUT - 0.01)
+    await rig.core.heartbeat(rig.tenant, worker_id)
+    assert await rig.core.expire() == 0
+    rig.clock.advance(0.02)
+    assert await rig.core.expire() == 1
+    kind, _, _ = await next_action(session)
+    assert kind is ActionKind.CANCEL
+    await rig.settle()
+    assert await rig.used(worker_id) == 1 and session._queue.empty()
+    # A late COMPLETED from the timed-out attempt is not its result, but it frees the slot.
+    await rig.report(worker_id, task_id, retry, EventType.COMPLETED)
+    kind, again, retry2 = await next_action(session)
+    assert (kind, again, retry2) == (ActionKind.START, task_id, 1)
+    details = await rig.core.run_details(rig.tenant, run_id)
+    assert details.tasks[0].status is TaskStatus.RUNNING

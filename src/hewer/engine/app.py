@@ -38,6 +38,9 @@ class Engine:
             self.store,
             self.clock,
             inactive_after=settings.inactive_after.total_seconds(),
+            max_reassignments=None
+            if settings.max_reassignments < 0
+            else settings.max_reassignments,
         )
         self._server: aio.Server | None = None
         self._api: ApiServer | None = None

@@ -247,34 +247,41 @@ class Runner:
             run.returned = True
             if run.ctx.is_cancelled:
                 logger.info("%s finished after being cancelled; result dropped", action.action_id)
-                return
-            output = self._output(result)
+                event = self._cancelled(action)
+            else:
+                event = _wire.step_event(
+                    action, _wire.EventKind.COMPLETED, self._now(), payload=self._output(result)
+                )
+                logger.info("%s completed", action.action_id)
         except asyncio.CancelledError:
             if not run.ctx.is_cancelled:
                 raise
             logger.info("%s cancelled", action.action_id)
-            return
+            event = self._cancelled(action)
         except Exception as exc:
             run.returned = True
             if run.ctx.is_cancelled:
                 logger.info("%s failed after being cancelled; error dropped", action.action_id)
-                return
-            logger.info("%s failed: %s: %s", action.action_id, type(exc).__name__, exc)
-            should_not_retry, retry_after_ms = failure_flags(exc)
-            event = _wire.step_event(
-                action,
-                _wire.EventKind.FAILED,
-                self._now(),
-                payload=self._truncate(failure_payload(exc)),
-                should_not_retry=should_not_retry,
-                retry_after_ms=retry_after_ms,
-            )
-        else:
-            logger.info("%s completed", action.action_id)
-            event = _wire.step_event(action, _wire.EventKind.COMPLETED, self._now(), payload=output)
+                event = self._cancelled(action)
+            else:
+                logger.info("%s failed: %s: %s", action.action_id, type(exc).__name__, exc)
+                should_not_retry, retry_after_ms = failure_flags(exc)
+                event = _wire.step_event(
+                    action,
+                    _wire.EventKind.FAILED,
+                    self._now(),
+                    payload=self._truncate(failure_payload(exc)),
+                    should_not_retry=should_not_retry,
+                    retry_after_ms=retry_after_ms,
+                )
         # STARTED first, so the engine never sees the outcome before the start.
         await asyncio.shield(run.started_report)
         await asyncio.shield(self._report(event))
+
+    def _cancelled(self, action: _wire.Action) -> Any:
+        """CANCELLED once a cancelled body has really returned: until then the engine keeps
+        its slot taken, so a body that ignores cancellation never over-commits the worker."""
+        return _wire.step_event(action, _wire.EventKind.CANCELLED, self._now())
 
     def _output(self, result: Any) -> str:
         text = _serde.output_json(result)

@@ -6,6 +6,7 @@ the SDK passes the dataclasses below around.
 
 from __future__ import annotations
 
+import json
 import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -126,6 +127,8 @@ def register_request(
             language=dispatcher_pb2.PYTHON,
             language_version=platform.python_version(),
             os=platform.system().lower(),
+            # Tells the engine this SDK reports when a cancelled body really returns.
+            extra=json.dumps({"sdk": "hewer", "reports_cancellation": True}),
         ),
     )
     request.slot_config[DEFAULT_SLOT_POOL] = slots
@@ -176,6 +179,7 @@ class EventKind(IntEnum):
     STARTED = 1
     COMPLETED = 2
     FAILED = 3
+    CANCELLED = 5
 
 
 @dataclass(frozen=True)
@@ -230,6 +234,7 @@ _EVENT_TYPES = {
     EventKind.STARTED: dispatcher_pb2.STEP_EVENT_TYPE_STARTED,
     EventKind.COMPLETED: dispatcher_pb2.STEP_EVENT_TYPE_COMPLETED,
     EventKind.FAILED: dispatcher_pb2.STEP_EVENT_TYPE_FAILED,
+    EventKind.CANCELLED: dispatcher_pb2.STEP_EVENT_TYPE_CANCELLED,
 }
 
 

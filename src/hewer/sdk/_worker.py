@@ -253,9 +253,7 @@ class Worker:
                 return not stop.is_set()
             except HewerError as exc:
                 cause = exc.__cause__
-                if not (
-                    isinstance(cause, grpc.RpcError) and status_code(cause) in TRANSIENT_CODES
-                ):
+                if not (isinstance(cause, grpc.RpcError) and status_code(cause) in TRANSIENT_CODES):
                     raise
                 delay = REGISTER_BACKOFF.delay(attempt)
                 attempt += 1

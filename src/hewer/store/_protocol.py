@@ -7,7 +7,7 @@ change several rows do so in one transaction: a caller never sees half of a deci
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from hewer.store.models import (
@@ -77,22 +77,52 @@ class Store(Protocol):
     async def task_apply_event(self, event: TaskEvent, now: float) -> EventOutcome:
         """Apply a worker's report if its attempt is live; advance the DAG and the run."""
 
+    async def task_time_out(
+        self, timed_out: TimedOutTask, hold_slot: bool, now: float
+    ) -> EventOutcome:
+        """End an attempt past its execution timeout as a failure (retried if retries
+        remain). With ``hold_slot`` its slot stays taken until its worker reports that the
+        body returned; ``stop`` names the attempt to cancel on the worker."""
+
     async def tasks_requeue(
-        self, tasks: Sequence[RunningTask], reason: str, now: float
+        self,
+        tasks: Sequence[RunningTask],
+        reason: str,
+        now: float,
+        *,
+        max_reassignments: int | None = None,
+        count: bool = True,
     ) -> EventOutcome:
         """Give attempts that were lost a new attempt, fenced on (task, attempt, worker).
 
-        ``freed`` holds what each requeued attempt held at that moment (read in the same
-        transaction), ``queued`` the new attempts.
+        ``freed`` holds the slot units given back, ``queued`` the new attempts. With
+        ``count`` the loss counts as a reassignment; a task already reassigned
+        ``max_reassignments`` times fails instead, with a reason naming the lost worker.
         """
+
+    async def tasks_schedule_expired(self, now: float, limit: int = 500) -> list[tuple[str, str]]:
+        """(tenant id, task id) of queued tasks past their schedule timeout."""
+
+    async def attempts_holding(self) -> list[RunningTask]:
+        """Every attempt holding slot units (rebuilds slot accounting after a restart)."""
+
+    async def worker_drop_attempts(self, worker_id: str, now: float) -> int:
+        """The worker is gone: none of its attempts holds a slot any more."""
 
     async def tasks_unstarted(self, cutoff: float, limit: int = 500) -> list[RunningTask]:
         """Attempts assigned before ``cutoff`` that no worker acknowledged (STARTED)."""
 
     async def tasks_cancel(
-        self, tenant_id: str, task_ids: Sequence[str], reason: str, now: float
+        self,
+        tenant_id: str,
+        task_ids: Sequence[str],
+        reason: str,
+        now: float,
+        hold_slots_of: Collection[str] = (),
     ) -> EventOutcome:
-        """Cancel tasks (and runs, given run ids) that are not terminal yet."""
+        """Cancel tasks (and runs, given run ids) that are not terminal yet. Running
+        attempts on workers in ``hold_slots_of`` keep their slots until those workers report
+        that the body returned; ``stop`` names the attempts to cancel on their workers."""
 
     async def tasks_timed_out(self, now: float, limit: int = 500) -> list[TimedOutTask]:
         """Running attempts whose execution deadline has passed."""

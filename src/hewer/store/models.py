@@ -45,6 +45,7 @@ class EventType(StrEnum):
     STARTED = "started"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # a cancelled attempt's body has really returned
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +258,8 @@ class EventOutcome:
     queued: tuple[QueueItem, ...] = ()
     finished_runs: tuple[str, ...] = ()
     cancelled: tuple[str, ...] = ()
+    stop: tuple[RunningTask, ...] = ()  # attempts whose workers must be told to cancel
+    failed: tuple[str, ...] = ()  # tasks failed for good by this change
     reason: str = ""
 
 

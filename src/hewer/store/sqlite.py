@@ -12,7 +12,7 @@ import json
 import logging
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
@@ -478,74 +478,108 @@ class SqliteStore:
 
     async def task_apply_event(self, event: TaskEvent, now: float) -> EventOutcome:
         def body(conn: sqlite3.Connection) -> EventOutcome:
+            key = {"task_id": event.task_id, "retry_count": event.retry_count}
             live = conn.execute(
                 Q["task_live"],
-                {
-                    "task_id": event.task_id,
-                    "tenant_id": event.tenant_id,
-                    "retry_count": event.retry_count,
-                    "worker_id": event.worker_id,
-                },
+                {**key, "tenant_id": event.tenant_id, "worker_id": event.worker_id},
             ).fetchone()
             if live is None:
-                return EventOutcome(applied=False, reason="attempt is not live")
-            key = {"task_id": event.task_id, "retry_count": event.retry_count, "now": now}
+                if event.type is EventType.STARTED:
+                    return EventOutcome(applied=False, reason="attempt is not live")
+                # The engine already ended this attempt; its body has now really returned.
+                return EventOutcome(
+                    applied=False,
+                    freed=_free_draining(conn, event),
+                    reason="attempt is not live",
+                )
             if event.type is EventType.STARTED:
-                conn.execute(Q["attempt_started"], {**key, "worker_id": event.worker_id})
+                conn.execute(
+                    Q["attempt_started"], {**key, "now": now, "worker_id": event.worker_id}
+                )
                 return EventOutcome(applied=True)
-            held = _running(live, task_id=event.task_id)
-            freed = () if held.slot_released else (held,)
+            if event.type is EventType.CANCELLED:
+                return EventOutcome(applied=False, reason="CANCELLED for a live attempt")
+            freed = _free_attempt(conn, event.task_id, event.retry_count, live["slot_requests"])
             if event.type is EventType.COMPLETED:
                 conn.execute(
                     Q["task_complete"],
                     {"task_id": event.task_id, "output": event.payload, "now": now},
                 )
-                conn.execute(Q["attempt_finish"], {**key, "outcome": "completed"})
-                queued, finished = _advance_run(conn, live["run_id"], now)
-                return EventOutcome(True, freed, tuple(queued), finished)
-            # FAILED: retry while attempts remain, unless the task said not to.
-            conn.execute(Q["attempt_finish"], {**key, "outcome": "failed"})
-            app_retries = live["app_retries"]
-            if not event.should_not_retry and app_retries < live["max_retries"]:
-                delay = _retry_delay(
-                    app_retries + 1,
-                    live["backoff_factor"],
-                    live["backoff_max"],
-                    event.retry_after_ms,
-                )
-                row = conn.execute(
-                    Q["task_requeue"],
-                    {
-                        "task_id": event.task_id,
-                        "retry_count": event.retry_count,
-                        "worker_id": event.worker_id,
-                        "app_failure": 1,
-                        "now": now,
-                        "available_at": now + delay,
-                        "error": event.payload,
-                    },
-                ).fetchone()
-                return EventOutcome(
-                    True, freed, (_queue_item(event.task_id, row, now + delay, now),)
-                )
-            conn.execute(
-                Q["task_fail"], {"task_id": event.task_id, "error": event.payload, "now": now}
+                conn.execute(Q["attempt_finish"], {**key, "now": now, "outcome": "completed"})
+                ready, finished = _advance_run(conn, live["run_id"], now)
+                return EventOutcome(True, freed, tuple(ready), finished)
+            conn.execute(Q["attempt_finish"], {**key, "now": now, "outcome": "failed"})
+            queued, finished = _fail_or_retry(conn, live, event, now)
+            return EventOutcome(True, freed, queued, finished)
+
+        return await self._write(body)
+
+    async def task_time_out(
+        self, timed_out: TimedOutTask, hold_slot: bool, now: float
+    ) -> EventOutcome:
+        def body(conn: sqlite3.Connection) -> EventOutcome:
+            held = timed_out.task
+            key = {"task_id": held.task_id, "retry_count": held.retry_count}
+            live = conn.execute(
+                Q["task_live"],
+                {**key, "tenant_id": timed_out.tenant_id, "worker_id": held.worker_id},
+            ).fetchone()
+            if live is None:
+                return EventOutcome(applied=False, reason="attempt is not live")
+            conn.execute(Q["attempt_stop"], {**key, "outcome": "timed_out"})
+            freed = (
+                ()
+                if hold_slot
+                else _free_attempt(conn, held.task_id, held.retry_count, live["slot_requests"])
             )
-            queued, finished = _advance_run(conn, live["run_id"], now)
-            return EventOutcome(True, freed, tuple(queued), finished)
+            event = TaskEvent(
+                timed_out.tenant_id,
+                held.task_id,
+                held.retry_count,
+                held.worker_id,
+                EventType.FAILED,
+                "task exceeded its execution timeout",
+            )
+            queued, finished = _fail_or_retry(conn, live, event, now)
+            return EventOutcome(True, freed, queued, finished, stop=(held,))
 
         return await self._write(body)
 
     async def tasks_requeue(
-        self, tasks: Sequence[RunningTask], reason: str, now: float
+        self,
+        tasks: Sequence[RunningTask],
+        reason: str,
+        now: float,
+        *,
+        max_reassignments: int | None = None,
+        count: bool = True,
     ) -> EventOutcome:
         def body(conn: sqlite3.Connection) -> EventOutcome:
             queued: list[QueueItem] = []
             freed: list[RunningTask] = []
+            finished: list[str] = []
+            failed: list[str] = []
             for t in tasks:
                 fence = {"task_id": t.task_id, "retry_count": t.retry_count}
                 held = conn.execute(Q["task_held"], {**fence, "worker_id": t.worker_id}).fetchone()
                 if held is None:
+                    continue
+                freed.extend(_free_attempt(conn, t.task_id, t.retry_count, held["slot_requests"]))
+                conn.execute(Q["attempt_finish"], {**fence, "now": now, "outcome": "lost"})
+                if (
+                    count
+                    and max_reassignments is not None
+                    and held["reassignments"] >= max_reassignments
+                ):
+                    error = (
+                        f"worker lost: {reason}; gave up after "
+                        f"{held['reassignments']} reassignment(s)"
+                    )
+                    conn.execute(Q["task_fail"], {"task_id": t.task_id, "error": error, "now": now})
+                    failed.append(t.task_id)
+                    more, done = _advance_run(conn, held["run_id"], now)
+                    queued.extend(more)
+                    finished.extend(done)
                     continue
                 row = conn.execute(
                     Q["task_requeue"],
@@ -553,15 +587,20 @@ class SqliteStore:
                         **fence,
                         "worker_id": t.worker_id,
                         "app_failure": 0,
+                        "lost": 1 if count else 0,
                         "now": now,
                         "available_at": now,
                         "error": reason,
                     },
                 ).fetchone()
-                conn.execute(Q["attempt_finish"], {**fence, "now": now, "outcome": "lost"})
-                freed.append(_running(held))
                 queued.append(_queue_item(t.task_id, row, now, now))
-            return EventOutcome(bool(queued), tuple(freed), tuple(queued))
+            return EventOutcome(
+                bool(queued) or bool(failed),
+                tuple(freed),
+                tuple(queued),
+                tuple(finished),
+                failed=tuple(failed),
+            )
 
         return await self._write(body)
 
@@ -573,10 +612,16 @@ class SqliteStore:
         return await self._read(body)
 
     async def tasks_cancel(
-        self, tenant_id: str, task_ids: Sequence[str], reason: str, now: float
+        self,
+        tenant_id: str,
+        task_ids: Sequence[str],
+        reason: str,
+        now: float,
+        hold_slots_of: Collection[str] = (),
     ) -> EventOutcome:
         def body(conn: sqlite3.Connection) -> EventOutcome:
             freed: list[RunningTask] = []
+            stop: list[RunningTask] = []
             touched_runs: set[str] = set()
             cancelled: list[str] = []
             targets: list[str] = []
@@ -600,16 +645,14 @@ class SqliteStore:
                 cancelled.append(task_id)
                 touched_runs.add(row["run_id"])
                 if row["status"] == TaskStatus.RUNNING:
+                    retry = row["retry_count"]
                     conn.execute(
-                        Q["attempt_finish"],
-                        {
-                            "task_id": task_id,
-                            "retry_count": row["retry_count"],
-                            "now": now,
-                            "outcome": "cancelled",
-                        },
+                        Q["attempt_stop"],
+                        {"task_id": task_id, "retry_count": retry, "outcome": "cancelled"},
                     )
-                    freed.append(_running(row, task_id=task_id))
+                    stop.append(_running(row, task_id=task_id))
+                    if row["worker_id"] not in hold_slots_of:
+                        freed.extend(_free_attempt(conn, task_id, retry, row["slot_requests"]))
             finished: list[str] = []
             for run_id in touched_runs:
                 _, done = _advance_run(conn, run_id, now)
@@ -619,9 +662,31 @@ class SqliteStore:
                 freed=tuple(freed),
                 finished_runs=tuple(finished),
                 cancelled=tuple(cancelled),
+                stop=tuple(stop),
             )
 
         return await self._write(body)
+
+    async def tasks_schedule_expired(self, now: float, limit: int = 500) -> list[tuple[str, str]]:
+        def body(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = conn.execute(Q["tasks_schedule_expired"], {"now": now, "limit": limit})
+            return [(r["tenant_id"], r["id"]) for r in rows]
+
+        return await self._read(body)
+
+    async def attempts_holding(self) -> list[RunningTask]:
+        return await self._read(
+            lambda conn: [_running(r) for r in conn.execute(Q["attempts_holding"])]
+        )
+
+    async def worker_drop_attempts(self, worker_id: str, now: float) -> int:
+        return await self._write(
+            lambda conn: (
+                conn.execute(
+                    Q["worker_drop_attempts"], {"worker_id": worker_id, "now": now}
+                ).rowcount
+            )
+        )
 
     async def tasks_timed_out(self, now: float, limit: int = 500) -> list[TimedOutTask]:
         def body(conn: sqlite3.Connection) -> list[TimedOutTask]:
@@ -648,13 +713,8 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 return None
-            return RunningTask(
-                task_id,
-                row["worker_id"],
-                row["retry_count"],
-                json.loads(row["slot_requests"]),
-                slot_released=True,
-            )
+            freed = _free_attempt(conn, task_id, row["retry_count"], row["slot_requests"])
+            return freed[0] if freed else None
 
         return await self._write(body)
 
@@ -787,6 +847,58 @@ def _running(row: sqlite3.Row, task_id: str | None = None) -> RunningTask:
         slot_requests=json.loads(row["slot_requests"]),
         slot_released=bool(row["slot_released"]),
     )
+
+
+def _free_attempt(
+    conn: sqlite3.Connection, task_id: str, retry_count: int, slot_requests: str
+) -> tuple[RunningTask, ...]:
+    """Give back an attempt's slot units; what was freed (nothing if it held none)."""
+    row = conn.execute(
+        Q["attempt_free"], {"task_id": task_id, "retry_count": retry_count}
+    ).fetchone()
+    if row is None:
+        return ()
+    return (RunningTask(task_id, row["worker_id"], retry_count, json.loads(slot_requests), False),)
+
+
+def _free_draining(conn: sqlite3.Connection, event: TaskEvent) -> tuple[RunningTask, ...]:
+    """A report from an attempt the engine already ended: its body returned, so the slot
+    it kept (cancelled or timed out while still running) is free now."""
+    key = {"task_id": event.task_id, "retry_count": event.retry_count}
+    row = conn.execute(
+        Q["attempt_draining"], {**key, "worker_id": event.worker_id, "tenant_id": event.tenant_id}
+    ).fetchone()
+    if row is None:
+        return ()
+    return _free_attempt(conn, event.task_id, event.retry_count, row["slot_requests"])
+
+
+def _fail_or_retry(
+    conn: sqlite3.Connection, live: sqlite3.Row, event: TaskEvent, now: float
+) -> tuple[tuple[QueueItem, ...], tuple[str, ...]]:
+    """A failed attempt: retry while app retries remain (unless told not to), else fail."""
+    app_retries = live["app_retries"]
+    if not event.should_not_retry and app_retries < live["max_retries"]:
+        delay = _retry_delay(
+            app_retries + 1, live["backoff_factor"], live["backoff_max"], event.retry_after_ms
+        )
+        row = conn.execute(
+            Q["task_requeue"],
+            {
+                "task_id": event.task_id,
+                "retry_count": event.retry_count,
+                "worker_id": event.worker_id,
+                "app_failure": 1,
+                "lost": 0,
+                "now": now,
+                "available_at": now + delay,
+                "error": event.payload,
+            },
+        ).fetchone()
+        return (_queue_item(event.task_id, row, now + delay, now),), ()
+    conn.execute(Q["task_fail"], {"task_id": event.task_id, "error": event.payload, "now": now})
+    queued, finished = _advance_run(conn, live["run_id"], now)
+    return tuple(queued), finished
 
 
 def _queue_item(task_id: str, row: sqlite3.Row, available_at: float, now: float) -> QueueItem:

@@ -26,7 +26,6 @@ from hewer.store import Store
 from hewer.store.models import (
     DispatchInfo,
     EventOutcome,
-    EventType,
     LogLine,
     NewRun,
     RunDetails,
@@ -44,6 +43,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MIN_PRIORITY, MAX_PRIORITY = 1, 3
+# A task whose worker is lost this many times fails (a poison task must not crash workers
+# forever); 0 fails it on the first loss, None never gives up.
+DEFAULT_MAX_REASSIGNMENTS = 3
 
 
 class FailedPrecondition(HewerError):
@@ -106,6 +108,18 @@ class _WorkerState:
     last_seen: float
     session: Session | None = None
 
+    @property
+    def reports_cancellation(self) -> bool:
+        """Whether the worker's SDK says when a cancelled body really returned (Hewer's
+        does; hatchet-sdk does not, so its slots are freed at cancel as upstream)."""
+        extra = self.record.runtime_info.get("extra")
+        if not isinstance(extra, str) or not extra:
+            return False
+        try:
+            return bool(json.loads(extra).get("reports_cancellation"))
+        except (ValueError, AttributeError):
+            return False
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerView:
@@ -157,10 +171,12 @@ class EngineCore:
         *,
         inactive_after: float = 30.0,
         reaper_interval: float | None = None,
+        max_reassignments: int | None = DEFAULT_MAX_REASSIGNMENTS,
     ) -> None:
         self.store = store
         self.clock = clock
         self.inactive_after = inactive_after
+        self.max_reassignments = max_reassignments
         self.reaper_interval = reaper_interval or max(0.05, min(inactive_after / 6, 5.0))
         self.scheduler = Scheduler(store, clock, self._dispatch)
         self._workers: dict[str, _WorkerState] = {}
@@ -179,12 +195,15 @@ class EngineCore:
                 self.scheduler.worker_up(
                     worker_slots(record.id, record.tenant_id, record.actions, record.slot_config)
                 )
-        running = await self.store.tasks_running()
-        self.scheduler.hold(t for t in running if t.worker_id in self._workers)
+        holding = await self.store.attempts_holding()
+        self.scheduler.hold(t for t in holding if t.worker_id in self._workers)
         # Tasks held by workers that were already gone when we stopped: give them back.
+        running = await self.store.tasks_running()
         orphans = [t for t in running if t.worker_id not in self._workers and not t.slot_released]
         if orphans:
             await self._requeue(orphans, "worker was gone at engine start")
+        for gone in {t.worker_id for t in holding if t.worker_id not in self._workers}:
+            await self.store.worker_drop_attempts(gone, self.clock.now())
         self.scheduler.enqueue(await self.store.tasks_queued())
         self.scheduler.start()
         self._reaper = asyncio.create_task(self._reap_forever(), name="hewer-reaper")
@@ -418,12 +437,16 @@ class EngineCore:
         return await self._finish(self._cancel(tenant_id, ids, reason), "cancel")
 
     async def _cancel(self, tenant_id: str, ids: Sequence[str], reason: str) -> list[str]:
-        outcome = await self.store.tasks_cancel(tenant_id, ids, reason, self.clock.now())
+        outcome = await self.store.tasks_cancel(
+            tenant_id, ids, reason, self.clock.now(), self._slot_keepers()
+        )
         self.scheduler.remove(outcome.cancelled)
         self._after(outcome)
-        for held in outcome.freed:
-            self._send_cancel(held)
         return list(outcome.cancelled)
+
+    def _slot_keepers(self) -> frozenset[str]:
+        """Workers whose cancelled attempts keep their slots until they report the end."""
+        return frozenset(wid for wid, st in self._workers.items() if st.reports_cancellation)
 
     # ------------------------------------------------------------------ task reports
 
@@ -448,6 +471,8 @@ class EngineCore:
     def _after(self, outcome: EventOutcome) -> None:
         self.scheduler.free(outcome.freed)
         self.scheduler.enqueue(outcome.queued)
+        for held in outcome.stop:
+            self._send_cancel(held)
         if outcome.finished_runs:
             self._spawn(self._notify_finished(outcome.finished_runs), "notify-finished")
 
@@ -568,15 +593,27 @@ class EngineCore:
                 RunningTask(i.task_id, i.worker_id, i.retry_count, {}, slot_released=False)
                 for i in infos
             ]
-            self._spawn(self._requeue(held, "not delivered to the worker"), "requeue")
+            self._spawn(self._requeue(held, "not delivered to the worker", count=False), "requeue")
 
-    async def _requeue(self, held: Sequence[RunningTask], reason: str) -> int:
-        """New attempts for attempts that were lost; the store frees exactly what each held."""
-        outcome = await self.store.tasks_requeue(held, reason, self.clock.now())
+    async def _requeue(self, held: Sequence[RunningTask], reason: str, count: bool = True) -> int:
+        """New attempts for attempts that were lost (``count``: as a reassignment, capped);
+        the store frees exactly what each held. Returns how many attempts ended."""
+        outcome = await self.store.tasks_requeue(
+            held,
+            reason,
+            self.clock.now(),
+            max_reassignments=self.max_reassignments,
+            count=count,
+        )
         self._after(outcome)
-        if outcome.queued:
-            logger.warning("re-queued %d task(s): %s", len(outcome.queued), reason)
-        return len(outcome.queued)
+        if outcome.queued or outcome.failed:
+            logger.warning(
+                "re-queued %d task(s), failed %d at the reassignment cap: %s",
+                len(outcome.queued),
+                len(outcome.failed),
+                reason,
+            )
+        return len(outcome.queued) + len(outcome.failed)
 
     async def heartbeat(self, tenant_id: str, worker_id: str) -> None:
         state = self._workers.get(worker_id)
@@ -607,10 +644,11 @@ class EngineCore:
             self.close_session(state.session)
         await self._give_back_tasks(worker_id, "worker stopped with the task unfinished")
         await self._set_status(state, WorkerStatus.STOPPED, "worker unsubscribed")
-        self._forget(worker_id)
+        await self._forget(worker_id)
 
-    def _forget(self, worker_id: str) -> None:
+    async def _forget(self, worker_id: str) -> None:
         """Drop a worker that is gone from memory; it comes back through its stream."""
+        await self.store.worker_drop_attempts(worker_id, self.clock.now())
         self.scheduler.worker_remove(worker_id)
         self._workers.pop(worker_id, None)
 
@@ -662,35 +700,38 @@ class EngineCore:
             await self._set_status(
                 state, WorkerStatus.INACTIVE, f"no heartbeat for {now - state.last_seen:.1f}s"
             )
-            self._forget(worker_id)
+            await self._forget(worker_id)
         return [s.record.id for s in lost]
 
     async def expire(self) -> int:
-        """Fail attempts past their execution timeout (retried if retries remain) and tell
-        their workers to cancel them; re-queue starts no worker acknowledged within the
-        liveness window (lost on the way). Returns how many attempts ended."""
+        """Time-based endings, each fenced on the attempt it judged:
+
+        - an attempt past its execution timeout fails (retried if retries remain) and its
+          worker is told to cancel it;
+        - a start no worker acknowledged within the liveness window was lost on the way and
+          gets a new attempt;
+        - a queued task no worker took within its schedule timeout is cancelled.
+
+        Returns how many tasks or attempts ended.
+        """
         now = self.clock.now()
         ended = 0
+        keepers = self._slot_keepers()
         for timed_out in await self.store.tasks_timed_out(now):
-            held = timed_out.task
-            outcome = await self.store.task_apply_event(
-                TaskEvent(
-                    tenant_id=timed_out.tenant_id,
-                    task_id=held.task_id,
-                    retry_count=held.retry_count,
-                    worker_id=held.worker_id,
-                    type=EventType.FAILED,
-                    payload="task exceeded its execution timeout",
-                ),
-                now,
-            )
+            hold = timed_out.task.worker_id in keepers
+            outcome = await self.store.task_time_out(timed_out, hold, now)
             if outcome.applied:
                 ended += 1
                 self._after(outcome)
-                self._send_cancel(held)
         unacknowledged = await self.store.tasks_unstarted(now - self.inactive_after)
         if unacknowledged:
             ended += await self._requeue(unacknowledged, "start never acknowledged by the worker")
+        by_tenant: dict[str, list[str]] = {}
+        for tenant_id, task_id in await self.store.tasks_schedule_expired(now):
+            by_tenant.setdefault(tenant_id, []).append(task_id)
+        for tenant_id, task_ids in by_tenant.items():
+            reason = "schedule timeout: no worker took the task in time"
+            ended += len(await self._cancel(tenant_id, task_ids, reason))
         return ended
 
     def _send_cancel(self, held: RunningTask) -> None:

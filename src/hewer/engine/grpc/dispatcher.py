@@ -31,6 +31,7 @@ _EVENT_TYPES = {
     pb.STEP_EVENT_TYPE_STARTED: EventType.STARTED,
     pb.STEP_EVENT_TYPE_COMPLETED: EventType.COMPLETED,
     pb.STEP_EVENT_TYPE_FAILED: EventType.FAILED,
+    pb.STEP_EVENT_TYPE_CANCELLED: EventType.CANCELLED,
 }
 
 
@@ -102,6 +103,7 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
                 "language": _enum_name(pb.SDKS, info.language),
                 "language_version": info.language_version,
                 "os": info.os,
+                "extra": info.extra,
             }
         record = await self.core.register_worker(
             tenant_id,
@@ -175,7 +177,7 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
     async def SendStepActionEvent(self, tenant_id: str, request: Any, context: Any) -> Any:
         kind = _EVENT_TYPES.get(request.event_type)
         if kind is None:
-            # ACKNOWLEDGED / CANCELLED are informational; the engine owns terminal states.
+            # ACKNOWLEDGED is informational; the engine owns terminal states.
             return pb.ActionEventResponse(tenant_id=tenant_id, worker_id=request.worker_id)
         payload = request.event_payload
         if kind is EventType.COMPLETED:

@@ -81,6 +81,9 @@ CREATE INDEX tasks_status ON tasks (status, tenant_id);
 CREATE INDEX tasks_worker ON tasks (worker_id) WHERE status = 'running';
 CREATE INDEX tasks_timeout ON tasks (timeout_at) WHERE status = 'running';
 
+-- One row per attempt. holds_slot: the attempt occupies slot units on its worker. It can
+-- outlive the task's own state: a cancelled or timed-out attempt whose worker reports when
+-- the body really returned keeps its slot until then.
 CREATE TABLE task_attempts (
     task_id     TEXT NOT NULL REFERENCES tasks (id),
     retry_count INTEGER NOT NULL,
@@ -89,8 +92,10 @@ CREATE TABLE task_attempts (
     started_at  REAL,
     finished_at REAL,
     outcome     TEXT,
+    holds_slot  INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (task_id, retry_count)
 );
+CREATE INDEX attempts_holding ON task_attempts (worker_id) WHERE holds_slot = 1;
 
 CREATE TABLE workers (
     id                TEXT PRIMARY KEY,

@@ -82,10 +82,36 @@ WHERE id = :task_id AND status = 'queued' AND retry_count = :retry_count
 RETURNING run_id, step_id, readable_id, action_id, priority, parents;
 
 -- name: attempt_insert
-INSERT INTO task_attempts (task_id, retry_count, worker_id, assigned_at)
-VALUES (:task_id, :retry_count, :worker_id, :now)
+INSERT INTO task_attempts (task_id, retry_count, worker_id, assigned_at, holds_slot)
+VALUES (:task_id, :retry_count, :worker_id, :now, 1)
 ON CONFLICT (task_id, retry_count) DO UPDATE SET
-    worker_id = excluded.worker_id, assigned_at = excluded.assigned_at;
+    worker_id = excluded.worker_id, assigned_at = excluded.assigned_at, holds_slot = 1,
+    started_at = NULL, finished_at = NULL, outcome = NULL;
+
+-- name: attempt_free
+-- The attempt gives its slot units back; returns its worker if it held them.
+UPDATE task_attempts SET holds_slot = 0
+WHERE task_id = :task_id AND retry_count = :retry_count AND holds_slot = 1
+RETURNING worker_id;
+
+-- name: attempt_draining
+-- An attempt the engine is done with whose worker still runs it (it holds its slot).
+SELECT a.worker_id, t.slot_requests
+FROM task_attempts a JOIN tasks t ON t.id = a.task_id
+WHERE a.task_id = :task_id AND a.retry_count = :retry_count AND a.worker_id = :worker_id
+  AND a.holds_slot = 1 AND t.tenant_id = :tenant_id
+  AND NOT (t.status = 'running' AND t.retry_count = a.retry_count);
+
+-- name: attempts_holding
+-- Every attempt holding slot units (rebuilds slot accounting after a restart).
+SELECT a.task_id AS id, a.worker_id, a.retry_count, t.slot_requests, 0 AS slot_released
+FROM task_attempts a JOIN tasks t ON t.id = a.task_id
+WHERE a.holds_slot = 1;
+
+-- name: worker_drop_attempts
+-- The worker is gone: nothing it ran holds a slot any more.
+UPDATE task_attempts SET holds_slot = 0, finished_at = coalesce(finished_at, :now)
+WHERE worker_id = :worker_id AND holds_slot = 1;
 
 -- name: attempt_started
 UPDATE task_attempts SET started_at = coalesce(started_at, :now)
@@ -93,6 +119,11 @@ WHERE task_id = :task_id AND retry_count = :retry_count AND worker_id = :worker_
 
 -- name: attempt_finish
 UPDATE task_attempts SET finished_at = :now, outcome = :outcome
+WHERE task_id = :task_id AND retry_count = :retry_count;
+
+-- name: attempt_stop
+-- The engine ended the attempt (cancelled, timed out) but its worker may still run it.
+UPDATE task_attempts SET outcome = :outcome
 WHERE task_id = :task_id AND retry_count = :retry_count;
 
 -- name: run_for_dispatch
@@ -119,8 +150,9 @@ UPDATE tasks SET status = 'failed', error = :error, finished_at = :now
 WHERE id = :task_id;
 
 -- name: task_held
--- What an attempt holds right now, if (task, attempt, worker) still owns it.
-SELECT id, worker_id, retry_count, slot_requests, slot_released FROM tasks
+-- The live attempt, if (task, attempt, worker) still owns it.
+SELECT id, run_id, worker_id, retry_count, reassignments, slot_requests, slot_released
+FROM tasks
 WHERE id = :task_id AND status = 'running' AND retry_count = :retry_count
   AND worker_id = :worker_id;
 
@@ -128,7 +160,7 @@ WHERE id = :task_id AND status = 'running' AND retry_count = :retry_count
 -- A new attempt: later reports carrying the old retry_count are fenced off.
 UPDATE tasks SET status = 'queued', retry_count = retry_count + 1,
                  app_retries = app_retries + :app_failure,
-                 reassignments = reassignments + 1 - :app_failure,
+                 reassignments = reassignments + :lost,
                  worker_id = NULL, slot_released = 0, queued_at = :now,
                  available_at = :available_at, error = :error, started_at = NULL,
                  timeout_at = NULL
@@ -240,3 +272,9 @@ WHERE r.tenant_id = :tenant_id
   AND r.created_at >= coalesce(:since, r.created_at)
   AND r.created_at <= coalesce(:until, r.created_at)
 ORDER BY r.created_at DESC;
+
+-- name: tasks_schedule_expired
+-- Queued tasks no worker took within their schedule timeout.
+SELECT id, tenant_id, schedule_timeout_s FROM tasks
+WHERE status = 'queued' AND max(queued_at, available_at) + schedule_timeout_s <= :now
+LIMIT :limit;
