@@ -28,13 +28,15 @@ def spawn_worker(engine: EngineThread, tmp_path: Path) -> Iterator[WorkerFactory
     log_dir = tmp_path / "executions"
     log_dir.mkdir()
 
-    def spawn(name: str, slots: int = 5, wait: bool = True) -> subprocess.Popen[bytes]:
+    def spawn(
+        name: str, slots: int = 5, wait: bool = True, grace_period: float = 5
+    ) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         env.update(
             HEWER_TOKEN=engine.token,
             HEWER_HOST_PORT=engine.address,
             HEWER_HEARTBEAT_INTERVAL=str(HEARTBEAT),
-            HEWER_GRACE_PERIOD="5",
+            HEWER_GRACE_PERIOD=str(grace_period),
             HEWER_TEST_LOG_DIR=str(log_dir),
             HEWER_TEST_WORKER_NAME=name,
             HEWER_TEST_SLOTS=str(slots),

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from hewer import Context, Hewer, TaskRunError
+from hewer import Context, Hewer, RetryAfter, TaskRunError
 from hewer.testing import EngineThread
 from tests.conftest import INACTIVE_AFTER
 from tests.helpers import wait_for
@@ -159,3 +159,48 @@ def test_a_sync_task_ignoring_cancellation_keeps_its_slot(
         ),
         what="slot free after drain",
     )
+
+
+def test_retry_after_and_refresh_timeout(client: Hewer, in_process_worker: Any) -> None:
+    attempts: list[float] = []
+
+    @client.task(name="later", retries=1)
+    def later(input: Nap, ctx: Context) -> dict[str, int]:
+        attempts.append(time.monotonic())
+        if ctx.retry_count == 0:
+            raise RetryAfter(timedelta(seconds=input.seconds))
+        return {"attempt": ctx.retry_count}
+
+    @client.task(name="extends", execution_timeout=timedelta(milliseconds=500))
+    def extends(input: Nap, ctx: Context) -> dict[str, bool]:
+        ctx.refresh_timeout(timedelta(seconds=5))
+        time.sleep(input.seconds)  # well past the original 0.5 s
+        return {"ok": not ctx.is_cancelled}
+
+    in_process_worker(client, [later, extends])
+    assert later.run(Nap(seconds=0.6)) == {"attempt": 1}
+    assert attempts[1] - attempts[0] >= 0.6, "the retry waited as it was told to"
+    assert extends.run(Nap(seconds=1.2)) == {"ok": True}
+
+
+def test_tasks_left_at_the_end_of_the_grace_period_are_requeued_at_once(
+    app: Any, spawn_worker: WorkerFactory, tmp_path: Path, engine: EngineThread
+) -> None:
+    impatient = spawn_worker("impatient", slots=1, grace_period=0.3)
+    ref = app.slow.run_no_wait(app.Sleep(seconds=2.0))
+    executions = tmp_path / "executions"
+    wait_for(lambda: list(executions.glob(f"started-{impatient.pid}-*")), what="task started")
+    impatient.send_signal(signal.SIGTERM)
+    assert impatient.wait(timeout=20) == 0
+    assert worker_status(engine, "impatient") == "stopped"
+    tenant = engine.engine.default_tenant_id
+
+    def requeued() -> bool:
+        details = engine.call(engine.engine.store.run_get(tenant, ref.run_id))
+        task = details.tasks[0] if details else None
+        return task is not None and task.status == "queued" and task.retry_count == 1
+
+    # Given back when the worker left, well inside the INACTIVE window.
+    wait_for(requeued, timeout=INACTIVE_AFTER / 3, what="task re-queued at once")
+    heir = spawn_worker("heir", slots=1)
+    assert ref.result() == {"pid": heir.pid, "retry_count": 1}

@@ -256,3 +256,20 @@ async def test_timed_out_attempt_is_retried_and_keeps_its_slot_until_it_returns(
     assert (kind, again, retry2) == (ActionKind.START, task_id, 1)
     details = await rig.core.run_details(rig.tenant, run_id)
     assert details.tasks[0].status is TaskStatus.RUNNING
+
+
+async def test_a_task_that_released_its_slot_is_not_requeued_when_its_worker_is_lost(
+    rig: Rig,
+) -> None:
+    worker_id, session = await rig.worker(slots=1)
+    (run_id,) = await rig.core.trigger(rig.tenant, [_spec()])
+    _, task_id, retry = await next_action(session)
+    await rig.report(worker_id, task_id, retry, EventType.STARTED)
+    await rig.core.release_slot(rig.tenant, task_id)
+    await rig.settle()
+    assert await rig.used(worker_id) == 0
+    rig.clock.advance(INACTIVE_AFTER + 1)
+    assert await rig.core.reap() == [worker_id]
+    details = await rig.core.run_details(rig.tenant, run_id)
+    assert details.tasks[0].status is TaskStatus.RUNNING  # stays with its worker, as upstream
+    assert details.tasks[0].retry_count == 0
