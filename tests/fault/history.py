@@ -149,6 +149,7 @@ class Attempt:
     started_at: float | None  # engine time the STARTED report landed
     finished_at: float | None  # engine time the attempt ended
     outcome: str | None  # engine outcome: completed, failed, lost, cancelled, ...
+    holds_slot: bool = False  # the engine still counts its slot units as taken
     executions: list[Execution] = field(default_factory=list)
 
     @property
@@ -174,6 +175,7 @@ class TaskHistory:
     queued_at: float | None
     started_at: float | None
     created_at: float
+    finished_at: float | None = None
     reassignments: int = 0
     attempts: dict[int, Attempt] = field(default_factory=dict)
     executions: list[Execution] = field(default_factory=list)
@@ -326,6 +328,7 @@ class History:
                 queued_at=t.get("queued_at"),
                 started_at=t.get("started_at"),
                 created_at=float(t["created_at"]),
+                finished_at=t.get("finished_at"),
                 reassignments=int(t.get("reassignments") or 0),
             )
         for a in self.db["task_attempts"]:
@@ -344,6 +347,7 @@ class History:
                 started_at=a.get("started_at"),
                 finished_at=a.get("finished_at"),
                 outcome=a.get("outcome"),
+                holds_slot=bool(a.get("holds_slot") or 0),
             )
         for ex in self.executions:
             th = tasks.get(ex.task)
@@ -361,6 +365,19 @@ class History:
         for th in tasks.values():
             th.executions.sort(key=lambda e: e.start)
         return tasks
+
+    def engine_end(self, task: TaskHistory, att: Attempt) -> float | None:
+        """When the engine ended an attempt: its own end, else (an attempt the engine
+        stopped while its body may still run) the task's end or the next attempt's start."""
+        if att.finished_at is not None:
+            return float(att.finished_at)
+        later = [a.assigned_at for n, a in task.attempts.items() if n > att.attempt]
+        later = [x for x in later if x is not None]
+        if later:
+            return float(min(later))
+        if task.terminal and task.finished_at is not None:
+            return float(task.finished_at)
+        return None
 
     def execution_end(self, ex: Execution) -> float:
         """When a body stopped running: its end, else its process's death, else now."""
@@ -380,7 +397,8 @@ class History:
         if proc is None:
             proc = self.proc_of_worker(att.worker_id)
         start = att.assigned_at if att.assigned_at is not None else (att.body_start or 0.0)
-        end = att.finished_at if att.finished_at is not None else self.now
+        ended = self.engine_end(task, att)
+        end = ended if ended is not None else self.now
         if proc is not None and proc.dead_between(start, end):
             return "killed"
         if proc is not None and proc.stalled_between(start, end):
@@ -391,8 +409,8 @@ class History:
             return "timed_out"
         if (
             att.assigned_at is not None
-            and att.finished_at is not None
-            and att.finished_at - att.assigned_at >= task.timeout_s - EPSILON
+            and ended is not None
+            and ended - att.assigned_at >= task.timeout_s - EPSILON
             and outcome == "failed"
         ):
             return "timed_out"
@@ -477,10 +495,12 @@ class History:
             in_scheduler = sum(sum(u.values()) for u in self.slot_usage.values())
         running = [t for t in self.db["tasks"] if t["status"] == "running"]
         orphaned = sum(1 for t in running if t["worker_id"] not in self.live_workers)
+        holding = [a for a in self.db["task_attempts"] if a.get("holds_slot")]
         return {
             "scheduler_units": in_scheduler,
             "db_running": len(running),
             "db_running_on_dead_worker": orphaned,
+            "db_attempts_holding": len(holding),
         }
 
     def held_intervals(self) -> dict[int, list[tuple[float, float]]]:
@@ -495,9 +515,9 @@ class History:
                 if not starts:
                     continue
                 start = min(starts)
-                engine_end = att.finished_at
-                if engine_end is None:
-                    engine_end = self.now if th.status == "running" else start
+                engine_end = self.engine_end(th, att)
+                if engine_end is None or att.holds_slot:
+                    engine_end = self.now if (att.holds_slot or not th.terminal) else start
                 body_end = max((self.execution_end(e) for e in att.executions), default=engine_end)
                 end = max(engine_end, body_end)
                 proc = self.processes.by_pid.get(att.pid)
@@ -553,7 +573,8 @@ class History:
                 proc = self.processes.by_pid.get(att.pid) if att.pid else None
                 if proc is None or att.assigned_at is None:
                     continue
-                end = att.finished_at if att.finished_at is not None else self.now
+                ended = self.engine_end(th, att)
+                end = ended if ended is not None else self.now
                 fault: float | None = None
                 if proc.dead_between(att.assigned_at, end):
                     fault = proc.died_at
@@ -571,8 +592,8 @@ class History:
                 begun = [
                     x for x in (nxt.started_at, nxt.body_start, nxt.assigned_at) if x is not None
                 ]
-                if begun and att.finished_at is not None:
-                    out.append((att.finished_at - fault, min(begun) - fault))
+                if begun and ended is not None:
+                    out.append((ended - fault, min(begun) - fault))
         return out
 
     def ghost_workers(self) -> list[str]:
@@ -612,7 +633,9 @@ class History:
             "overlaps_by_cause": {c: len(v) for c, v in overlaps.items()},
             "overlaps_excused": sum(excused.values()),
             "stuck": len(stuck),
-            "leaked_slots": leaked["scheduler_units"] + leaked["db_running_on_dead_worker"],
+            "leaked_slots": leaked["scheduler_units"]
+            + leaked["db_running_on_dead_worker"]
+            + leaked["db_attempts_holding"],
             "leaked_detail": leaked,
             "overcommit_held": {str(p): v for p, v in over["held"].items()},
             "overcommit_bodies": {str(p): v for p, v in over["bodies"].items()},
