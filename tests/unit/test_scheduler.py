@@ -10,7 +10,14 @@ import pytest
 from hewer.engine.core.clock import ManualClock
 from hewer.engine.core.scheduler import Scheduler, worker_slots
 from hewer.store import Store
-from hewer.store.models import Assignment, DispatchInfo, QueueItem, RunningTask
+from hewer.store.models import (
+    Assignment,
+    DesiredLabel,
+    DispatchInfo,
+    LabelComparator,
+    QueueItem,
+    RunningTask,
+)
 
 
 class RecordingStore:
@@ -54,7 +61,12 @@ class Harness:
         self._seq = 0
 
     def item(
-        self, action: str = "a", priority: int = 1, slots: int = 1, delay: float = 0.0
+        self,
+        action: str = "a",
+        priority: int = 1,
+        slots: int = 1,
+        delay: float = 0.0,
+        labels: tuple[DesiredLabel, ...] = (),
     ) -> QueueItem:
         self._seq += 1
         return QueueItem(
@@ -66,10 +78,17 @@ class Harness:
             retry_count=0,
             slot_requests={"default": slots},
             available_at=self.clock.now() + delay,
+            desired_labels=labels,
         )
 
-    def worker(self, wid: str, slots: int = 5, actions: tuple[str, ...] = ("a",)) -> None:
-        w = worker_slots(wid, "tenant", actions, {"default": slots})
+    def worker(
+        self,
+        wid: str,
+        slots: int = 5,
+        actions: tuple[str, ...] = ("a",),
+        labels: dict[str, str | int] | None = None,
+    ) -> None:
+        w = worker_slots(wid, "tenant", actions, {"default": slots}, labels)
         w.assignable = True
         self.scheduler.worker_up(w)
 
@@ -207,3 +226,47 @@ async def test_a_pass_that_fails_to_commit_keeps_its_tasks_queued(h: Harness) ->
     assert set(h.placed()) == {"t1", "t2"}
     assert h.scheduler.queued_count() == 0
     assert (await h.scheduler.slot_usage())["w1"] == {"default": 2}
+
+
+async def test_required_labels_filter_and_weights_rank(h: Harness) -> None:
+    h.worker("cpu", slots=5, labels={"gpu": "none", "memory": 64})
+    h.worker("gpu-small", slots=5, labels={"gpu": "a100", "memory": 128})
+    h.worker("gpu-big", slots=5, labels={"gpu": "a100", "memory": 512})
+    gpu = DesiredLabel("gpu", "a100", required=True)
+    big = DesiredLabel("memory", 256, LabelComparator.GREATER_THAN_OR_EQUAL, weight=50)
+    small = DesiredLabel("memory", 256, LabelComparator.LESS_THAN, weight=10)
+    first = h.item(labels=(gpu, big))
+    second = h.item(labels=(gpu, small))
+    third = h.item(labels=(DesiredLabel("gpu", "a100", LabelComparator.NOT_EQUAL, required=True),))
+    h.scheduler.enqueue([first, second, third])
+    await h.settle()
+    assert h.placed() == {
+        first.task_id: "gpu-big",
+        second.task_id: "gpu-small",
+        third.task_id: "cpu",
+    }
+
+
+async def test_no_eligible_worker_waits_until_labels_change(h: Harness) -> None:
+    h.worker("w1", labels={"model": "v1"})
+    wanted = h.item(labels=(DesiredLabel("model", "v2", required=True),))
+    soft = h.item(labels=(DesiredLabel("model", "v2"),))  # preferred, not required
+    h.scheduler.enqueue([wanted, soft])
+    await h.settle()
+    assert h.placed() == {soft.task_id: "w1"}
+    h.scheduler.set_labels("w1", {"model": "v2"})
+    await h.settle()
+    assert h.placed() == {soft.task_id: "w1", wanted.task_id: "w1"}
+
+
+async def test_numeric_comparators_need_integers_on_both_sides(h: Harness) -> None:
+    h.worker("text", labels={"memory": "512"})
+    wanted = h.item(
+        labels=(DesiredLabel("memory", 256, LabelComparator.GREATER_THAN, required=True),)
+    )
+    h.scheduler.enqueue([wanted])
+    await h.settle()
+    assert h.placed() == {}
+    h.worker("number", labels={"memory": 512})
+    await h.settle()
+    assert h.placed() == {wanted.task_id: "number"}

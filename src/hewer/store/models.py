@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -65,6 +66,78 @@ class ApiToken:
     revoked_at: float | None
 
 
+class LabelComparator(StrEnum):
+    """How a worker's label value is compared with the desired value (worker OP desired)."""
+
+    EQUAL = "equal"
+    NOT_EQUAL = "not_equal"
+    GREATER_THAN = "greater_than"
+    GREATER_THAN_OR_EQUAL = "greater_than_or_equal"
+    LESS_THAN = "less_than"
+    LESS_THAN_OR_EQUAL = "less_than_or_equal"
+
+
+DEFAULT_LABEL_WEIGHT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredLabel:
+    """A task's wish about a worker label: required ones filter, satisfied weights rank."""
+
+    key: str
+    value: str | int
+    comparator: LabelComparator = LabelComparator.EQUAL
+    required: bool = False
+    weight: int = DEFAULT_LABEL_WEIGHT
+
+    def satisfied_by(self, labels: Mapping[str, str | int]) -> bool:
+        have = labels.get(self.key)
+        if have is None:
+            return False
+        c = self.comparator
+        if c is LabelComparator.EQUAL:
+            return have == self.value
+        if c is LabelComparator.NOT_EQUAL:
+            return have != self.value
+        # Ordering comparisons are defined for integers on both sides only.
+        if not isinstance(have, int) or not isinstance(self.value, int):
+            return False
+        if c is LabelComparator.GREATER_THAN:
+            return have > self.value
+        if c is LabelComparator.GREATER_THAN_OR_EQUAL:
+            return have >= self.value
+        if c is LabelComparator.LESS_THAN:
+            return have < self.value
+        return have <= self.value
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "value": self.value,
+            "comparator": str(self.comparator),
+            "required": self.required,
+            "weight": self.weight,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DesiredLabel:
+        return cls(
+            key=data["key"],
+            value=data["value"],
+            comparator=LabelComparator(data["comparator"]),
+            required=bool(data["required"]),
+            weight=int(data["weight"]),
+        )
+
+
+def merge_labels(
+    base: tuple[DesiredLabel, ...], override: tuple[DesiredLabel, ...]
+) -> tuple[DesiredLabel, ...]:
+    """Labels of ``base`` with those of ``override`` replacing any of the same key."""
+    keys = {d.key for d in override}
+    return tuple(d for d in base if d.key not in keys) + override
+
+
 @dataclass(frozen=True, slots=True)
 class TaskDef:
     """One task of a workflow definition, as registered by PutWorkflow."""
@@ -78,9 +151,11 @@ class TaskDef:
     backoff_factor: float | None = None
     backoff_max_s: float | None = None
     slot_requests: dict[str, int] = field(default_factory=lambda: {"default": 1})
+    desired_labels: tuple[DesiredLabel, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "desired_labels": [d.to_json() for d in self.desired_labels],
             "readable_id": self.readable_id,
             "action_id": self.action_id,
             "parents": list(self.parents),
@@ -104,6 +179,7 @@ class TaskDef:
             backoff_factor=data["backoff_factor"],
             backoff_max_s=data["backoff_max_s"],
             slot_requests=dict(data["slot_requests"]),
+            desired_labels=tuple(DesiredLabel.from_json(d) for d in data.get("desired_labels", ())),
         )
 
 
@@ -127,6 +203,7 @@ class NewRun:
     additional_metadata: str | None
     priority: int
     task_ids: tuple[str, ...]  # one per workflow task, same order
+    desired_labels: tuple[DesiredLabel, ...] = ()  # from the trigger; win over the task's
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +219,7 @@ class QueueItem:
     slot_requests: dict[str, int]
     available_at: float = 0.0
     schedule_deadline: float | None = None
+    desired_labels: tuple[DesiredLabel, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

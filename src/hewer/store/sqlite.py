@@ -24,6 +24,7 @@ from hewer.store._protocol import StoreError
 from hewer.store.models import (
     ApiToken,
     Assignment,
+    DesiredLabel,
     DispatchInfo,
     EventOutcome,
     EventType,
@@ -43,6 +44,7 @@ from hewer.store.models import (
     WorkerRecord,
     WorkerStatus,
     Workflow,
+    merge_labels,
 )
 
 logger = logging.getLogger(__name__)
@@ -282,6 +284,7 @@ class SqliteStore:
                 )
                 for task_id, task in zip(run.task_ids, wf.tasks, strict=True):
                     is_root = not task.parents
+                    labels = merge_labels(task.desired_labels, run.desired_labels)
                     seq = conn.execute(
                         Q["task_insert"],
                         {
@@ -298,6 +301,7 @@ class SqliteStore:
                             "priority": run.priority,
                             "parents": json.dumps(list(task.parents)),
                             "slot_requests": json.dumps(task.slot_requests),
+                            "desired_labels": _labels_json(labels),
                             "timeout_s": task.timeout_s,
                             "schedule_timeout_s": task.schedule_timeout_s,
                             "now": now,
@@ -315,6 +319,7 @@ class SqliteStore:
                                 retry_count=0,
                                 slot_requests=dict(task.slot_requests),
                                 schedule_deadline=now + task.schedule_timeout_s,
+                                desired_labels=labels,
                             )
                         )
             return queued
@@ -389,6 +394,7 @@ class SqliteStore:
                     slot_requests=json.loads(r["slot_requests"]),
                     available_at=r["available_at"],
                     schedule_deadline=(r["queued_at"] or 0.0) + r["schedule_timeout_s"],
+                    desired_labels=_labels(r["desired_labels"]),
                 )
                 for r in conn.execute(Q["tasks_queued"])
             ]
@@ -849,6 +855,14 @@ def _running(row: sqlite3.Row, task_id: str | None = None) -> RunningTask:
     )
 
 
+def _labels_json(labels: tuple[DesiredLabel, ...]) -> str:
+    return json.dumps([d.to_json() for d in labels])
+
+
+def _labels(text: str) -> tuple[DesiredLabel, ...]:
+    return tuple(DesiredLabel.from_json(d) for d in json.loads(text or "[]"))
+
+
 def _free_attempt(
     conn: sqlite3.Connection, task_id: str, retry_count: int, slot_requests: str
 ) -> tuple[RunningTask, ...]:
@@ -912,6 +926,7 @@ def _queue_item(task_id: str, row: sqlite3.Row, available_at: float, now: float)
         slot_requests=json.loads(row["slot_requests"]),
         available_at=available_at,
         schedule_deadline=now + row["schedule_timeout_s"],
+        desired_labels=_labels(row["desired_labels"]),
     )
 
 
@@ -985,6 +1000,7 @@ def _advance_run(
                         retry_count=r["retry_count"],
                         slot_requests=json.loads(r["slot_requests"]),
                         schedule_deadline=now + r["schedule_timeout_s"],
+                        desired_labels=_labels(r["desired_labels"]),
                     )
                 )
                 changed = True

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_SLOT_TYPE = "default"
 DEFAULT_SLOTS = 100
 MAX_BATCH = 500
+# How far past an unplaceable head a pass looks in one queue (labels, slot sizes).
+SCAN_LIMIT = 64
 RETRY_AFTER_FAILURE = 0.5  # seconds before a pass that failed to commit is tried again
 
 QueueKey = tuple[str, str]  # (tenant id, action id)
@@ -45,9 +47,13 @@ class WorkerSlots:
     capacity: dict[str, int]
     used: dict[str, int] = field(default_factory=dict)
     assignable: bool = False
+    labels: dict[str, str | int] = field(default_factory=dict)
 
     def free(self, slot_type: str) -> int:
         return self.capacity.get(slot_type, 0) - self.used.get(slot_type, 0)
+
+    def has_free(self) -> bool:
+        return any(self.free(t) > 0 for t in self.capacity)
 
     def fits(self, requests: dict[str, int]) -> bool:
         return all(self.free(t) >= n for t, n in requests.items())
@@ -90,6 +96,12 @@ class _WorkerRemove:
 
 
 @dataclass(frozen=True, slots=True)
+class _WorkerLabels:
+    worker_id: str
+    labels: dict[str, str | int]
+
+
+@dataclass(frozen=True, slots=True)
 class _Free:
     tasks: tuple[RunningTask, ...]
 
@@ -110,7 +122,15 @@ class _Inspect:
 
 
 _Message = (
-    _Enqueue | _WorkerUp | _WorkerAssignable | _WorkerRemove | _Free | _Hold | _Remove | _Inspect
+    _Enqueue
+    | _WorkerUp
+    | _WorkerAssignable
+    | _WorkerRemove
+    | _WorkerLabels
+    | _Free
+    | _Hold
+    | _Remove
+    | _Inspect
 )
 
 DispatchFn = Callable[[list[DispatchInfo]], None]
@@ -148,6 +168,9 @@ class Scheduler:
 
     def worker_remove(self, worker_id: str) -> None:
         self._inbox.put_nowait(_WorkerRemove(worker_id))
+
+    def set_labels(self, worker_id: str, labels: dict[str, str | int]) -> None:
+        self._inbox.put_nowait(_WorkerLabels(worker_id, dict(labels)))
 
     def free(self, tasks: Iterable[RunningTask]) -> None:
         batch = tuple(t for t in tasks if not t.slot_released)
@@ -238,6 +261,9 @@ class Scheduler:
                     w.assignable = assignable
             case _WorkerRemove(worker_id):
                 self._workers.pop(worker_id, None)
+            case _WorkerLabels(worker_id, labels):
+                if (w := self._workers.get(worker_id)) is not None:
+                    w.labels = labels
             case _Free(tasks):
                 for t in tasks:
                     if (w := self._workers.get(t.worker_id)) is not None:
@@ -295,24 +321,33 @@ class Scheduler:
         while heads and len(out) < MAX_BATCH:
             _, _, key = heapq.heappop(heads)
             queue = self._queues[key]
-            item = queue[0][3]
-            best: WorkerSlots | None = None
-            best_free = -1
-            for w in by_key[key]:
-                if w.fits(item.slot_requests):
-                    free = sum(w.free(t) for t in item.slot_requests)
-                    if free > best_free:
-                        best, best_free = w, free
-            if best is None:
-                continue  # this action is blocked until a slot frees up
-            heapq.heappop(queue)
-            del self._queued[item.task_id]
-            best.take(item.slot_requests)
-            assignment = Assignment(
-                item.task_id, item.tenant_id, best.id, item.retry_count, item.slot_requests
-            )
-            out.append((assignment, item))
-            if self._drop_dead_heads(queue):
+            workers = by_key[key]
+            if not any(w.has_free() for w in workers):
+                continue  # this action waits until a slot frees up
+            # Items the head cannot use (labels, slot size) must not block the ones behind
+            # it: look a bounded way down the queue, then put the skipped ones back.
+            skipped: list[tuple[int, int, int, QueueItem]] = []
+            placed = False
+            while queue and len(skipped) < SCAN_LIMIT:
+                entry = heapq.heappop(queue)
+                item = entry[3]
+                if not self._is_live(item):
+                    continue
+                best = _best_worker(item, workers)
+                if best is None:
+                    skipped.append(entry)
+                    continue
+                del self._queued[item.task_id]
+                best.take(item.slot_requests)
+                assignment = Assignment(
+                    item.task_id, item.tenant_id, best.id, item.retry_count, item.slot_requests
+                )
+                out.append((assignment, item))
+                placed = True
+                break
+            for entry in skipped:
+                heapq.heappush(queue, entry)
+            if placed and self._drop_dead_heads(queue):
                 prio, seq, _, _ = queue[0]
                 heapq.heappush(heads, (prio, seq, key))
         for key in [k for k, q in self._queues.items() if not q]:
@@ -360,13 +395,45 @@ class Scheduler:
         return len(self._queued)
 
 
+def _best_worker(item: QueueItem, workers: list[WorkerSlots]) -> WorkerSlots | None:
+    """The eligible worker for ``item``: every required label satisfied and all its slot
+    units free; ranked by the weights of the labels it satisfies, then by free units (so
+    that work spreads)."""
+    best: WorkerSlots | None = None
+    best_rank: tuple[int, int] = (-1, -1)
+    desired = item.desired_labels
+    for w in workers:
+        if not w.fits(item.slot_requests):
+            continue
+        weight = 0
+        eligible = True
+        for label in desired:
+            if label.satisfied_by(w.labels):
+                weight += label.weight
+            elif label.required:
+                eligible = False
+                break
+        if not eligible:
+            continue
+        rank = (weight, sum(w.free(t) for t in item.slot_requests))
+        if rank > best_rank:
+            best, best_rank = w, rank
+    return best
+
+
 def _report_exit(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and (exc := task.exception()) is not None:
         logger.critical("scheduler loop died; no task will be assigned", exc_info=exc)
 
 
 def worker_slots(
-    worker_id: str, tenant_id: str, actions: Sequence[str], slot_config: dict[str, int]
+    worker_id: str,
+    tenant_id: str,
+    actions: Sequence[str],
+    slot_config: dict[str, int],
+    labels: dict[str, str | int] | None = None,
 ) -> WorkerSlots:
     capacity = dict(slot_config) if slot_config else {DEFAULT_SLOT_TYPE: DEFAULT_SLOTS}
-    return WorkerSlots(worker_id, tenant_id, frozenset(actions), capacity)
+    return WorkerSlots(
+        worker_id, tenant_id, frozenset(actions), capacity, labels=dict(labels or {})
+    )

@@ -24,6 +24,7 @@ from hewer.engine.core.scheduler import Scheduler, worker_slots
 from hewer.errors import HewerError, InvalidInput, NotFound
 from hewer.store import Store
 from hewer.store.models import (
+    DesiredLabel,
     DispatchInfo,
     EventOutcome,
     LogLine,
@@ -140,6 +141,7 @@ class TriggerSpec:
     input: str = ""
     additional_metadata: str | None = None
     priority: int | None = None
+    desired_labels: tuple[DesiredLabel, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +195,13 @@ class EngineCore:
             if record.status in (WorkerStatus.ACTIVE, WorkerStatus.PAUSED):
                 self._workers[record.id] = _WorkerState(record, record.status, last_seen=fresh)
                 self.scheduler.worker_up(
-                    worker_slots(record.id, record.tenant_id, record.actions, record.slot_config)
+                    worker_slots(
+                        record.id,
+                        record.tenant_id,
+                        record.actions,
+                        record.slot_config,
+                        record.labels,
+                    )
                 )
         holding = await self.store.attempts_holding()
         self.scheduler.hold(t for t in holding if t.worker_id in self._workers)
@@ -322,7 +330,9 @@ class EngineCore:
             task_ids = (
                 (run_id,) if len(wf.tasks) == 1 else tuple(str(uuid.uuid4()) for _ in wf.tasks)
             )
-            runs.append(NewRun(run_id, wf, input_text, meta, priority, task_ids))
+            runs.append(
+                NewRun(run_id, wf, input_text, meta, priority, task_ids, spec.desired_labels)
+            )
         queued = await self.store.runs_create(runs, self.clock.now())
         self.scheduler.enqueue(queued)
         return [r.id for r in runs]
@@ -514,7 +524,7 @@ class EngineCore:
         if any(n < 0 for n in slot_config.values()):
             raise InvalidInput("slot counts must not be negative")
         now = self.clock.now()
-        slots = worker_slots(str(uuid.uuid4()), tenant_id, actions, slot_config)
+        slots = worker_slots(str(uuid.uuid4()), tenant_id, actions, slot_config, labels)
         record = WorkerRecord(
             id=slots.id,
             tenant_id=tenant_id,
@@ -566,7 +576,9 @@ class EngineCore:
                 worker_id, _WorkerState(record, record.status, last_seen=self.clock.monotonic())
             )
             r = state.record
-            self.scheduler.worker_up(worker_slots(r.id, r.tenant_id, r.actions, r.slot_config))
+            self.scheduler.worker_up(
+                worker_slots(r.id, r.tenant_id, r.actions, r.slot_config, r.labels)
+            )
         elif state.record.tenant_id != tenant_id:
             raise NotFound(f"worker {worker_id!r} not found")
         state.last_seen = self.clock.monotonic()
@@ -659,6 +671,7 @@ class EngineCore:
         merged = {**state.record.labels, **labels}
         await self.store.worker_set_labels(worker_id, merged)
         state.record = replace(state.record, labels=merged)
+        self.scheduler.set_labels(worker_id, merged)
 
     async def _set_status(self, state: _WorkerState, status: WorkerStatus, reason: str) -> None:
         if state.status is status:

@@ -9,6 +9,7 @@ from hewer._proto.v1 import workflows_pb2_grpc as pb_grpc
 from hewer.durations import parse_duration
 from hewer.engine.api.filters import run_filter
 from hewer.engine.grpc._common import Servicer, unary
+from hewer.engine.grpc._labels import desired_labels
 from hewer.errors import InvalidInput, NotSupported
 from hewer.store.models import RunDetails, RunStatus, TaskDef, TaskStatus
 
@@ -48,7 +49,6 @@ def task_def(opts: Any) -> TaskDef:
         label
         for label, present in (
             ("rate limits", len(opts.rate_limits) > 0),
-            ("worker labels", len(opts.worker_labels) > 0),
             ("concurrency", len(opts.concurrency) > 0),
             ("durable tasks", opts.is_durable),
             ("batching", opts.HasField("batch")),
@@ -83,6 +83,7 @@ def task_def(opts: Any) -> TaskDef:
             float(opts.backoff_max_seconds) if opts.HasField("backoff_max_seconds") else None
         ),
         slot_requests={k: int(v) for k, v in opts.slot_requests.items()} or {"default": 1},
+        desired_labels=desired_labels(opts.worker_labels),
     )
 
 

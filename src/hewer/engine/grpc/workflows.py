@@ -8,6 +8,7 @@ from hewer._proto import workflows_pb2 as pb
 from hewer._proto import workflows_pb2_grpc as pb_grpc
 from hewer.engine.core.service import TriggerSpec
 from hewer.engine.grpc._common import Servicer, unary
+from hewer.engine.grpc._labels import desired_labels
 from hewer.errors import InvalidInput, NotSupported
 
 MAX_BULK = 1000
@@ -16,8 +17,8 @@ MAX_BULK = 1000
 def trigger_spec(request: Any) -> TriggerSpec:
     if not request.name:
         raise InvalidInput("workflow name must not be empty")
-    if request.HasField("desired_worker_id") or len(request.desired_worker_labels) > 0:
-        raise NotSupported("sticky and affinity triggers are not supported yet")
+    if request.HasField("desired_worker_id"):
+        raise NotSupported("sticky child runs are not supported yet")
     return TriggerSpec(
         workflow_name=request.name,
         input=request.input,
@@ -25,6 +26,7 @@ def trigger_spec(request: Any) -> TriggerSpec:
             request.additional_metadata if request.HasField("additional_metadata") else None
         ),
         priority=request.priority if request.HasField("priority") else None,
+        desired_labels=desired_labels(request.desired_worker_labels),
     )
 
 

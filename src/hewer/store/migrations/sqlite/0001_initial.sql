@@ -63,6 +63,7 @@ CREATE TABLE tasks (
     priority         INTEGER NOT NULL,
     parents          TEXT NOT NULL,
     slot_requests    TEXT NOT NULL,
+    desired_labels   TEXT NOT NULL DEFAULT '[]',
     timeout_s        REAL NOT NULL,
     schedule_timeout_s REAL NOT NULL,
     worker_id        TEXT,

@@ -53,16 +53,16 @@ VALUES (:id, :tenant_id, :workflow_id, :workflow_name, 'queued', :input,
 -- name: task_insert
 INSERT INTO tasks (id, tenant_id, run_id, step_id, readable_id, action_id, status,
                    max_retries, backoff_factor, backoff_max, priority, parents, slot_requests,
-                   timeout_s, schedule_timeout_s, created_at, queued_at)
+                   desired_labels, timeout_s, schedule_timeout_s, created_at, queued_at)
 VALUES (:id, :tenant_id, :run_id, :step_id, :readable_id, :action_id, :status,
         :max_retries, :backoff_factor, :backoff_max, :priority, :parents, :slot_requests,
-        :timeout_s, :schedule_timeout_s, :now, :queued_at)
+        :desired_labels, :timeout_s, :schedule_timeout_s, :now, :queued_at)
 RETURNING seq;
 
 -- name: tasks_queued
 -- Every task waiting for a worker, in queue order (rebuilds the scheduler after a restart).
 SELECT id, tenant_id, action_id, priority, seq, retry_count, slot_requests, available_at,
-       queued_at, schedule_timeout_s
+       queued_at, schedule_timeout_s, desired_labels
 FROM tasks WHERE status = 'queued' ORDER BY priority DESC, seq;
 
 -- name: tasks_running
@@ -166,11 +166,12 @@ UPDATE tasks SET status = 'queued', retry_count = retry_count + 1,
                  timeout_at = NULL
 WHERE id = :task_id AND status = 'running' AND retry_count = :retry_count
   AND worker_id = :worker_id
-RETURNING tenant_id, action_id, priority, seq, retry_count, slot_requests, schedule_timeout_s;
+RETURNING tenant_id, action_id, priority, seq, retry_count, slot_requests, schedule_timeout_s,
+          desired_labels;
 
 -- name: run_tasks
 SELECT id, readable_id, status, parents, output, error, retry_count, priority, action_id,
-       slot_requests, seq, schedule_timeout_s, worker_id, slot_released
+       slot_requests, seq, schedule_timeout_s, worker_id, slot_released, desired_labels
 FROM tasks WHERE run_id = :run_id ORDER BY seq;
 
 -- name: task_mark_queued
