@@ -20,12 +20,14 @@ from hewer.engine.core.service import (
     Session,
     TriggerSpec,
 )
+from hewer.errors import InvalidInput
 from hewer.store import SqliteStore
 from hewer.store.models import (
     EventType,
     NewRun,
     QueueItem,
     RunStatus,
+    StickyStrategy,
     TaskDef,
     TaskEvent,
     TaskStatus,
@@ -273,3 +275,60 @@ async def test_a_task_that_released_its_slot_is_not_requeued_when_its_worker_is_
     details = await rig.core.run_details(rig.tenant, run_id)
     assert details.tasks[0].status is TaskStatus.RUNNING  # stays with its worker, as upstream
     assert details.tasks[0].retry_count == 0
+
+
+async def _sticky_rig(rig: Rig, sticky: StickyStrategy) -> None:
+    tasks = [TaskDef("a", "dag:a"), TaskDef("b", "dag:b", parents=("a",))]
+    await rig.core.put_workflow(rig.tenant, "dag", tasks, None, sticky)
+
+
+async def _dag_worker(rig: Rig, name: str, slots: int) -> tuple[str, Session]:
+    record = await rig.core.register_worker(
+        rig.tenant, name, ["dag:a", "dag:b", "job:job"], {"default": slots}, {}, {}
+    )
+    return record.id, await rig.core.open_session(rig.tenant, record.id)
+
+
+@pytest.mark.parametrize("sticky", [StickyStrategy.SOFT, StickyStrategy.HARD])
+async def test_sticky_runs_keep_their_tasks_on_one_worker(rig: Rig, sticky: StickyStrategy) -> None:
+    await _sticky_rig(rig, sticky)
+    small_id, small = await _dag_worker(rig, "small", slots=1)
+    await rig.core.trigger(rig.tenant, [TriggerSpec("dag", "{}")])
+    _, a_id, _ = await next_action(small)
+    _, big = await _dag_worker(rig, "big", slots=10)  # more room: spreading would pick it
+    await rig.core.trigger(rig.tenant, [TriggerSpec("job", "{}")])
+    await rig.report(small_id, a_id, 0, EventType.STARTED)
+    _, job_id, _ = await next_action(big)  # the unrelated task goes to the free worker
+    await rig.report(small_id, a_id, 0, EventType.COMPLETED)
+    kind, b_id, _ = await next_action(small)  # "b" follows "a" to the same worker
+    assert kind is ActionKind.START and b_id not in (a_id, job_id)
+    assert big._queue.empty()
+
+
+async def test_hard_sticky_waits_for_its_worker(rig: Rig) -> None:
+    await _sticky_rig(rig, StickyStrategy.HARD)
+    one_id, one = await _dag_worker(rig, "one", slots=1)
+    await rig.core.trigger(rig.tenant, [TriggerSpec("dag", "{}")])
+    _, a_id, _ = await next_action(one)
+    await rig.core.trigger(rig.tenant, [TriggerSpec("job", "{}")])  # waits for "one" too
+    await rig.report(one_id, a_id, 0, EventType.STARTED)
+    _, other = await _dag_worker(rig, "other", slots=5)
+    _, job_id, _ = await next_action(other)
+    await rig.report(one_id, a_id, 0, EventType.COMPLETED)
+    # "one" is free again: "b" must go there, never to "other", even though it has room.
+    _, b_id, _ = await next_action(one)
+    await rig.settle()
+    assert other._queue.empty() and b_id != job_id
+
+
+async def test_sticky_child_runs_need_a_sticky_workflow_on_that_worker(rig: Rig) -> None:
+    await _sticky_rig(rig, StickyStrategy.SOFT)
+    w_id, w = await _dag_worker(rig, "parent-worker", slots=2)
+    await _dag_worker(rig, "elsewhere", slots=10)
+    await rig.core.trigger(rig.tenant, [TriggerSpec("dag", "{}", desired_worker_id=w_id)])
+    kind, _, _ = await next_action(w)
+    assert kind is ActionKind.START
+    with pytest.raises(InvalidInput, match="cannot be sticky"):
+        await rig.core.trigger(rig.tenant, [TriggerSpec("job", "{}", desired_worker_id=w_id)])
+    with pytest.raises(InvalidInput, match="not connected"):
+        await rig.core.trigger(rig.tenant, [TriggerSpec("dag", "{}", desired_worker_id="nope")])

@@ -21,6 +21,7 @@ from hewer.store.models import (
     RunDetails,
     RunFilter,
     RunningTask,
+    StickyStrategy,
     TaskDef,
     TaskEvent,
     Tenant,
@@ -55,7 +56,14 @@ class Store(Protocol):
 
     # workflows
     async def workflow_upsert(
-        self, tenant_id: str, name: str, tasks: Sequence[TaskDef], default_priority: int, now: float
+        self,
+        tenant_id: str,
+        name: str,
+        tasks: Sequence[TaskDef],
+        default_priority: int,
+        now: float,
+        *,
+        sticky: StickyStrategy | None = None,
     ) -> Workflow: ...
     async def workflow_get_by_name(self, tenant_id: str, name: str) -> Workflow | None: ...
 

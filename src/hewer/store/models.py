@@ -35,6 +35,13 @@ _TERMINAL = frozenset(
 )
 
 
+class StickyStrategy(StrEnum):
+    """Keep a run's tasks on one worker: SOFT prefers it, HARD waits for it."""
+
+    SOFT = "soft"
+    HARD = "hard"
+
+
 class WorkerStatus(StrEnum):
     ACTIVE = "active"
     PAUSED = "paused"
@@ -191,6 +198,7 @@ class Workflow:
     version_id: str
     tasks: tuple[TaskDef, ...]
     default_priority: int = 1
+    sticky: StickyStrategy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +212,7 @@ class NewRun:
     priority: int
     task_ids: tuple[str, ...]  # one per workflow task, same order
     desired_labels: tuple[DesiredLabel, ...] = ()  # from the trigger; win over the task's
+    desired_worker_id: str | None = None  # a sticky child run starts on its parent's worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +229,8 @@ class QueueItem:
     available_at: float = 0.0
     schedule_deadline: float | None = None
     desired_labels: tuple[DesiredLabel, ...] = ()
+    desired_worker_id: str | None = None
+    sticky: StickyStrategy | None = None
 
 
 @dataclass(frozen=True, slots=True)

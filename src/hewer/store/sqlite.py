@@ -35,6 +35,7 @@ from hewer.store.models import (
     RunFilter,
     RunningTask,
     RunStatus,
+    StickyStrategy,
     TaskDef,
     TaskEvent,
     TaskResult,
@@ -219,10 +220,21 @@ class SqliteStore:
     # ------------------------------------------------------------------ workflows
 
     async def workflow_upsert(
-        self, tenant_id: str, name: str, tasks: Sequence[TaskDef], default_priority: int, now: float
+        self,
+        tenant_id: str,
+        name: str,
+        tasks: Sequence[TaskDef],
+        default_priority: int,
+        now: float,
+        *,
+        sticky: StickyStrategy | None = None,
     ) -> Workflow:
         definition = json.dumps(
-            {"tasks": [t.to_json() for t in tasks], "default_priority": default_priority}
+            {
+                "tasks": [t.to_json() for t in tasks],
+                "default_priority": default_priority,
+                "sticky": sticky,
+            }
         )
 
         def body(conn: sqlite3.Connection) -> Workflow:
@@ -238,7 +250,13 @@ class SqliteStore:
                 },
             ).fetchone()
             return Workflow(
-                row["id"], tenant_id, name, row["version_id"], tuple(tasks), default_priority
+                row["id"],
+                tenant_id,
+                name,
+                row["version_id"],
+                tuple(tasks),
+                default_priority,
+                sticky,
             )
 
         return await self._write(body)
@@ -258,6 +276,7 @@ class SqliteStore:
                 row["version_id"],
                 tuple(TaskDef.from_json(t) for t in definition["tasks"]),
                 definition["default_priority"],
+                StickyStrategy(definition["sticky"]) if definition.get("sticky") else None,
             )
 
         return await self._read(body)
@@ -279,6 +298,9 @@ class SqliteStore:
                         "input": run.input,
                         "additional_metadata": run.additional_metadata,
                         "priority": run.priority,
+                        "sticky": wf.sticky,
+                        # A sticky child run is pinned to its parent's worker from the start.
+                        "sticky_worker_id": run.desired_worker_id if wf.sticky else None,
                         "now": now,
                     },
                 )
@@ -302,6 +324,7 @@ class SqliteStore:
                             "parents": json.dumps(list(task.parents)),
                             "slot_requests": json.dumps(task.slot_requests),
                             "desired_labels": _labels_json(labels),
+                            "desired_worker_id": run.desired_worker_id if is_root else None,
                             "timeout_s": task.timeout_s,
                             "schedule_timeout_s": task.schedule_timeout_s,
                             "now": now,
@@ -320,6 +343,8 @@ class SqliteStore:
                                 slot_requests=dict(task.slot_requests),
                                 schedule_deadline=now + task.schedule_timeout_s,
                                 desired_labels=labels,
+                                desired_worker_id=run.desired_worker_id,
+                                sticky=wf.sticky,
                             )
                         )
             return queued
@@ -395,6 +420,8 @@ class SqliteStore:
                     available_at=r["available_at"],
                     schedule_deadline=(r["queued_at"] or 0.0) + r["schedule_timeout_s"],
                     desired_labels=_labels(r["desired_labels"]),
+                    desired_worker_id=r["desired_worker_id"],
+                    sticky=StickyStrategy(r["sticky"]) if r["sticky"] else None,
                 )
                 for r in conn.execute(Q["tasks_queued"])
             ]
@@ -444,6 +471,7 @@ class SqliteStore:
                     run = conn.execute(Q["run_for_dispatch"], {"run_id": run_id}).fetchone()
                     runs[run_id] = run
                     conn.execute(Q["run_mark_running"], {"run_id": run_id})
+                conn.execute(Q["run_pin_worker"], {"run_id": run_id, "worker_id": a.worker_id})
                 parents = json.loads(row["parents"])
                 parent_outputs: dict[str, Any] = {}
                 if parents:
@@ -599,7 +627,7 @@ class SqliteStore:
                         "error": reason,
                     },
                 ).fetchone()
-                queued.append(_queue_item(t.task_id, row, now, now))
+                queued.append(_queue_item(conn, t.task_id, row, now, now))
             return EventOutcome(
                 bool(queued) or bool(failed),
                 tuple(freed),
@@ -909,13 +937,16 @@ def _fail_or_retry(
                 "error": event.payload,
             },
         ).fetchone()
-        return (_queue_item(event.task_id, row, now + delay, now),), ()
+        return (_queue_item(conn, event.task_id, row, now + delay, now),), ()
     conn.execute(Q["task_fail"], {"task_id": event.task_id, "error": event.payload, "now": now})
     queued, finished = _advance_run(conn, live["run_id"], now)
     return tuple(queued), finished
 
 
-def _queue_item(task_id: str, row: sqlite3.Row, available_at: float, now: float) -> QueueItem:
+def _queue_item(
+    conn: sqlite3.Connection, task_id: str, row: sqlite3.Row, available_at: float, now: float
+) -> QueueItem:
+    sticky, _ = _run_sticky(conn, row["run_id"])
     return QueueItem(
         task_id=task_id,
         tenant_id=row["tenant_id"],
@@ -927,7 +958,16 @@ def _queue_item(task_id: str, row: sqlite3.Row, available_at: float, now: float)
         available_at=available_at,
         schedule_deadline=now + row["schedule_timeout_s"],
         desired_labels=_labels(row["desired_labels"]),
+        desired_worker_id=row["desired_worker_id"],
+        sticky=sticky,
     )
+
+
+def _run_sticky(conn: sqlite3.Connection, run_id: str) -> tuple[StickyStrategy | None, str | None]:
+    row = conn.execute(Q["run_sticky"], {"run_id": run_id}).fetchone()
+    if row is None or not row["sticky"]:
+        return None, None
+    return StickyStrategy(row["sticky"]), row["sticky_worker_id"]
 
 
 def _worker(row: sqlite3.Row) -> WorkerRecord:
@@ -969,6 +1009,7 @@ def _advance_run(
     the run once every task is terminal. Runs inside the caller's transaction."""
     rows = list(conn.execute(Q["run_tasks"], {"run_id": run_id}))
     status = {r["readable_id"]: TaskStatus(r["status"]) for r in rows}
+    sticky, pinned = _run_sticky(conn, run_id)
     queued: list[QueueItem] = []
     changed = True
     # Skipping cascades down the DAG, so repeat until nothing changes (DAGs are small).
@@ -989,6 +1030,10 @@ def _advance_run(
                 changed = True
             elif all(s is TaskStatus.COMPLETED for s in parent_states):
                 conn.execute(Q["task_mark_queued"], {"task_id": r["id"], "now": now})
+                if pinned is not None:
+                    conn.execute(
+                        Q["task_set_desired_worker"], {"task_id": r["id"], "worker_id": pinned}
+                    )
                 status[rid] = TaskStatus.QUEUED
                 queued.append(
                     QueueItem(
@@ -1001,6 +1046,8 @@ def _advance_run(
                         slot_requests=json.loads(r["slot_requests"]),
                         schedule_deadline=now + r["schedule_timeout_s"],
                         desired_labels=_labels(r["desired_labels"]),
+                        desired_worker_id=pinned,
+                        sticky=sticky,
                     )
                 )
                 changed = True

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from hewer.engine.core.clock import Clock
 from hewer.store import Store
-from hewer.store.models import Assignment, DispatchInfo, QueueItem, RunningTask
+from hewer.store.models import Assignment, DispatchInfo, QueueItem, RunningTask, StickyStrategy
 
 logger = logging.getLogger(__name__)
 
@@ -396,9 +396,15 @@ class Scheduler:
 
 
 def _best_worker(item: QueueItem, workers: list[WorkerSlots]) -> WorkerSlots | None:
-    """The eligible worker for ``item``: every required label satisfied and all its slot
-    units free; ranked by the weights of the labels it satisfies, then by free units (so
-    that work spreads)."""
+    """The eligible worker for ``item``. A sticky task goes to its run's worker (HARD: only
+    there). Otherwise every required label must be satisfied and all slot units free; the
+    weights of satisfied labels rank, then free units (so that work spreads)."""
+    if item.sticky is not None and item.desired_worker_id is not None:
+        pinned = next((w for w in workers if w.id == item.desired_worker_id), None)
+        if pinned is not None and pinned.fits(item.slot_requests):
+            return pinned
+        if item.sticky is StickyStrategy.HARD:
+            return None  # only the pinned worker will do; wait for it
     best: WorkerSlots | None = None
     best_rank: tuple[int, int] = (-1, -1)
     desired = item.desired_labels

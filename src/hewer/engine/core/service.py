@@ -32,6 +32,7 @@ from hewer.store.models import (
     RunDetails,
     RunFilter,
     RunningTask,
+    StickyStrategy,
     TaskDef,
     TaskEvent,
     WorkerRecord,
@@ -142,6 +143,7 @@ class TriggerSpec:
     additional_metadata: str | None = None
     priority: int | None = None
     desired_labels: tuple[DesiredLabel, ...] = ()
+    desired_worker_id: str | None = None  # a sticky child run: start on this worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +273,12 @@ class EngineCore:
     # ------------------------------------------------------------------ workflows and runs
 
     async def put_workflow(
-        self, tenant_id: str, name: str, tasks: Sequence[TaskDef], default_priority: int | None
+        self,
+        tenant_id: str,
+        name: str,
+        tasks: Sequence[TaskDef],
+        default_priority: int | None,
+        sticky: StickyStrategy | None = None,
     ) -> Workflow:
         if not name.strip():
             raise InvalidInput("workflow name must not be empty")
@@ -301,7 +308,9 @@ class EngineCore:
         _check_acyclic(name, tasks)
         priority = default_priority or MIN_PRIORITY
         _check_priority(priority)
-        return await self.store.workflow_upsert(tenant_id, name, tasks, priority, self.clock.now())
+        return await self.store.workflow_upsert(
+            tenant_id, name, tasks, priority, self.clock.now(), sticky=sticky
+        )
 
     async def trigger(self, tenant_id: str, specs: Sequence[TriggerSpec]) -> list[str]:
         """Create runs durably, then queue their root tasks; returns run ids in order."""
@@ -330,12 +339,40 @@ class EngineCore:
             task_ids = (
                 (run_id,) if len(wf.tasks) == 1 else tuple(str(uuid.uuid4()) for _ in wf.tasks)
             )
+            if spec.desired_worker_id is not None:
+                self._check_sticky_child(tenant_id, wf, spec.desired_worker_id)
             runs.append(
-                NewRun(run_id, wf, input_text, meta, priority, task_ids, spec.desired_labels)
+                NewRun(
+                    run_id,
+                    wf,
+                    input_text,
+                    meta,
+                    priority,
+                    task_ids,
+                    spec.desired_labels,
+                    spec.desired_worker_id,
+                )
             )
         queued = await self.store.runs_create(runs, self.clock.now())
         self.scheduler.enqueue(queued)
         return [r.id for r in runs]
+
+    def _check_sticky_child(self, tenant_id: str, wf: Workflow, worker_id: str) -> None:
+        """A run may start on a given worker only if its workflow is sticky and that worker
+        runs its tasks (as upstream requires for sticky child runs)."""
+        if wf.sticky is None:
+            raise InvalidInput(
+                f"workflow {wf.name!r} cannot be sticky: it declares no sticky strategy"
+            )
+        state = self._workers.get(worker_id)
+        if state is None or state.record.tenant_id != tenant_id:
+            raise InvalidInput(f"sticky worker {worker_id!r} is not connected")
+        missing = {t.action_id for t in wf.tasks} - set(state.record.actions)
+        if missing:
+            raise InvalidInput(
+                f"workflow {wf.name!r} cannot be sticky to worker {worker_id!r}: it does not "
+                f"run {sorted(missing)}"
+            )
 
     async def run_details(self, tenant_id: str, run_id: str) -> RunDetails:
         details = await self.store.run_get(tenant_id, run_id)

@@ -11,10 +11,12 @@ from hewer.engine.api.filters import run_filter
 from hewer.engine.grpc._common import Servicer, unary
 from hewer.engine.grpc._labels import desired_labels
 from hewer.errors import InvalidInput, NotSupported
-from hewer.store.models import RunDetails, RunStatus, TaskDef, TaskStatus
+from hewer.store.models import RunDetails, RunStatus, StickyStrategy, TaskDef, TaskStatus
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_SCHEDULE_TIMEOUT_S = 300.0
+
+_STICKY = {pb.SOFT: StickyStrategy.SOFT, pb.HARD: StickyStrategy.HARD}
 
 RUN_STATUS = {
     RunStatus.QUEUED: pb.QUEUED,
@@ -119,7 +121,6 @@ class AdminServicer(Servicer, pb_grpc.AdminServiceServicer):  # type: ignore[mis
                 ("cron triggers", len(request.cron_triggers) > 0),
                 ("concurrency", request.HasField("concurrency") or len(request.concurrency_arr)),
                 ("on-failure tasks", request.HasField("on_failure_task")),
-                ("sticky assignment", request.HasField("sticky")),
                 ("default filters", len(request.default_filters) > 0),
                 ("idempotency", request.HasField("idempotency")),
             )
@@ -131,7 +132,8 @@ class AdminServicer(Servicer, pb_grpc.AdminServiceServicer):  # type: ignore[mis
             )
         tasks = [task_def(t) for t in request.tasks]
         priority = request.default_priority if request.HasField("default_priority") else None
-        workflow = await self.core.put_workflow(tenant_id, request.name, tasks, priority)
+        sticky = _STICKY[request.sticky] if request.HasField("sticky") else None
+        workflow = await self.core.put_workflow(tenant_id, request.name, tasks, priority, sticky)
         return pb.CreateWorkflowVersionResponse(id=workflow.version_id, workflow_id=workflow.id)
 
     @unary

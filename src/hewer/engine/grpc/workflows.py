@@ -9,7 +9,7 @@ from hewer._proto import workflows_pb2_grpc as pb_grpc
 from hewer.engine.core.service import TriggerSpec
 from hewer.engine.grpc._common import Servicer, unary
 from hewer.engine.grpc._labels import desired_labels
-from hewer.errors import InvalidInput, NotSupported
+from hewer.errors import InvalidInput
 
 MAX_BULK = 1000
 
@@ -17,8 +17,6 @@ MAX_BULK = 1000
 def trigger_spec(request: Any) -> TriggerSpec:
     if not request.name:
         raise InvalidInput("workflow name must not be empty")
-    if request.HasField("desired_worker_id"):
-        raise NotSupported("sticky child runs are not supported yet")
     return TriggerSpec(
         workflow_name=request.name,
         input=request.input,
@@ -27,6 +25,9 @@ def trigger_spec(request: Any) -> TriggerSpec:
         ),
         priority=request.priority if request.HasField("priority") else None,
         desired_labels=desired_labels(request.desired_worker_labels),
+        desired_worker_id=(
+            request.desired_worker_id if request.HasField("desired_worker_id") else None
+        ),
     )
 
 

@@ -39,6 +39,8 @@ CREATE TABLE runs (
     input               TEXT NOT NULL,
     additional_metadata TEXT,
     priority            INTEGER NOT NULL,
+    sticky              TEXT,            -- soft | hard: later tasks go to sticky_worker_id
+    sticky_worker_id    TEXT,
     created_at          REAL NOT NULL,
     finished_at         REAL
 );
@@ -64,6 +66,7 @@ CREATE TABLE tasks (
     parents          TEXT NOT NULL,
     slot_requests    TEXT NOT NULL,
     desired_labels   TEXT NOT NULL DEFAULT '[]',
+    desired_worker_id TEXT,
     timeout_s        REAL NOT NULL,
     schedule_timeout_s REAL NOT NULL,
     worker_id        TEXT,

@@ -46,24 +46,27 @@ WHERE tenant_id = :tenant_id AND name = :name;
 
 -- name: run_insert
 INSERT INTO runs (id, tenant_id, workflow_id, workflow_name, status, input,
-                  additional_metadata, priority, created_at)
+                  additional_metadata, priority, sticky, sticky_worker_id, created_at)
 VALUES (:id, :tenant_id, :workflow_id, :workflow_name, 'queued', :input,
-        :additional_metadata, :priority, :now);
+        :additional_metadata, :priority, :sticky, :sticky_worker_id, :now);
 
 -- name: task_insert
 INSERT INTO tasks (id, tenant_id, run_id, step_id, readable_id, action_id, status,
                    max_retries, backoff_factor, backoff_max, priority, parents, slot_requests,
-                   desired_labels, timeout_s, schedule_timeout_s, created_at, queued_at)
+                   desired_labels, desired_worker_id, timeout_s, schedule_timeout_s,
+                   created_at, queued_at)
 VALUES (:id, :tenant_id, :run_id, :step_id, :readable_id, :action_id, :status,
         :max_retries, :backoff_factor, :backoff_max, :priority, :parents, :slot_requests,
-        :desired_labels, :timeout_s, :schedule_timeout_s, :now, :queued_at)
+        :desired_labels, :desired_worker_id, :timeout_s, :schedule_timeout_s, :now, :queued_at)
 RETURNING seq;
 
 -- name: tasks_queued
 -- Every task waiting for a worker, in queue order (rebuilds the scheduler after a restart).
-SELECT id, tenant_id, action_id, priority, seq, retry_count, slot_requests, available_at,
-       queued_at, schedule_timeout_s, desired_labels
-FROM tasks WHERE status = 'queued' ORDER BY priority DESC, seq;
+SELECT t.id, t.tenant_id, t.action_id, t.priority, t.seq, t.retry_count, t.slot_requests,
+       t.available_at, t.queued_at, t.schedule_timeout_s, t.desired_labels,
+       t.desired_worker_id, r.sticky
+FROM tasks t JOIN runs r ON r.id = t.run_id
+WHERE t.status = 'queued' ORDER BY t.priority DESC, t.seq;
 
 -- name: tasks_running
 -- Every task held by a worker (rebuilds slot accounting after a restart).
@@ -166,8 +169,8 @@ UPDATE tasks SET status = 'queued', retry_count = retry_count + 1,
                  timeout_at = NULL
 WHERE id = :task_id AND status = 'running' AND retry_count = :retry_count
   AND worker_id = :worker_id
-RETURNING tenant_id, action_id, priority, seq, retry_count, slot_requests, schedule_timeout_s,
-          desired_labels;
+RETURNING tenant_id, run_id, action_id, priority, seq, retry_count, slot_requests,
+          schedule_timeout_s, desired_labels, desired_worker_id;
 
 -- name: run_tasks
 SELECT id, readable_id, status, parents, output, error, retry_count, priority, action_id,
@@ -245,6 +248,17 @@ WHERE tenant_id = :tenant_id AND task_id = :task_id ORDER BY id LIMIT :limit;
 
 -- name: run_mark_running
 UPDATE runs SET status = 'running' WHERE id = :run_id AND status = 'queued';
+
+-- name: run_pin_worker
+-- A sticky run is pinned to the worker of its first assigned task.
+UPDATE runs SET sticky_worker_id = :worker_id
+WHERE id = :run_id AND sticky IS NOT NULL AND sticky_worker_id IS NULL;
+
+-- name: run_sticky
+SELECT sticky, sticky_worker_id FROM runs WHERE id = :run_id;
+
+-- name: task_set_desired_worker
+UPDATE tasks SET desired_worker_id = :worker_id WHERE id = :task_id;
 
 -- name: run_tenant
 SELECT tenant_id FROM runs WHERE id = :run_id;
