@@ -13,6 +13,7 @@ from hewer import ClientSettings, ConfigurationError, Context, Hewer
 from hewer._proto import dispatcher_pb2
 from hewer.sdk import TaskOptions
 from hewer.sdk._client import normalize_namespace
+from hewer.sdk._controls import check_worker_labels
 from hewer.sdk._wire import register_request
 from hewer.sdk._worker import build_registry
 
@@ -235,7 +236,8 @@ def test_worker_collects_actions_of_tasks_and_workflows() -> None:
 
 
 def test_register_request_fields() -> None:
-    request = register_request("ns_w", ["a:a", "b:b"], 5, {"gpu": "a100", "n": 2, "flag": True})
+    labels = check_worker_labels({"gpu": "a100", "n": 2, "flag": True})
+    request = register_request("ns_w", ["a:a", "b:b"], {"default": 5}, labels)
     assert request.worker_name == "ns_w"
     assert list(request.actions) == ["a:a", "b:b"]
     assert list(request.services) == ["default"]
@@ -257,15 +259,15 @@ def test_trigger_request_fields() -> None:
     def t(input: In, ctx: Context) -> Out:
         return Out(y=1)
 
-    request = t._request({"x": "3"}, {"source": "test"}, 3)
+    request = t._request({"x": "3"}, {"additional_metadata": {"source": "test"}, "priority": 3})
     assert request.name == "ns_t"
     assert json.loads(request.input) == {"x": 3}
     assert json.loads(request.additional_metadata) == {"source": "test"}
     assert request.HasField("child_index") and request.child_index == 0
     assert request.priority == 3
 
-    bare = t._request(In(x=1), None, None)
+    bare = t._request(In(x=1), {})
     assert not bare.HasField("additional_metadata")
     assert not bare.HasField("priority")
     with pytest.raises(ConfigurationError):
-        t._request(In(x=1), None, 9)
+        t._request(In(x=1), {"priority": 9})

@@ -6,25 +6,44 @@ from hewer.sdk._admin import RunFilter, WorkerInfo, Workers, WorkerState
 from hewer.sdk._client import Hewer
 from hewer.sdk._connection import Connection
 from hewer.sdk._context import Context
-from hewer.sdk._options import TaskOptions
+from hewer.sdk._controls import (
+    ConcurrencyExpression,
+    ConcurrencyLimitStrategy,
+    DesiredWorkerLabel,
+    RateLimit,
+    RateLimitDuration,
+    StickyStrategy,
+    WorkerLabelComparator,
+)
+from hewer.sdk._options import TaskOptions, WorkflowOptions
+from hewer.sdk._rate_limits import RateLimits
 from hewer.sdk._task import RunRef, StandaloneTask, Task, Workflow
 from hewer.sdk._time import Clock, SystemClock
 from hewer.sdk._worker import Worker
 
 __all__ = [
     "Clock",
+    "ConcurrencyExpression",
+    "ConcurrencyLimitStrategy",
     "Connection",
     "Context",
+    "DesiredWorkerLabel",
     "Hewer",
+    "RateLimit",
+    "RateLimitDuration",
+    "RateLimits",
     "RunFilter",
     "RunRef",
     "StandaloneTask",
+    "StickyStrategy",
     "SystemClock",
     "Task",
     "TaskOptions",
     "Worker",
     "WorkerInfo",
+    "WorkerLabelComparator",
     "WorkerState",
     "Workers",
     "Workflow",
+    "WorkflowOptions",
 ]

@@ -11,7 +11,9 @@ from pydantic import BaseModel
 from hewer.config import ClientSettings
 from hewer.sdk._admin import Workers
 from hewer.sdk._connection import ChannelPool, Connection, resolve_connection
-from hewer.sdk._options import DEFAULT_SLOTS, TaskKwargs, TaskOptions
+from hewer.sdk._controls import StickyStrategy
+from hewer.sdk._options import TaskKwargs, TaskOptions, WorkflowKwargs, WorkflowOptions
+from hewer.sdk._rate_limits import RateLimits
 from hewer.sdk._runs import RunClient
 from hewer.sdk._runs_api import Runs
 from hewer.sdk._task import StandaloneDecorator, StandaloneTask, Workflow
@@ -67,6 +69,8 @@ class Hewer:
         """Runs by workflow name and run id (``hw.runs.trigger("name", {...})``)."""
         self.workers = Workers(self)
         """The tenant's workers: ``list()``, ``get(id)``, ``pause(id)``, ``resume(id)``."""
+        self.rate_limits = RateLimits(self)
+        """Static rate-limit keys: ``put(key, limit, duration)``."""
 
     def _resolve(self) -> Connection:
         return resolve_connection(self.settings)
@@ -89,17 +93,23 @@ class Hewer:
         *,
         name: str | None = None,
         default_priority: int | None = None,
+        sticky: StickyStrategy | None = None,
         **options: Unpack[TaskKwargs],
     ) -> StandaloneDecorator:
         """Decorator making a function a standalone task (a one-task workflow).
 
-        ``name`` defaults to the function name; options are those of ``TaskOptions``.
+        ``name`` defaults to the function name; ``default_priority`` and ``sticky`` apply to
+        its workflow, the other options are those of ``TaskOptions`` (``concurrency`` limits
+        the task itself, as hatchet-sdk does).
         """
         opts = TaskOptions(**options)
+        # Checked now, so a bad value fails where the decorator is written.
+        WorkflowOptions(default_priority=default_priority, sticky=sticky)
+        workflow_options = WorkflowKwargs(default_priority=default_priority, sticky=sticky)
 
         def decorate(fn: Callable[..., Any]) -> StandaloneTask[Any, Any]:
             task_name = name or str(getattr(fn, "__name__", ""))
-            workflow: Workflow[Any] = Workflow(self, task_name, default_priority=default_priority)
+            workflow: Workflow[Any] = Workflow(self, task_name, **workflow_options)
             task = workflow.add_task(fn, name=task_name, options=opts)
             return StandaloneTask(workflow, task)
 
@@ -111,7 +121,7 @@ class Hewer:
         name: str,
         *,
         input_validator: type[ModelT],
-        default_priority: int | None = None,
+        **options: Unpack[WorkflowKwargs],
     ) -> Workflow[ModelT]: ...
 
     @overload
@@ -120,7 +130,7 @@ class Hewer:
         name: str,
         *,
         input_validator: None = None,
-        default_priority: int | None = None,
+        **options: Unpack[WorkflowKwargs],
     ) -> Workflow[dict[str, Any]]: ...
 
     def workflow(
@@ -128,25 +138,37 @@ class Hewer:
         name: str,
         *,
         input_validator: type[BaseModel] | None = None,
-        default_priority: int | None = None,
+        **options: Unpack[WorkflowKwargs],
     ) -> Workflow[Any]:
-        """A new, empty workflow; add tasks with ``@workflow.task(...)``."""
-        return Workflow(
-            self, name, input_validator=input_validator, default_priority=default_priority
-        )
+        """A new, empty workflow; add tasks with ``@workflow.task(...)``.
+
+        Options (``WorkflowOptions``): ``default_priority`` (1..3), ``sticky``
+        (``StickyStrategy.SOFT``/``HARD``), ``concurrency`` (limits over whole runs).
+        """
+        return Workflow(self, name, input_validator=input_validator, **options)
 
     def worker(
         self,
         name: str,
         *,
-        slots: int = DEFAULT_SLOTS,
+        slots: int | None = None,
         workflows: Sequence[Workflow[Any] | StandaloneTask[Any, Any]] = (),
         labels: Mapping[str, str | int] | None = None,
+        slot_config: Mapping[str, int] | None = None,
     ) -> Worker:
-        """A worker that serves ``workflows``, running at most ``slots`` tasks at once."""
+        """A worker that serves ``workflows``.
+
+        ``slots`` is the size of its "default" slot pool (100 if not given): how many
+        ordinary tasks it runs at once. ``slot_config`` adds pools of other slot types
+        (``{"gpu": 2}``) for tasks declaring ``slot_requests``; its "default" entry, if any,
+        sets the default pool. ``labels`` (``{key: str | int}``) are what tasks'
+        ``desired_worker_labels`` match; change them later with ``worker.upsert_labels``.
+        """
         from hewer.sdk._worker import Worker
 
-        return Worker(self, name, slots=slots, workflows=workflows, labels=labels)
+        return Worker(
+            self, name, slots=slots, workflows=workflows, labels=labels, slot_config=slot_config
+        )
 
     # --- lifecycle -----------------------------------------------------------------------
 

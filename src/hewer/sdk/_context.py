@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 from collections.abc import Mapping
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -22,6 +24,21 @@ OutT = TypeVar("OutT")
 
 # The engine stores log lines in bounded columns; longer lines are cut, not rejected.
 MAX_LOG_CHARS = 10_000
+
+# The task whose body is running, so runs triggered from it become its children (and may
+# be sticky). The runner sets it inside the task's own asyncio task, and sync bodies run in
+# a copy of that context, so it never leaks into other tasks.
+_current: ContextVar[Context | None] = ContextVar("hewer_current_task", default=None)
+
+
+def current_context() -> Context | None:
+    """The ``Context`` of the task running in this thread or asyncio task, if any."""
+    return _current.get()
+
+
+def enter_task(ctx: Context) -> None:
+    """Mark ``ctx`` as the running task for the rest of the current context."""
+    _current.set(ctx)
 
 
 class TaskServices(Protocol):
@@ -55,6 +72,14 @@ class TaskServices(Protocol):
         """Give this task's slot back to the worker before the task ends."""
         ...
 
+    def upsert_worker_labels(self, labels: Mapping[str, str | int]) -> None:
+        """Add or change labels of the worker (blocking; raises HewerError on failure)."""
+        ...
+
+    def worker_labels(self) -> dict[str, str | int]:
+        """The worker's labels as last set."""
+        ...
+
 
 def _json_object(text: str | None) -> dict[str, Any]:
     if not text:
@@ -83,6 +108,8 @@ class Context:
         self._parents: dict[str, Any] = dict(parents or {})
         self._stream_index = 0
         self._stream_lock = threading.Lock()
+        self._child_index = 0
+        self._child_lock = threading.Lock()
         self.cancelled = threading.Event()
         """Set when the engine cancels this task; long-running code should check it."""
 
@@ -203,6 +230,33 @@ class Context:
     async def aio_release_slot(self) -> None:
         """Free this task's worker slot now."""
         await self._services.aio_release_slot(self._action)
+
+    # --- worker labels -------------------------------------------------------------------
+
+    @property
+    def worker_labels(self) -> dict[str, str | int]:
+        """Labels of the worker running this task."""
+        return self._services.worker_labels()
+
+    def upsert_worker_labels(self, labels: Mapping[str, str | int]) -> None:
+        """Add or change labels of the worker running this task (e.g. which model it has
+        loaded), so later tasks with matching ``desired_worker_labels`` come here. They last
+        for the worker's lifetime, across re-registrations."""
+        self._services.upsert_worker_labels(labels)
+
+    async def aio_upsert_worker_labels(self, labels: Mapping[str, str | int]) -> None:
+        """Add or change labels of the worker running this task."""
+        await asyncio.to_thread(self._services.upsert_worker_labels, labels)
+
+    # --- children ------------------------------------------------------------------------
+
+    def _next_child_index(self) -> int:
+        """0, 1, 2, ... for the runs this attempt triggers: a retried attempt starts over,
+        so its children line up with the first attempt's ones."""
+        with self._child_lock:
+            index = self._child_index
+            self._child_index += 1
+            return index
 
     def __repr__(self) -> str:
         return f"<Context {self.action_id} run={self.task_run_external_id}>"

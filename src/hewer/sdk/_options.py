@@ -1,12 +1,28 @@
-"""Task options: one frozen dataclass, and the keyword set the decorators accept."""
+"""Task, workflow and trigger options: frozen dataclasses, and the keyword sets the
+decorators and run methods accept."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TypedDict
+from types import MappingProxyType
+from typing import Any, TypedDict
 
 from hewer.errors import ConfigurationError
+from hewer.sdk._controls import (
+    DEFAULT_SLOT_TYPE,
+    ConcurrencyArg,
+    ConcurrencyExpression,
+    DesiredWorkerLabel,
+    RateLimit,
+    StickyStrategy,
+    check_desired_labels,
+    check_rate_limits,
+    check_slot_counts,
+    coerce_enum,
+    concurrency_chain,
+)
 
 DEFAULT_EXECUTION_TIMEOUT = timedelta(seconds=60)
 DEFAULT_SCHEDULE_TIMEOUT = timedelta(minutes=5)
@@ -22,11 +38,23 @@ class TaskKwargs(TypedDict, total=False):
     schedule_timeout: timedelta
     backoff_factor: float | None
     backoff_max: timedelta | None
+    desired_worker_labels: Mapping[str, DesiredWorkerLabel] | None
+    slot_requests: Mapping[str, int]
+    concurrency: ConcurrencyArg
+    rate_limits: Sequence[RateLimit] | None
+
+
+def _default_slot_requests() -> Mapping[str, int]:
+    return MappingProxyType({DEFAULT_SLOT_TYPE: 1})
 
 
 @dataclass(frozen=True, kw_only=True)
 class TaskOptions:
-    """How the engine runs one task."""
+    """How the engine runs one task.
+
+    Collections given here are copied into read-only ones, so a declaration cannot change
+    after the fact; ``concurrency`` is always stored as the tuple of its limits.
+    """
 
     retries: int = 0
     """Extra attempts after a failure (0 = run once)."""
@@ -38,6 +66,15 @@ class TaskOptions:
     """Retry delay grows as ``backoff_factor ** attempt`` seconds (None: retry at once)."""
     backoff_max: timedelta | None = None
     """Upper bound on the retry delay (whole seconds on the wire)."""
+    desired_worker_labels: Mapping[str, DesiredWorkerLabel] | None = None
+    """Worker labels this task wants (``{key: DesiredWorkerLabel(...)}``)."""
+    slot_requests: Mapping[str, int] = field(default_factory=_default_slot_requests)
+    """Slot units the task takes on its worker, per slot type; all on one worker."""
+    concurrency: ConcurrencyArg = None
+    """Limits on runs of this task at once: one ``ConcurrencyExpression``, a list applied in
+    order, or an int (at most that many at once, keys taking turns)."""
+    rate_limits: Sequence[RateLimit] | None = None
+    """Rate-limited keys each run consumes units of."""
 
     def __post_init__(self) -> None:
         if self.retries < 0:
@@ -52,6 +89,23 @@ class TaskOptions:
             raise ConfigurationError(f"backoff_factor must be > 0, got {self.backoff_factor}")
         if self.backoff_max is not None and self.backoff_max < timedelta(seconds=1):
             raise ConfigurationError(f"backoff_max must be at least 1s, got {self.backoff_max}")
+        labels = check_desired_labels(self.desired_worker_labels)
+        object.__setattr__(self, "desired_worker_labels", labels)
+        slots = (
+            _default_slot_requests()
+            if self.slot_requests is None
+            else check_slot_counts(self.slot_requests, "slot_requests")
+        )
+        if not slots:
+            raise ConfigurationError("slot_requests must name at least one slot type")
+        object.__setattr__(self, "slot_requests", slots)
+        object.__setattr__(self, "concurrency", concurrency_chain(self.concurrency, "concurrency"))
+        object.__setattr__(self, "rate_limits", check_rate_limits(self.rate_limits))
+
+    @property
+    def concurrency_limits(self) -> tuple[ConcurrencyExpression, ...]:
+        """``concurrency`` as the ordered tuple of its limits."""
+        return concurrency_chain(self.concurrency, "concurrency")
 
     @property
     def backoff_max_seconds(self) -> int | None:
@@ -60,6 +114,56 @@ class TaskOptions:
             return None
         seconds = self.backoff_max.total_seconds()
         return int(seconds) + (0 if seconds == int(seconds) else 1)
+
+
+class WorkflowKwargs(TypedDict, total=False):
+    """Keyword options of ``hw.workflow(...)``; see ``WorkflowOptions``."""
+
+    default_priority: int | None
+    sticky: StickyStrategy | None
+    concurrency: ConcurrencyArg
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkflowOptions:
+    """How the engine treats every run of one workflow."""
+
+    default_priority: int | None = None
+    """Priority of runs triggered without one (1 = lowest .. 3 = highest; None: 1)."""
+    sticky: StickyStrategy | None = None
+    """Keep a run's tasks on one worker (SOFT: preferably, HARD: only)."""
+    concurrency: ConcurrencyArg = None
+    """Limits on runs of this workflow at once (as ``TaskOptions.concurrency``)."""
+
+    def __post_init__(self) -> None:
+        check_priority(self.default_priority)
+        if self.sticky is not None:
+            object.__setattr__(self, "sticky", coerce_enum(StickyStrategy, self.sticky, "sticky"))
+        object.__setattr__(self, "concurrency", concurrency_chain(self.concurrency, "concurrency"))
+
+    @property
+    def concurrency_limits(self) -> tuple[ConcurrencyExpression, ...]:
+        """``concurrency`` as the ordered tuple of its limits."""
+        return concurrency_chain(self.concurrency, "concurrency")
+
+
+class TriggerKwargs(TypedDict, total=False):
+    """Keyword options of every run method (``run``, ``aio_run``, ``run_no_wait``,
+    ``run_many``, ..., ``hw.runs.trigger``).
+
+    - ``additional_metadata``: JSON-able metadata stored with the run (concurrency and rate
+      limit expressions see it).
+    - ``priority``: 1 (lowest) .. 3 (highest); None: the workflow's default.
+    - ``desired_worker_labels``: worker affinity for this run, as a task's
+      ``desired_worker_labels``.
+    - ``sticky``: only from inside a task: run the child on this task's worker (the child
+      workflow should declare a sticky strategy).
+    """
+
+    additional_metadata: Mapping[str, Any] | None
+    priority: int | None
+    desired_worker_labels: Mapping[str, DesiredWorkerLabel] | None
+    sticky: bool
 
 
 def check_priority(priority: int | None) -> int | None:

@@ -1,7 +1,8 @@
 """Runs assigned tasks and reports their outcome to the engine.
 
 Async task functions run as named tasks on the worker's loop; sync ones run in a pool of
-``slots`` daemon threads (so a stuck function cannot keep the process from exiting).
+daemon threads, one per slot unit of the worker (so a stuck function cannot keep the
+process from exiting).
 Reports go out under ``asyncio.shield`` and are retried through engine restarts for up to
 ``REPORT_GIVE_UP_SECONDS``: a finished task's result is the one thing not to lose.
 """
@@ -27,7 +28,7 @@ import pydantic
 from hewer.errors import NonRetryableError, RetryAfter
 from hewer.sdk import _serde, _wire
 from hewer.sdk._connection import TRANSIENT_CODES, status_code, status_details
-from hewer.sdk._context import Context
+from hewer.sdk._context import Context, enter_task
 from hewer.sdk._retry import aio_call_with_retry
 from hewer.sdk._services import WorkerServices
 from hewer.sdk._task import Task
@@ -235,6 +236,9 @@ class Runner:
                     f"(it serves {sorted(self._registry)})"
                 )
             fn_input = task.validate_input(raw_input)
+            # This asyncio task has its own copy of the context, so the mark stays with this
+            # run; a sync body gets a copy of it below.
+            enter_task(run.ctx)
             if task.is_async:
                 # An async body that blocks the loop would also hold back STARTED, and the
                 # engine re-queues starts it never hears about; so let STARTED go out first.

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
-from hewer.sdk import _admin, _serde, _wire
-from hewer.sdk._options import check_priority
+from hewer.sdk import _admin, _serde, _trigger
+from hewer.sdk._options import TriggerKwargs
 from hewer.sdk._runs import run_outputs
 from hewer.sdk._task import RunRef
 
@@ -21,43 +21,34 @@ class Runs:
         self._client = client
 
     def _request(
-        self,
-        workflow: str,
-        input: Mapping[str, Any] | None,
-        additional_metadata: Mapping[str, Any] | None,
-        priority: int | None,
+        self, workflow: str, input: Mapping[str, Any] | None, options: TriggerKwargs
     ) -> Any:
-        return _wire.trigger_request(
-            self._client.namespaced(workflow),
-            _serde.dumps(dict(input or {})),
-            additional_metadata_json=(
-                _serde.dumps(dict(additional_metadata)) if additional_metadata else None
-            ),
-            priority=check_priority(priority),
+        return _trigger.trigger_request(
+            self._client.namespaced(workflow), _serde.dumps(dict(input or {})), options
         )
 
     def trigger(
         self,
         workflow: str,
         input: Mapping[str, Any] | None = None,
-        *,
-        additional_metadata: Mapping[str, Any] | None = None,
-        priority: int | None = None,
+        **options: Unpack[TriggerKwargs],
     ) -> RunRef[dict[str, Any]]:
-        """Start a run of ``workflow``; its result is ``{task name: output}``."""
-        request = self._request(workflow, input, additional_metadata, priority)
+        """Start a run of ``workflow``; its result is ``{task name: output}``.
+
+        Options as the run methods of a task: ``additional_metadata``, ``priority``,
+        ``desired_worker_labels``, ``sticky`` (from inside a task only).
+        """
+        request = self._request(workflow, input, options)
         return RunRef(self._client._runs.trigger(request), self._client, run_outputs)
 
     async def aio_trigger(
         self,
         workflow: str,
         input: Mapping[str, Any] | None = None,
-        *,
-        additional_metadata: Mapping[str, Any] | None = None,
-        priority: int | None = None,
+        **options: Unpack[TriggerKwargs],
     ) -> RunRef[dict[str, Any]]:
         """Start a run of ``workflow``; its result is ``{task name: output}``."""
-        request = self._request(workflow, input, additional_metadata, priority)
+        request = self._request(workflow, input, options)
         return RunRef(await self._client._runs.aio_trigger(request), self._client, run_outputs)
 
     def ref(self, run_id: str) -> RunRef[dict[str, Any]]:

@@ -10,28 +10,36 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
 import grpc.aio
 
 from hewer.sdk import _wire
-from hewer.sdk._connection import Connection, status_code
+from hewer.sdk._connection import TRANSIENT_CODES, Connection, status_code
+from hewer.sdk._controls import LabelValue
+from hewer.sdk._labels import WorkerLabelSet
+from hewer.sdk._retry import call_with_retry, translate
 from hewer.sdk._time import Clock
 
 logger = logging.getLogger(__name__)
 
 LOG_QUEUE_SIZE = 1000
 SIDE_CALL_TIMEOUT_SECONDS = 10.0
+LABEL_CALL_ATTEMPTS = 3
 _STOP = object()
 
 
 class WorkerServices:
     """Channels and stubs of one running worker; implements ``TaskServices``."""
 
-    def __init__(self, connection: Connection, clock: Clock) -> None:
+    def __init__(
+        self, connection: Connection, clock: Clock, labels: WorkerLabelSet | None = None
+    ) -> None:
         self.connection = connection
         self.clock = clock
+        self.labels = labels if labels is not None else WorkerLabelSet()
         self.metadata = connection.metadata
         self._sync_channel: grpc.Channel | None = None
         self._aio_channel: grpc.aio.Channel | None = None
@@ -170,3 +178,30 @@ class WorkerServices:
             )
         except grpc.RpcError as exc:
             logger.warning("release_slot failed for %s: %s", action.task_run_external_id, exc)
+
+    def upsert_worker_labels(self, labels: Mapping[str, str | int]) -> None:
+        self.labels.upsert(labels)
+
+    def worker_labels(self) -> dict[str, str | int]:
+        return self.labels.labels
+
+    # --- worker calls --------------------------------------------------------------------
+
+    def send_worker_labels(self, worker_id: str, labels: Mapping[str, LabelValue]) -> None:
+        """``Dispatcher/UpsertWorkerLabels`` (blocking); raises HewerError on failure."""
+        request = _wire.upsert_labels_request(worker_id, labels)
+        stub = _wire.dispatcher_stub(self._sync)
+        what = f"upsert labels of worker {worker_id}"
+        try:
+            # Setting labels is idempotent, so a transient failure may be repeated.
+            call_with_retry(
+                lambda: stub.UpsertWorkerLabels(
+                    request, metadata=self.metadata, timeout=SIDE_CALL_TIMEOUT_SECONDS
+                ),
+                what=what,
+                retry_codes=TRANSIENT_CODES,
+                attempts=LABEL_CALL_ATTEMPTS,
+                clock=self.clock,
+            )
+        except grpc.RpcError as exc:
+            raise translate(exc, what) from exc

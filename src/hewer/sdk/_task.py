@@ -7,6 +7,7 @@ return the task's own output instead of the ``{task: output}`` map.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar, Unpack, overload
@@ -14,8 +15,14 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar, Un
 from pydantic import BaseModel
 
 from hewer.errors import ConfigurationError
-from hewer.sdk import _serde, _wire
-from hewer.sdk._options import TaskKwargs, TaskOptions, check_priority
+from hewer.sdk import _serde, _trigger, _wire
+from hewer.sdk._options import (
+    TaskKwargs,
+    TaskOptions,
+    TriggerKwargs,
+    WorkflowKwargs,
+    WorkflowOptions,
+)
 from hewer.sdk._runs import run_outputs
 
 if TYPE_CHECKING:
@@ -129,120 +136,75 @@ class _Runnable(Generic[InT, ResultT]):
     def _convert(self, event: _wire.RunEvent) -> ResultT:
         raise NotImplementedError
 
-    def _request(
-        self,
-        input: TaskInput[InT],
-        additional_metadata: Mapping[str, Any] | None,
-        priority: int | None,
-    ) -> Any:
-        return _wire.trigger_request(
-            self._workflow.namespaced_name,
-            _serde.input_json(input, self._input_model),
-            additional_metadata_json=(
-                _serde.dumps(dict(additional_metadata)) if additional_metadata else None
-            ),
-            priority=check_priority(priority),
+    def _request(self, input: TaskInput[InT], options: TriggerKwargs) -> Any:
+        return _trigger.trigger_request(
+            self._workflow.namespaced_name, _serde.input_json(input, self._input_model), options
         )
 
     def _ref(self, run_id: str) -> RunRef[ResultT]:
         return RunRef(run_id, self._client, self._convert)
 
     def run_no_wait(
-        self,
-        input: TaskInput[InT] = None,
-        *,
-        additional_metadata: Mapping[str, Any] | None = None,
-        priority: int | None = None,
+        self, input: TaskInput[InT] = None, **options: Unpack[TriggerKwargs]
     ) -> RunRef[ResultT]:
-        """Trigger a run and return at once."""
-        request = self._request(input, additional_metadata, priority)
+        """Trigger a run and return at once.
+
+        Options: ``additional_metadata``, ``priority``, ``desired_worker_labels``, and
+        ``sticky`` (from inside a task only).
+        """
+        request = self._request(input, options)
         return self._ref(self._client._runs.trigger(request))
 
     async def aio_run_no_wait(
-        self,
-        input: TaskInput[InT] = None,
-        *,
-        additional_metadata: Mapping[str, Any] | None = None,
-        priority: int | None = None,
+        self, input: TaskInput[InT] = None, **options: Unpack[TriggerKwargs]
     ) -> RunRef[ResultT]:
-        """Trigger a run and return at once."""
-        request = self._request(input, additional_metadata, priority)
+        """Trigger a run and return at once (options as ``run_no_wait``)."""
+        request = self._request(input, options)
         return self._ref(await self._client._runs.aio_trigger(request))
 
-    def run(
-        self,
-        input: TaskInput[InT] = None,
-        *,
-        additional_metadata: Mapping[str, Any] | None = None,
-        priority: int | None = None,
-    ) -> ResultT:
-        """Trigger a run and block until its result; raises TaskRunError if it failed."""
-        ref = self.run_no_wait(input, additional_metadata=additional_metadata, priority=priority)
-        return ref.result()
+    def run(self, input: TaskInput[InT] = None, **options: Unpack[TriggerKwargs]) -> ResultT:
+        """Trigger a run and block until its result; raises TaskRunError if it failed
+        (options as ``run_no_wait``)."""
+        return self.run_no_wait(input, **options).result()
 
     async def aio_run(
-        self,
-        input: TaskInput[InT] = None,
-        *,
-        additional_metadata: Mapping[str, Any] | None = None,
-        priority: int | None = None,
+        self, input: TaskInput[InT] = None, **options: Unpack[TriggerKwargs]
     ) -> ResultT:
-        """Trigger a run and wait for its result; raises TaskRunError if it failed."""
-        ref = await self.aio_run_no_wait(
-            input, additional_metadata=additional_metadata, priority=priority
-        )
+        """Trigger a run and wait for its result; raises TaskRunError if it failed
+        (options as ``run_no_wait``)."""
+        ref = await self.aio_run_no_wait(input, **options)
         return await ref.aio_result()
 
     def run_many_no_wait(
-        self,
-        inputs: Sequence[TaskInput[InT]],
-        *,
-        additional_metadata: Mapping[str, Any] | None = None,
-        priority: int | None = None,
+        self, inputs: Sequence[TaskInput[InT]], **options: Unpack[TriggerKwargs]
     ) -> list[RunRef[ResultT]]:
-        """Trigger one run per input in bulk; returns their refs in order."""
-        requests = [self._request(i, additional_metadata, priority) for i in inputs]
+        """Trigger one run per input in bulk, each with ``options``; returns their refs in
+        order."""
+        requests = [self._request(i, options) for i in inputs]
         return [self._ref(run_id) for run_id in self._client._runs.bulk_trigger(requests)]
 
     async def aio_run_many_no_wait(
-        self,
-        inputs: Sequence[TaskInput[InT]],
-        *,
-        additional_metadata: Mapping[str, Any] | None = None,
-        priority: int | None = None,
+        self, inputs: Sequence[TaskInput[InT]], **options: Unpack[TriggerKwargs]
     ) -> list[RunRef[ResultT]]:
-        """Trigger one run per input in bulk; returns their refs in order."""
-        requests = [self._request(i, additional_metadata, priority) for i in inputs]
+        """Trigger one run per input in bulk, each with ``options``; returns their refs in
+        order."""
+        requests = [self._request(i, options) for i in inputs]
         run_ids = await self._client._runs.aio_bulk_trigger(requests)
         return [self._ref(run_id) for run_id in run_ids]
 
     def run_many(
-        self,
-        inputs: Sequence[TaskInput[InT]],
-        *,
-        additional_metadata: Mapping[str, Any] | None = None,
-        priority: int | None = None,
+        self, inputs: Sequence[TaskInput[InT]], **options: Unpack[TriggerKwargs]
     ) -> list[ResultT]:
         """Trigger one run per input and block until all finish; results in input order."""
-        refs = self.run_many_no_wait(
-            inputs, additional_metadata=additional_metadata, priority=priority
-        )
+        refs = self.run_many_no_wait(inputs, **options)
         events = self._client._runs.wait_many([ref.run_id for ref in refs])
         return [self._convert(event) for event in events]
 
     async def aio_run_many(
-        self,
-        inputs: Sequence[TaskInput[InT]],
-        *,
-        additional_metadata: Mapping[str, Any] | None = None,
-        priority: int | None = None,
+        self, inputs: Sequence[TaskInput[InT]], **options: Unpack[TriggerKwargs]
     ) -> list[ResultT]:
         """Trigger one run per input and wait until all finish; results in input order."""
-        import asyncio
-
-        refs = await self.aio_run_many_no_wait(
-            inputs, additional_metadata=additional_metadata, priority=priority
-        )
+        refs = await self.aio_run_many_no_wait(inputs, **options)
         return list(await asyncio.gather(*(ref.aio_result() for ref in refs)))
 
 
@@ -267,15 +229,20 @@ class Workflow(_Runnable[InT, dict[str, Any]]):
         name: str,
         *,
         input_validator: type[BaseModel] | None = None,
-        default_priority: int | None = None,
+        **options: Unpack[WorkflowKwargs],
     ) -> None:
         if not name:
             raise ConfigurationError("a workflow needs a name")
         self._client = client
         self.name = name
         self.input_validator = input_validator
-        self.default_priority = check_priority(default_priority)
+        self.options = WorkflowOptions(**options)
         self.tasks: list[Task[Any, Any]] = []
+
+    @property
+    def default_priority(self) -> int | None:
+        """Priority of runs triggered without one."""
+        return self.options.default_priority
 
     @property
     def namespaced_name(self) -> str:
@@ -343,7 +310,7 @@ class Workflow(_Runnable[InT, dict[str, Any]]):
         """The PutWorkflow request registering this workflow."""
         if not self.tasks:
             raise ConfigurationError(f"workflow {self.name!r} has no tasks")
-        return _wire.put_workflow_request(self.namespaced_name, self.specs(), self.default_priority)
+        return _wire.put_workflow_request(self.namespaced_name, self.specs(), self.options)
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name} tasks={[t.name for t in self.tasks]}>"

@@ -29,9 +29,17 @@ from hewer._proto.v1 import workflows_pb2 as v1_workflows_pb2
 from hewer._proto.v1 import workflows_pb2_grpc as v1_workflows_pb2_grpc
 from hewer._proto.v1.shared import trigger_pb2
 from hewer.durations import format_duration
-from hewer.sdk._options import TaskOptions
-
-DEFAULT_SLOT_POOL = "default"
+from hewer.sdk._controls import (
+    ConcurrencyExpression,
+    ConcurrencyLimitStrategy,
+    DesiredWorkerLabel,
+    LabelValue,
+    RateLimit,
+    RateLimitDuration,
+    StickyStrategy,
+    WorkerLabelComparator,
+)
+from hewer.sdk._options import TaskOptions, WorkflowOptions
 
 
 def sdk_version() -> str:
@@ -72,6 +80,114 @@ def admin_stub(channel: Any) -> Any:
     return v1_workflows_pb2_grpc.AdminServiceStub(channel)
 
 
+# --- enums ---------------------------------------------------------------------------------
+# Spelled out rather than looked up by name: the numbers are the contract with the engine,
+# and v1's ConcurrencyLimitStrategy has legacy values (DROP_NEWEST=1, QUEUE_NEWEST=2) the
+# SDK never sends.
+
+STICKY_STRATEGIES = {
+    StickyStrategy.SOFT: v1_workflows_pb2.StickyStrategy.SOFT,
+    StickyStrategy.HARD: v1_workflows_pb2.StickyStrategy.HARD,
+}
+
+CONCURRENCY_STRATEGIES = {
+    ConcurrencyLimitStrategy.CANCEL_IN_PROGRESS: v1_workflows_pb2.CANCEL_IN_PROGRESS,
+    ConcurrencyLimitStrategy.GROUP_ROUND_ROBIN: v1_workflows_pb2.GROUP_ROUND_ROBIN,
+    ConcurrencyLimitStrategy.CANCEL_NEWEST: v1_workflows_pb2.CANCEL_NEWEST,
+    ConcurrencyLimitStrategy.CANCEL_QUEUED_EXCEPT_NEWEST: (
+        v1_workflows_pb2.CANCEL_QUEUED_EXCEPT_NEWEST
+    ),
+    ConcurrencyLimitStrategy.CANCEL_QUEUED_EXCEPT_OLDEST: (
+        v1_workflows_pb2.CANCEL_QUEUED_EXCEPT_OLDEST
+    ),
+}
+
+# Task rate limits use v1's RateLimitDuration, PutRateLimit the v0 one (numbered alike).
+RATE_LIMIT_DURATIONS = {
+    RateLimitDuration.SECOND: v1_workflows_pb2.SECOND,
+    RateLimitDuration.MINUTE: v1_workflows_pb2.MINUTE,
+    RateLimitDuration.HOUR: v1_workflows_pb2.HOUR,
+    RateLimitDuration.DAY: v1_workflows_pb2.DAY,
+    RateLimitDuration.WEEK: v1_workflows_pb2.WEEK,
+    RateLimitDuration.MONTH: v1_workflows_pb2.MONTH,
+    RateLimitDuration.YEAR: v1_workflows_pb2.YEAR,
+}
+
+V0_RATE_LIMIT_DURATIONS = {
+    RateLimitDuration.SECOND: workflows_pb2.SECOND,
+    RateLimitDuration.MINUTE: workflows_pb2.MINUTE,
+    RateLimitDuration.HOUR: workflows_pb2.HOUR,
+    RateLimitDuration.DAY: workflows_pb2.DAY,
+    RateLimitDuration.WEEK: workflows_pb2.WEEK,
+    RateLimitDuration.MONTH: workflows_pb2.MONTH,
+    RateLimitDuration.YEAR: workflows_pb2.YEAR,
+}
+
+LABEL_COMPARATORS = {
+    WorkerLabelComparator.EQUAL: trigger_pb2.EQUAL,
+    WorkerLabelComparator.NOT_EQUAL: trigger_pb2.NOT_EQUAL,
+    WorkerLabelComparator.GREATER_THAN: trigger_pb2.GREATER_THAN,
+    WorkerLabelComparator.GREATER_THAN_OR_EQUAL: trigger_pb2.GREATER_THAN_OR_EQUAL,
+    WorkerLabelComparator.LESS_THAN: trigger_pb2.LESS_THAN,
+    WorkerLabelComparator.LESS_THAN_OR_EQUAL: trigger_pb2.LESS_THAN_OR_EQUAL,
+}
+
+
+# --- labels, limits ----------------------------------------------------------------------
+
+
+def set_desired_label(target: Any, label: DesiredWorkerLabel) -> None:
+    """Fill a ``DesiredWorkerLabels`` message: the value in its typed field, ``required`` and
+    ``comparator`` always (the engine's defaults differ between versions), ``weight`` only
+    when given (unset means the engine's default, 100)."""
+    if isinstance(label.value, int):
+        target.int_value = label.value
+    else:
+        target.str_value = label.value
+    target.required = label.required
+    target.comparator = LABEL_COMPARATORS[label.comparator]
+    if label.weight is not None:
+        target.weight = label.weight
+
+
+def set_worker_label(target: Any, value: LabelValue) -> None:
+    """Fill a ``WorkerLabels`` message (values were normalized by ``check_worker_labels``)."""
+    if isinstance(value, int):
+        target.int_value = value
+    else:
+        target.str_value = value
+
+
+def set_concurrency(target: Any, limit: ConcurrencyExpression) -> None:
+    """Fill a ``v1.Concurrency`` message."""
+    target.expression = limit.expression
+    target.limit_strategy = CONCURRENCY_STRATEGIES[limit.limit_strategy]
+    if limit.max_runs_expression is not None:
+        target.max_runs_expression = limit.max_runs_expression
+        # The static fallback the engine keeps for keys it has not evaluated yet.
+        target.max_runs = 1
+    else:
+        target.max_runs = limit.max_runs
+    if limit.name is not None:
+        target.name = limit.name
+
+
+def set_rate_limit(target: Any, limit: RateLimit) -> None:
+    """Fill a ``CreateTaskRateLimit`` the way hatchet-sdk does: ``key`` is the static key or
+    the dynamic key's expression (then also in ``key_expr``); int units in ``units``, CEL in
+    ``units_expr``; ``limit_values_expr`` is the limit as text, ``"-1"`` when absent (a static
+    key's limit comes from PutRateLimit); ``duration`` always."""
+    target.key = limit.key
+    if limit.dynamic_key is not None:
+        target.key_expr = limit.dynamic_key
+    if isinstance(limit.units, int):
+        target.units = limit.units
+    else:
+        target.units_expr = limit.units
+    target.limit_values_expr = "-1" if limit.limit is None else str(limit.limit)
+    target.duration = RATE_LIMIT_DURATIONS[limit.duration]
+
+
 # --- registration ------------------------------------------------------------------------
 
 
@@ -86,9 +202,10 @@ class TaskSpec:
 
 
 def put_workflow_request(
-    name: str, tasks: Sequence[TaskSpec], default_priority: int | None = None
+    name: str, tasks: Sequence[TaskSpec], options: WorkflowOptions | None = None
 ) -> Any:
     """``CreateWorkflowVersionRequest`` for ``v1.AdminService/PutWorkflow``."""
+    options = options or WorkflowOptions()
     request = v1_workflows_pb2.CreateWorkflowVersionRequest(name=name)
     for spec in tasks:
         opts = spec.options
@@ -101,21 +218,33 @@ def put_workflow_request(
             retries=opts.retries,
             schedule_timeout=format_duration(opts.schedule_timeout),
         )
-        task.slot_requests[DEFAULT_SLOT_POOL] = 1
+        task.slot_requests.update(opts.slot_requests)
         if opts.backoff_factor is not None:
             task.backoff_factor = opts.backoff_factor
         if opts.backoff_max_seconds is not None:
             task.backoff_max_seconds = opts.backoff_max_seconds
-    if default_priority is not None:
-        request.default_priority = default_priority
+        for key, label in (opts.desired_worker_labels or {}).items():
+            set_desired_label(task.worker_labels[key], label)
+        for limit in opts.concurrency_limits:
+            set_concurrency(task.concurrency.add(), limit)
+        for rate_limit in opts.rate_limits or ():
+            set_rate_limit(task.rate_limits.add(), rate_limit)
+    if options.default_priority is not None:
+        request.default_priority = options.default_priority
+    if options.sticky is not None:
+        request.sticky = STICKY_STRATEGIES[options.sticky]
+    # Always the repeated field, even for one limit: the scalar ``concurrency`` (field 7) is
+    # the legacy single-limit form hatchet-sdk still fills for a lone expression.
+    for limit in options.concurrency_limits:
+        set_concurrency(request.concurrency_arr.add(), limit)
     return request
 
 
 def register_request(
     worker_name: str,
     actions: Sequence[str],
-    slots: int,
-    labels: Mapping[str, str | int],
+    slot_config: Mapping[str, int],
+    labels: Mapping[str, LabelValue],
 ) -> Any:
     """``WorkerRegisterRequest`` for ``Dispatcher/Register``."""
     request = dispatcher_pb2.WorkerRegisterRequest(
@@ -131,14 +260,25 @@ def register_request(
             extra=json.dumps({"sdk": "hewer", "reports_cancellation": True}),
         ),
     )
-    request.slot_config[DEFAULT_SLOT_POOL] = slots
+    request.slot_config.update(slot_config)
     for key, value in labels.items():
-        # bool is an int to Python but a label value to the user: keep it a string.
-        if isinstance(value, int) and not isinstance(value, bool):
-            request.labels[key].int_value = value
-        else:
-            request.labels[key].str_value = str(value)
+        set_worker_label(request.labels[key], value)
     return request
+
+
+def upsert_labels_request(worker_id: str, labels: Mapping[str, LabelValue]) -> Any:
+    """``UpsertWorkerLabelsRequest`` for ``Dispatcher/UpsertWorkerLabels``."""
+    request = dispatcher_pb2.UpsertWorkerLabelsRequest(worker_id=worker_id)
+    for key, value in labels.items():
+        set_worker_label(request.labels[key], value)
+    return request
+
+
+def put_rate_limit_request(key: str, limit: int, duration: RateLimitDuration) -> Any:
+    """``PutRateLimitRequest`` for ``WorkflowService/PutRateLimit``."""
+    return workflows_pb2.PutRateLimitRequest(
+        key=key, limit=limit, duration=V0_RATE_LIMIT_DURATIONS[duration]
+    )
 
 
 def get_version_request() -> Any:
@@ -308,19 +448,40 @@ def release_slot_request(task_run_external_id: str) -> Any:
 # --- triggering and results --------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Parent:
+    """The task a run is triggered from: the run becomes its child."""
+
+    workflow_run_id: str
+    task_run_external_id: str
+    child_index: int
+
+
 def trigger_request(
     name: str,
     input_json: str,
     *,
     additional_metadata_json: str | None = None,
     priority: int | None = None,
+    desired_worker_labels: Mapping[str, DesiredWorkerLabel] | None = None,
+    parent: Parent | None = None,
+    desired_worker_id: str | None = None,
 ) -> Any:
-    """``v1.TriggerWorkflowRequest`` for a top-level run."""
-    request = trigger_pb2.TriggerWorkflowRequest(name=name, input=input_json, child_index=0)
+    """``v1.TriggerWorkflowRequest``; ``child_index`` is 0 for a top-level run."""
+    request = trigger_pb2.TriggerWorkflowRequest(
+        name=name, input=input_json, child_index=parent.child_index if parent else 0
+    )
+    if parent is not None:
+        request.parent_id = parent.workflow_run_id
+        request.parent_task_run_external_id = parent.task_run_external_id
     if additional_metadata_json is not None:
         request.additional_metadata = additional_metadata_json
     if priority is not None:
         request.priority = priority
+    if desired_worker_id is not None:
+        request.desired_worker_id = desired_worker_id
+    for key, label in (desired_worker_labels or {}).items():
+        set_desired_label(request.desired_worker_labels[key], label)
     return request
 
 

@@ -22,8 +22,11 @@ import grpc
 from hewer.errors import ConfigurationError, HewerError
 from hewer.sdk import _wire
 from hewer.sdk._connection import TRANSIENT_CODES, status_code, status_details
+from hewer.sdk._controls import DEFAULT_SLOT_TYPE, check_int32, check_slot_counts
 from hewer.sdk._heartbeat import Heartbeater
+from hewer.sdk._labels import WorkerLabelSet
 from hewer.sdk._listener import ActionListener
+from hewer.sdk._options import DEFAULT_SLOTS
 from hewer.sdk._retry import aio_call_with_retry, translate
 from hewer.sdk._runner import Runner
 from hewer.sdk._services import WorkerServices
@@ -60,30 +63,74 @@ def build_registry(workflows: Sequence[Workflow[Any]]) -> dict[str, Task[Any, An
     return registry
 
 
+def resolve_slot_config(slots: int | None, slot_config: Mapping[str, int] | None) -> dict[str, int]:
+    """The worker's slot pools: ``slots`` as the "default" pool (100 if neither it nor
+    ``slot_config`` sizes it), plus ``slot_config``'s pools."""
+    pools = dict(check_slot_counts(slot_config, "slot_config"))
+    if slots is not None:
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ConfigurationError(f"a worker needs at least one slot, got {slots!r}")
+        check_int32(slots, "slots")
+        configured = pools.get(DEFAULT_SLOT_TYPE)
+        if configured is not None and configured != slots:
+            raise ConfigurationError(
+                f"slots={slots} and slot_config['default']={configured} disagree; give one"
+            )
+    default = slots if slots is not None else pools.get(DEFAULT_SLOT_TYPE, DEFAULT_SLOTS)
+    return {DEFAULT_SLOT_TYPE: default, **{k: v for k, v in pools.items() if k != "default"}}
+
+
+def check_slot_requests(registry: Mapping[str, Task[Any, Any]], pools: Mapping[str, int]) -> None:
+    """Refuse tasks needing a slot type the worker has no pool of; warn about tasks needing
+    more units than a pool holds (the engine never places them here, only on bigger
+    workers)."""
+    for task in registry.values():
+        for slot_type, units in task.options.slot_requests.items():
+            size = pools.get(slot_type)
+            if size is None:
+                raise ConfigurationError(
+                    f"{task!r} needs {units} {slot_type!r} slot(s), but the worker has no "
+                    f"{slot_type!r} pool; add it to slot_config (pools: {dict(pools)})"
+                )
+            if units > size:
+                logger.warning(
+                    "%r needs %d %r slots but this worker's pool holds %d; it will only run "
+                    "on workers with a bigger pool",
+                    task,
+                    units,
+                    slot_type,
+                    size,
+                )
+
+
 class Worker:
-    """Runs the tasks of ``workflows`` as the engine assigns them, ``slots`` at a time."""
+    """Runs the tasks of ``workflows`` as the engine assigns them, as many at once as its
+    slot pools allow."""
 
     def __init__(
         self,
         client: Hewer,
         name: str,
         *,
-        slots: int,
+        slots: int | None = None,
         workflows: Sequence[Workflow[Any] | StandaloneTask[Any, Any]],
         labels: Mapping[str, str | int] | None = None,
+        slot_config: Mapping[str, int] | None = None,
     ) -> None:
-        if slots < 1:
-            raise ConfigurationError(f"a worker needs at least one slot, got {slots}")
         if not name:
             raise ConfigurationError("a worker needs a name")
         self._client = client
         self.name = name
-        self.slots = slots
-        self.labels: dict[str, str | int] = dict(labels or {})
+        self.slot_config = resolve_slot_config(slots, slot_config)
+        """Size of each slot pool by slot type, as registered."""
+        self.slots = self.slot_config[DEFAULT_SLOT_TYPE]
+        """Size of the "default" slot pool."""
+        self._labels = WorkerLabelSet(labels)
         self.workflows: list[Workflow[Any]] = [
             w.workflow if isinstance(w, StandaloneTask) else w for w in workflows
         ]
         self._registry = build_registry(self.workflows)
+        check_slot_requests(self._registry, self.slot_config)
         self.id: str | None = None
         """Engine id of this worker once registered (changes if it has to register again)."""
         self.ready = threading.Event()
@@ -99,6 +146,24 @@ class Worker:
     def actions(self) -> list[str]:
         """Action ids this worker registers."""
         return list(self._registry)
+
+    @property
+    def labels(self) -> dict[str, str | int]:
+        """A copy of the worker's labels (as registered and upserted since)."""
+        return self._labels.labels
+
+    # --- labels --------------------------------------------------------------------------
+
+    def upsert_labels(self, labels: Mapping[str, str | int]) -> None:
+        """Add or change labels of this worker, from any thread (blocking while the engine is
+        told). Before the worker registers they are simply kept and sent at registration;
+        they survive re-registrations. Raises HewerError if the running worker cannot tell
+        the engine (the labels are kept and go out with the next registration)."""
+        self._labels.upsert(labels)
+
+    async def aio_upsert_labels(self, labels: Mapping[str, str | int]) -> None:
+        """``upsert_labels`` without blocking the event loop."""
+        await asyncio.to_thread(self._labels.upsert, labels)
 
     # --- public lifecycle ----------------------------------------------------------------
 
@@ -167,12 +232,13 @@ class Worker:
         assert self._stop_event is not None
         settings = self._client.settings
         connection = self._client.connection
-        services = WorkerServices(connection, self._client.clock)
+        services = WorkerServices(connection, self._client.clock, self._labels)
         services.open()
         runner = Runner(
             registry=self._registry,
             services=services,
-            slots=self.slots,
+            # One thread per slot unit of every pool: a task never waits for a thread.
+            slots=sum(self.slot_config.values()),
             max_message_bytes=settings.max_message_bytes,
         )
         loop = asyncio.get_running_loop()
@@ -219,6 +285,8 @@ class Worker:
             if listen_task is not None and not listen_task.done():
                 listen_task.cancel()
                 await asyncio.gather(listen_task, return_exceptions=True)
+            # May wait for an upsert in flight; the channel it uses closes below.
+            await asyncio.to_thread(self._labels.disconnect)
             await asyncio.to_thread(beats.stop)
             if self.id is not None:
                 await self._unsubscribe(services)
@@ -280,7 +348,8 @@ class Worker:
         await asyncio.gather(*(put(w) for w in self.workflows))
         await self._engine_version(services)
         worker_name = self._client.namespaced(self.name)
-        request = _wire.register_request(worker_name, self.actions, self.slots, self.labels)
+        labels, version = self._labels.snapshot()
+        request = _wire.register_request(worker_name, self.actions, self.slot_config, labels)
         response = await self._call(
             services,
             lambda: services.aio_dispatcher.Register(
@@ -288,7 +357,14 @@ class Worker:
             ),
             f"register worker {worker_name!r}",
         )
-        self.id = str(response.worker_id)
+        worker_id = self.id = str(response.worker_id)
+        # Upserts from now on go to the engine under this id; any that landed while Register
+        # was in flight are sent now.
+        await asyncio.to_thread(
+            self._labels.connect,
+            lambda changed: services.send_worker_labels(worker_id, changed),
+            version,
+        )
         logger.info("'%s' waiting for %s", worker_name, self.actions)
 
     async def _call(self, services: WorkerServices, call: Any, what: str) -> Any:
@@ -340,4 +416,4 @@ class Worker:
             )
 
     def __repr__(self) -> str:
-        return f"<Worker {self.name} id={self.id} slots={self.slots}>"
+        return f"<Worker {self.name} id={self.id} slots={self.slot_config}>"
