@@ -292,6 +292,31 @@ async def test_unacknowledged_start(rig: Rig, age: float, requeued: bool) -> Non
         assert await rig.status(run_id) == ("running", 0)
 
 
+@pytest.mark.parametrize(
+    ("after_restart", "requeued"), [(INACTIVE_AFTER - EPS, False), (INACTIVE_AFTER + EPS, True)]
+)
+async def test_engine_restart_gives_unacknowledged_starts_a_fresh_window(
+    rig: Rig, after_restart: float, requeued: bool
+) -> None:
+    """A start delivered just before the engine went down: the worker's STARTED report is
+    being retried through the outage. After the restart it gets a full window to land, as
+    the worker's liveness does."""
+    worker_id, session = await rig.worker()
+    (run_id,) = await rig.trigger()
+    await next_action(session)  # delivered; the STARTED report is lost with the engine
+    await rig.core.stop()
+    rig.clock.advance(INACTIVE_AFTER / 2)  # an outage shorter than the window
+    rig.core = rig._core()
+    await rig.core.start()
+    await rig.core.open_session(rig.tenant, worker_id)  # the worker reconnects
+    rig.clock.advance(after_restart)
+    await rig.core.heartbeat(rig.tenant, worker_id)
+    assert await rig.core.expire() == (1 if requeued else 0), (
+        "a start was re-queued before the worker had a full window after the restart"
+    )
+    assert (await rig.status(run_id))[1] == (1 if requeued else 0)
+
+
 async def test_an_acknowledged_start_is_not_requeued(rig: Rig) -> None:
     worker_id, session = await rig.worker()
     (run_id,) = await rig.trigger()
