@@ -292,8 +292,9 @@ class Workflow(_Runnable[InT, dict[str, Any]]):
     ) -> TaskDecorator:
         """Decorator adding a function as a task of this workflow.
 
-        Options are those of ``TaskOptions`` (retries, execution_timeout, ...);
-        ``parents`` are tasks of this workflow that must complete first.
+        Options are those of ``TaskOptions``: retries and timeouts, and where and how
+        often it runs (``desired_worker_labels``, ``slot_requests``, ``concurrency``,
+        ``rate_limits``); ``parents`` are tasks of this workflow that must complete first.
         """
         opts = TaskOptions(**options)
 

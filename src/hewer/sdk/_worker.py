@@ -76,8 +76,8 @@ def resolve_slot_config(slots: int | None, slot_config: Mapping[str, int] | None
             raise ConfigurationError(
                 f"slots={slots} and slot_config['default']={configured} disagree; give one"
             )
-    default = slots if slots is not None else pools.get(DEFAULT_SLOT_TYPE, DEFAULT_SLOTS)
-    return {DEFAULT_SLOT_TYPE: default, **{k: v for k, v in pools.items() if k != "default"}}
+    pools.setdefault(DEFAULT_SLOT_TYPE, slots if slots is not None else DEFAULT_SLOTS)
+    return pools
 
 
 def check_slot_requests(registry: Mapping[str, Task[Any, Any]], pools: Mapping[str, int]) -> None:
