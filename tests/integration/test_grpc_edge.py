@@ -220,9 +220,15 @@ def test_bad_workflow_definitions_are_refused(stubs: Stubs) -> None:
     assert code is grpc.StatusCode.INVALID_ARGUMENT
     code, details = put(
         task(readable_id="a", action="bad:a"),
-        concurrency=v1.Concurrency(expression="input.x", max_runs=1),
+        concurrency=v1.Concurrency(expression="input.x +", max_runs=1),
     )
-    assert code is grpc.StatusCode.UNIMPLEMENTED and "concurrency" in details
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "input.x +" in details
+    code, details = put(
+        task(
+            readable_id="a", action="bad:a", rate_limits=[v1.CreateTaskRateLimit(key="k", units=1)]
+        )
+    )
+    assert code is grpc.StatusCode.UNIMPLEMENTED and "rate limits" in details
 
 
 def test_oversized_messages_are_refused_and_the_engine_carries_on(stubs: Stubs) -> None:

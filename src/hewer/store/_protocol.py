@@ -13,8 +13,10 @@ from typing import Protocol
 from hewer.store.models import (
     ApiToken,
     Assignment,
+    ConcurrencySpec,
     DispatchInfo,
     EventOutcome,
+    GateClaim,
     LogLine,
     NewRun,
     QueueItem,
@@ -64,6 +66,7 @@ class Store(Protocol):
         now: float,
         *,
         sticky: StickyStrategy | None = None,
+        concurrency: Sequence[ConcurrencySpec] = (),
     ) -> Workflow: ...
     async def workflow_get_by_name(self, tenant_id: str, name: str) -> Workflow | None: ...
 
@@ -110,6 +113,9 @@ class Store(Protocol):
 
     async def tasks_schedule_expired(self, now: float, limit: int = 500) -> list[tuple[str, str]]:
         """(tenant id, task id) of queued tasks past their schedule timeout."""
+
+    async def gates_held(self) -> list[GateClaim]:
+        """Concurrency claims held now (rebuilds the scheduler's gates after a restart)."""
 
     async def attempts_holding(self) -> list[RunningTask]:
         """Every attempt holding slot units (rebuilds slot accounting after a restart)."""

@@ -42,6 +42,87 @@ class StickyStrategy(StrEnum):
     HARD = "hard"
 
 
+class ConcurrencyStrategy(StrEnum):
+    """What happens to a run or task whose concurrency key is full."""
+
+    GROUP_ROUND_ROBIN = "group_round_robin"  # wait; keys take turns
+    CANCEL_IN_PROGRESS = "cancel_in_progress"  # the newest wins: oldest running cancelled
+    CANCEL_NEWEST = "cancel_newest"  # the newcomer is cancelled
+    CANCEL_QUEUED_EXCEPT_NEWEST = "cancel_queued_except_newest"
+    CANCEL_QUEUED_EXCEPT_OLDEST = "cancel_queued_except_oldest"
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencySpec:
+    """A concurrency limit as registered: a key expression and how many may run per key."""
+
+    expression: str
+    max_runs: int = 1
+    strategy: ConcurrencyStrategy = ConcurrencyStrategy.GROUP_ROUND_ROBIN
+    max_runs_expression: str | None = None
+    name: str | None = None
+    tenant_scoped: bool = False  # shared by every workflow using the same name
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tenant_scoped": self.tenant_scoped,
+            "expression": self.expression,
+            "max_runs": self.max_runs,
+            "strategy": str(self.strategy),
+            "max_runs_expression": self.max_runs_expression,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ConcurrencySpec:
+        return cls(
+            expression=data["expression"],
+            max_runs=int(data["max_runs"]),
+            strategy=ConcurrencyStrategy(data["strategy"]),
+            max_runs_expression=data.get("max_runs_expression"),
+            name=data.get("name"),
+            tenant_scoped=bool(data.get("tenant_scoped", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GateClaim:
+    """One concurrency limit a queued task must pass: at most ``max_runs`` holders of
+    ``(gate, key)`` at once. The holder is the run (workflow-level limits, held until the
+    run finishes) or the task (task-level limits, held while its attempt lives)."""
+
+    gate: str
+    key: str
+    max_runs: int
+    strategy: ConcurrencyStrategy
+    holder: str
+    per_run: bool
+    tenant_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tenant_id": self.tenant_id,
+            "gate": self.gate,
+            "key": self.key,
+            "max_runs": self.max_runs,
+            "strategy": str(self.strategy),
+            "holder": self.holder,
+            "per_run": self.per_run,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GateClaim:
+        return cls(
+            data["gate"],
+            data["key"],
+            int(data["max_runs"]),
+            ConcurrencyStrategy(data["strategy"]),
+            data["holder"],
+            bool(data["per_run"]),
+            data["tenant_id"],
+        )
+
+
 class WorkerStatus(StrEnum):
     ACTIVE = "active"
     PAUSED = "paused"
@@ -159,10 +240,12 @@ class TaskDef:
     backoff_max_s: float | None = None
     slot_requests: dict[str, int] = field(default_factory=lambda: {"default": 1})
     desired_labels: tuple[DesiredLabel, ...] = ()
+    concurrency: tuple[ConcurrencySpec, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "desired_labels": [d.to_json() for d in self.desired_labels],
+            "concurrency": [c.to_json() for c in self.concurrency],
             "readable_id": self.readable_id,
             "action_id": self.action_id,
             "parents": list(self.parents),
@@ -187,6 +270,7 @@ class TaskDef:
             backoff_max_s=data["backoff_max_s"],
             slot_requests=dict(data["slot_requests"]),
             desired_labels=tuple(DesiredLabel.from_json(d) for d in data.get("desired_labels", ())),
+            concurrency=tuple(ConcurrencySpec.from_json(c) for c in data.get("concurrency", ())),
         )
 
 
@@ -199,6 +283,7 @@ class Workflow:
     tasks: tuple[TaskDef, ...]
     default_priority: int = 1
     sticky: StickyStrategy | None = None
+    concurrency: tuple[ConcurrencySpec, ...] = ()  # workflow-level, applied in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +298,7 @@ class NewRun:
     task_ids: tuple[str, ...]  # one per workflow task, same order
     desired_labels: tuple[DesiredLabel, ...] = ()  # from the trigger; win over the task's
     desired_worker_id: str | None = None  # a sticky child run starts on its parent's worker
+    gates: tuple[tuple[GateClaim, ...], ...] = ()  # per task (same order as task_ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +317,7 @@ class QueueItem:
     desired_labels: tuple[DesiredLabel, ...] = ()
     desired_worker_id: str | None = None
     sticky: StickyStrategy | None = None
+    gates: tuple[GateClaim, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +436,7 @@ class EventOutcome:
     cancelled: tuple[str, ...] = ()
     stop: tuple[RunningTask, ...] = ()  # attempts whose workers must be told to cancel
     failed: tuple[str, ...] = ()  # tasks failed for good by this change
+    ended: tuple[str, ...] = ()  # tasks whose live attempt (or wait) ended
     reason: str = ""
 
 

@@ -24,10 +24,12 @@ from hewer.store._protocol import StoreError
 from hewer.store.models import (
     ApiToken,
     Assignment,
+    ConcurrencySpec,
     DesiredLabel,
     DispatchInfo,
     EventOutcome,
     EventType,
+    GateClaim,
     LogLine,
     NewRun,
     QueueItem,
@@ -228,12 +230,14 @@ class SqliteStore:
         now: float,
         *,
         sticky: StickyStrategy | None = None,
+        concurrency: Sequence[ConcurrencySpec] = (),
     ) -> Workflow:
         definition = json.dumps(
             {
                 "tasks": [t.to_json() for t in tasks],
                 "default_priority": default_priority,
                 "sticky": sticky,
+                "concurrency": [c.to_json() for c in concurrency],
             }
         )
 
@@ -257,6 +261,7 @@ class SqliteStore:
                 tuple(tasks),
                 default_priority,
                 sticky,
+                tuple(concurrency),
             )
 
         return await self._write(body)
@@ -277,6 +282,7 @@ class SqliteStore:
                 tuple(TaskDef.from_json(t) for t in definition["tasks"]),
                 definition["default_priority"],
                 StickyStrategy(definition["sticky"]) if definition.get("sticky") else None,
+                tuple(ConcurrencySpec.from_json(c) for c in definition.get("concurrency", ())),
             )
 
         return await self._read(body)
@@ -304,7 +310,8 @@ class SqliteStore:
                         "now": now,
                     },
                 )
-                for task_id, task in zip(run.task_ids, wf.tasks, strict=True):
+                gates = run.gates or tuple(() for _ in run.task_ids)
+                for task_id, task, claims in zip(run.task_ids, wf.tasks, gates, strict=True):
                     is_root = not task.parents
                     labels = merge_labels(task.desired_labels, run.desired_labels)
                     seq = conn.execute(
@@ -325,6 +332,7 @@ class SqliteStore:
                             "slot_requests": json.dumps(task.slot_requests),
                             "desired_labels": _labels_json(labels),
                             "desired_worker_id": run.desired_worker_id if is_root else None,
+                            "concurrency": _gates_json(claims),
                             "timeout_s": task.timeout_s,
                             "schedule_timeout_s": task.schedule_timeout_s,
                             "now": now,
@@ -345,6 +353,7 @@ class SqliteStore:
                                 desired_labels=labels,
                                 desired_worker_id=run.desired_worker_id,
                                 sticky=wf.sticky,
+                                gates=claims,
                             )
                         )
             return queued
@@ -422,6 +431,7 @@ class SqliteStore:
                     desired_labels=_labels(r["desired_labels"]),
                     desired_worker_id=r["desired_worker_id"],
                     sticky=StickyStrategy(r["sticky"]) if r["sticky"] else None,
+                    gates=_gates(r["concurrency"]),
                 )
                 for r in conn.execute(Q["tasks_queued"])
             ]
@@ -541,10 +551,10 @@ class SqliteStore:
                 )
                 conn.execute(Q["attempt_finish"], {**key, "now": now, "outcome": "completed"})
                 ready, finished = _advance_run(conn, live["run_id"], now)
-                return EventOutcome(True, freed, tuple(ready), finished)
+                return EventOutcome(True, freed, tuple(ready), finished, ended=(event.task_id,))
             conn.execute(Q["attempt_finish"], {**key, "now": now, "outcome": "failed"})
             queued, finished = _fail_or_retry(conn, live, event, now)
-            return EventOutcome(True, freed, queued, finished)
+            return EventOutcome(True, freed, queued, finished, ended=(event.task_id,))
 
         return await self._write(body)
 
@@ -575,7 +585,7 @@ class SqliteStore:
                 "task exceeded its execution timeout",
             )
             queued, finished = _fail_or_retry(conn, live, event, now)
-            return EventOutcome(True, freed, queued, finished, stop=(held,))
+            return EventOutcome(True, freed, queued, finished, stop=(held,), ended=(held.task_id,))
 
         return await self._write(body)
 
@@ -593,11 +603,13 @@ class SqliteStore:
             freed: list[RunningTask] = []
             finished: list[str] = []
             failed: list[str] = []
+            handled: list[str] = []
             for t in tasks:
                 fence = {"task_id": t.task_id, "retry_count": t.retry_count}
                 held = conn.execute(Q["task_held"], {**fence, "worker_id": t.worker_id}).fetchone()
                 if held is None:
                     continue
+                handled.append(t.task_id)
                 freed.extend(_free_attempt(conn, t.task_id, t.retry_count, held["slot_requests"]))
                 conn.execute(Q["attempt_finish"], {**fence, "now": now, "outcome": "lost"})
                 if (
@@ -634,6 +646,7 @@ class SqliteStore:
                 tuple(queued),
                 tuple(finished),
                 failed=tuple(failed),
+                ended=tuple(handled),
             )
 
         return await self._write(body)
@@ -697,6 +710,7 @@ class SqliteStore:
                 finished_runs=tuple(finished),
                 cancelled=tuple(cancelled),
                 stop=tuple(stop),
+                ended=tuple(cancelled),
             )
 
         return await self._write(body)
@@ -705,6 +719,17 @@ class SqliteStore:
         def body(conn: sqlite3.Connection) -> list[tuple[str, str]]:
             rows = conn.execute(Q["tasks_schedule_expired"], {"now": now, "limit": limit})
             return [(r["tenant_id"], r["id"]) for r in rows]
+
+        return await self._read(body)
+
+    async def gates_held(self) -> list[GateClaim]:
+        def body(conn: sqlite3.Connection) -> list[GateClaim]:
+            held: list[GateClaim] = []
+            for r in conn.execute(Q["gates_held"]):
+                for claim in _gates(r["concurrency"]):
+                    if claim.per_run or r["status"] == TaskStatus.RUNNING:
+                        held.append(claim)
+            return held
 
         return await self._read(body)
 
@@ -883,6 +908,14 @@ def _running(row: sqlite3.Row, task_id: str | None = None) -> RunningTask:
     )
 
 
+def _gates_json(claims: tuple[GateClaim, ...]) -> str:
+    return json.dumps([c.to_json() for c in claims])
+
+
+def _gates(text: str) -> tuple[GateClaim, ...]:
+    return tuple(GateClaim.from_json(c) for c in json.loads(text or "[]"))
+
+
 def _labels_json(labels: tuple[DesiredLabel, ...]) -> str:
     return json.dumps([d.to_json() for d in labels])
 
@@ -960,6 +993,7 @@ def _queue_item(
         desired_labels=_labels(row["desired_labels"]),
         desired_worker_id=row["desired_worker_id"],
         sticky=sticky,
+        gates=_gates(row["concurrency"]),
     )
 
 
@@ -1048,6 +1082,7 @@ def _advance_run(
                         desired_labels=_labels(r["desired_labels"]),
                         desired_worker_id=pinned,
                         sticky=sticky,
+                        gates=_gates(r["concurrency"]),
                     )
                 )
                 changed = True

@@ -18,12 +18,21 @@ import contextlib
 import heapq
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hewer.engine.core.clock import Clock
 from hewer.store import Store
-from hewer.store.models import Assignment, DispatchInfo, QueueItem, RunningTask, StickyStrategy
+from hewer.store.models import (
+    Assignment,
+    ConcurrencyStrategy,
+    DispatchInfo,
+    GateClaim,
+    QueueItem,
+    RunningTask,
+    StickyStrategy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +126,16 @@ class _Remove:
 
 
 @dataclass(frozen=True, slots=True)
+class _Release:
+    holders: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _HoldGates:
+    claims: tuple[GateClaim, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class _Inspect:
     future: asyncio.Future[dict[str, dict[str, int]]]
 
@@ -130,19 +149,41 @@ _Message = (
     | _Free
     | _Hold
     | _Remove
+    | _Release
+    | _HoldGates
     | _Inspect
 )
 
 DispatchFn = Callable[[list[DispatchInfo]], None]
+CancelFn = Callable[[str, list[str], str], None]  # tenant id, run or task ids, reason
+
+GateId = tuple[str, str, str]  # (tenant id, gate, key)
+
+
+@dataclass(slots=True)
+class _GateKey:
+    """Holders of one concurrency key (insertion order = admission order) and the items
+    waiting for it, oldest first."""
+
+    holders: dict[str, None] = field(default_factory=dict)
+    waiting: deque[QueueItem] = field(default_factory=deque)
 
 
 class Scheduler:
     """Single-owner scheduling loop; see the module docstring for the ownership rule."""
 
-    def __init__(self, store: Store, clock: Clock, dispatch: DispatchFn) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, dispatch: DispatchFn, cancel: CancelFn | None = None
+    ) -> None:
         self._store = store
         self._clock = clock
         self._dispatch = dispatch
+        self._cancel = cancel or (lambda tenant, ids, reason: None)
+        self._gates: dict[GateId, _GateKey] = {}
+        # Per (tenant, gate): keys with waiting items, in round-robin order.
+        self._turns: dict[tuple[str, str], dict[str, None]] = {}
+        self._held_by: dict[str, set[GateId]] = {}
+        self._max_seq = 0
         self._inbox: asyncio.Queue[_Message] = asyncio.Queue()
         self._workers: dict[str, WorkerSlots] = {}
         self._queues: dict[QueueKey, list[tuple[int, int, int, QueueItem]]] = {}
@@ -181,6 +222,17 @@ class Scheduler:
         batch = tuple(t for t in tasks if not t.slot_released)
         if batch:
             self._inbox.put_nowait(_Hold(batch))
+
+    def release(self, holders: Iterable[str]) -> None:
+        """Runs or tasks that no longer hold their concurrency keys (finished, ended)."""
+        batch = tuple(holders)
+        if batch:
+            self._inbox.put_nowait(_Release(batch))
+
+    def hold_gates(self, claims: Iterable[GateClaim]) -> None:
+        batch = tuple(claims)
+        if batch:
+            self._inbox.put_nowait(_HoldGates(batch))
 
     def remove(self, task_ids: Iterable[str]) -> None:
         batch = tuple(task_ids)
@@ -245,6 +297,9 @@ class Scheduler:
                     if self._queued.get(item.task_id, -1) >= item.retry_count:
                         continue
                     self._queued[item.task_id] = item.retry_count
+                    self._max_seq = max(self._max_seq, item.seq)
+                    if item.gates and not self._arrive(item):
+                        continue  # waits for its concurrency keys (or was refused)
                     if item.available_at > now:
                         heapq.heappush(
                             self._delayed, (item.available_at, next(self._tiebreak), item)
@@ -272,12 +327,145 @@ class Scheduler:
                 for t in tasks:
                     if (w := self._workers.get(t.worker_id)) is not None:
                         w.take(t.slot_requests)
+            case _Release(holders):
+                for holder in holders:
+                    for gate_id in self._held_by.pop(holder, ()):
+                        if (gk := self._gates.get(gate_id)) is not None:
+                            gk.holders.pop(holder, None)
+                            self._drop_if_idle(gate_id, gk)
+            case _HoldGates(claims):
+                for claim in claims:
+                    self._hold(claim.holder, self._gate_id(claim))
             case _Remove(task_ids):
                 for task_id in task_ids:
                     self._queued.pop(task_id, None)
             case _Inspect(future):
                 if not future.done():
                     future.set_result({wid: dict(w.used) for wid, w in self._workers.items()})
+
+    # -- concurrency gates (loop task only) ------------------------------------------
+
+    def _gate_id(self, claim: GateClaim) -> GateId:
+        return (claim.tenant_id, claim.gate, claim.key)
+
+    def _gate(self, claim: GateClaim) -> _GateKey:
+        return self._gates.setdefault(self._gate_id(claim), _GateKey())
+
+    def _hold(self, holder: str, gate_id: GateId) -> None:
+        self._gates.setdefault(gate_id, _GateKey()).holders[holder] = None
+        self._held_by.setdefault(holder, set()).add(gate_id)
+
+    def _drop_if_idle(self, gate_id: GateId, gk: _GateKey) -> None:
+        if not gk.holders and not gk.waiting:
+            del self._gates[gate_id]
+
+    def _admissible(self, item: QueueItem) -> bool:
+        for claim in item.gates:
+            gk = self._gates.get(self._gate_id(claim))
+            held = gk.holders if gk is not None else {}
+            if claim.holder not in held and len(held) >= claim.max_runs:
+                return False
+        return True
+
+    def _arrive(self, item: QueueItem) -> bool:
+        """Apply each limit's strategy to a newcomer; True if it may go straight on."""
+        for claim in item.gates:
+            gk = self._gate(claim)
+            if claim.holder in gk.holders:
+                continue
+            full = len(gk.holders) >= claim.max_runs
+            if not full:
+                continue
+            tenant = claim.tenant_id
+            match claim.strategy:
+                case ConcurrencyStrategy.CANCEL_NEWEST:
+                    self._refuse(item, claim, "concurrency limit reached (CANCEL_NEWEST)")
+                    return False
+                case ConcurrencyStrategy.CANCEL_IN_PROGRESS:
+                    excess = len(gk.holders) - claim.max_runs + 1
+                    oldest = list(gk.holders)[:excess]
+                    waiting = [w for w in gk.waiting if self._is_live(w)]
+                    gk.waiting.clear()
+                    ids = oldest + [_claim_for(w, claim.gate).holder for w in waiting]
+                    self._cancel(tenant, ids, "superseded by a newer run (CANCEL_IN_PROGRESS)")
+                case ConcurrencyStrategy.CANCEL_QUEUED_EXCEPT_NEWEST:
+                    waiting = [w for w in gk.waiting if self._is_live(w)]
+                    gk.waiting.clear()
+                    ids = [_claim_for(w, claim.gate).holder for w in waiting]
+                    if ids:
+                        reason = "superseded by a newer queued run (CANCEL_QUEUED_EXCEPT_NEWEST)"
+                        self._cancel(tenant, ids, reason)
+                case ConcurrencyStrategy.CANCEL_QUEUED_EXCEPT_OLDEST:
+                    if any(self._is_live(w) for w in gk.waiting):
+                        reason = "an older run is already queued (CANCEL_QUEUED_EXCEPT_OLDEST)"
+                        self._refuse(item, claim, reason)
+                        return False
+                case ConcurrencyStrategy.GROUP_ROUND_ROBIN:
+                    pass
+        if self._admissible(item) and not self._waiting_ahead(item):
+            self._admit(item)
+            return True
+        first = item.gates[0]
+        self._gate(first).waiting.append(item)
+        self._turns.setdefault((first.tenant_id, first.gate), {})[first.key] = None
+        return False
+
+    def _waiting_ahead(self, item: QueueItem) -> bool:
+        """Whether older items wait for the same first key (FIFO within a key)."""
+        first = item.gates[0]
+        gk = self._gates.get(self._gate_id(first))
+        return (
+            gk is not None
+            and first.holder not in gk.holders
+            and any(self._is_live(w) for w in gk.waiting)
+        )
+
+    def _refuse(self, item: QueueItem, claim: GateClaim, reason: str) -> None:
+        self._queued.pop(item.task_id, None)
+        self._cancel(claim.tenant_id, [claim.holder], reason)
+
+    def _admit(self, item: QueueItem) -> None:
+        for claim in item.gates:
+            self._hold(claim.holder, self._gate_id(claim))
+
+    def _admit_waiting(self, now: float) -> None:
+        """Let waiting items in while their keys have room, keys taking turns."""
+        for turn_id, keys in list(self._turns.items()):
+            tenant, gate = turn_id
+            progress = True
+            while progress and keys:
+                progress = False
+                for key in list(keys):
+                    gk = self._gates.get((tenant, gate, key))
+                    while gk is not None and gk.waiting and not self._is_live(gk.waiting[0]):
+                        gk.waiting.popleft()
+                    if gk is None or not gk.waiting:
+                        keys.pop(key, None)
+                        if gk is not None:
+                            self._drop_if_idle((tenant, gate, key), gk)
+                        continue
+                    head = gk.waiting[0]
+                    if not self._admissible(head):
+                        continue
+                    gk.waiting.popleft()
+                    self._admit(head)
+                    self._release_to_queues(head, now)
+                    # Round robin: this key goes to the back of the line.
+                    keys.pop(key, None)
+                    keys[key] = None
+                    progress = True
+            if not keys:
+                del self._turns[turn_id]
+
+    def _release_to_queues(self, item: QueueItem, now: float) -> None:
+        # An item let in after waiting for its key joins the back of the line, as if it had
+        # just arrived; its old place would let one key's backlog starve the others.
+        self._max_seq += 1
+        item = replace(item, seq=self._max_seq)
+        if item.available_at > now:
+            heapq.heappush(self._delayed, (item.available_at, next(self._tiebreak), item))
+        else:
+            self._push(item)
 
     def _push(self, item: QueueItem) -> None:
         key = (item.tenant_id, item.action_id)
@@ -303,6 +491,7 @@ class Scheduler:
 
     def _decide(self) -> list[tuple[Assignment, QueueItem]]:
         """Pick up to MAX_BATCH assignments, highest priority then oldest first."""
+        self._admit_waiting(self._clock.now())
         by_key: dict[QueueKey, list[WorkerSlots]] = {}
         for w in self._workers.values():
             if not w.assignable:
@@ -393,6 +582,14 @@ class Scheduler:
 
     def queued_count(self) -> int:
         return len(self._queued)
+
+    def gate_holders(self) -> dict[GateId, int]:
+        """Holders per concurrency key (read from the loop's state; for tests)."""
+        return {gid: len(gk.holders) for gid, gk in self._gates.items() if gk.holders}
+
+
+def _claim_for(item: QueueItem, gate: str) -> GateClaim:
+    return next(c for c in item.gates if c.gate == gate)
 
 
 def _best_worker(item: QueueItem, workers: list[WorkerSlots]) -> WorkerSlots | None:

@@ -19,14 +19,17 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, TypeVar
 
+from hewer.engine.core import cel
 from hewer.engine.core.clock import Clock
 from hewer.engine.core.scheduler import Scheduler, worker_slots
 from hewer.errors import HewerError, InvalidInput, NotFound
 from hewer.store import Store
 from hewer.store.models import (
+    ConcurrencySpec,
     DesiredLabel,
     DispatchInfo,
     EventOutcome,
+    GateClaim,
     LogLine,
     NewRun,
     RunDetails,
@@ -182,7 +185,7 @@ class EngineCore:
         self.inactive_after = inactive_after
         self.max_reassignments = max_reassignments
         self.reaper_interval = reaper_interval or max(0.05, min(inactive_after / 6, 5.0))
-        self.scheduler = Scheduler(store, clock, self._dispatch)
+        self.scheduler = Scheduler(store, clock, self._dispatch, self._cancel_for_scheduler)
         self._workers: dict[str, _WorkerState] = {}
         self._watchers = _Watchers()
         self._background: set[asyncio.Task[Any]] = set()
@@ -205,6 +208,7 @@ class EngineCore:
                         record.labels,
                     )
                 )
+        self.scheduler.hold_gates(await self.store.gates_held())
         holding = await self.store.attempts_holding()
         self.scheduler.hold(t for t in holding if t.worker_id in self._workers)
         # Tasks held by workers that were already gone when we stopped: give them back.
@@ -279,6 +283,7 @@ class EngineCore:
         tasks: Sequence[TaskDef],
         default_priority: int | None,
         sticky: StickyStrategy | None = None,
+        concurrency: Sequence[ConcurrencySpec] = (),
     ) -> Workflow:
         if not name.strip():
             raise InvalidInput("workflow name must not be empty")
@@ -306,10 +311,18 @@ class EngineCore:
                 if p not in seen:
                     raise InvalidInput(f"task {t.readable_id!r}: unknown parent {p!r}")
         _check_acyclic(name, tasks)
+        for spec in (*concurrency, *(c for t in tasks for c in t.concurrency)):
+            _check_concurrency(spec)
         priority = default_priority or MIN_PRIORITY
         _check_priority(priority)
         return await self.store.workflow_upsert(
-            tenant_id, name, tasks, priority, self.clock.now(), sticky=sticky
+            tenant_id,
+            name,
+            tasks,
+            priority,
+            self.clock.now(),
+            sticky=sticky,
+            concurrency=concurrency,
         )
 
     async def trigger(self, tenant_id: str, specs: Sequence[TriggerSpec]) -> list[str]:
@@ -341,6 +354,7 @@ class EngineCore:
             )
             if spec.desired_worker_id is not None:
                 self._check_sticky_child(tenant_id, wf, spec.desired_worker_id)
+            gates = _gate_claims(tenant_id, wf, run_id, task_ids, input_text, meta)
             runs.append(
                 NewRun(
                     run_id,
@@ -351,6 +365,7 @@ class EngineCore:
                     task_ids,
                     spec.desired_labels,
                     spec.desired_worker_id,
+                    gates,
                 )
             )
         queued = await self.store.runs_create(runs, self.clock.now())
@@ -491,6 +506,11 @@ class EngineCore:
         self._after(outcome)
         return list(outcome.cancelled)
 
+    def _cancel_for_scheduler(self, tenant_id: str, ids: list[str], reason: str) -> None:
+        """A concurrency strategy decided to cancel runs or tasks (the scheduler cannot
+        await the store itself)."""
+        self._spawn(self._cancel(tenant_id, ids, reason), "concurrency-cancel")
+
     def _slot_keepers(self) -> frozenset[str]:
         """Workers whose cancelled attempts keep their slots until they report the end."""
         return frozenset(wid for wid, st in self._workers.items() if st.reports_cancellation)
@@ -517,6 +537,8 @@ class EngineCore:
 
     def _after(self, outcome: EventOutcome) -> None:
         self.scheduler.free(outcome.freed)
+        # Concurrency keys first, so a retried task queues behind its own release.
+        self.scheduler.release(outcome.ended + outcome.finished_runs)
         self.scheduler.enqueue(outcome.queued)
         for held in outcome.stop:
             self._send_cancel(held)
@@ -888,6 +910,58 @@ def _json_object_text(text: str | None, what: str) -> str:
     except (ValueError, RecursionError) as exc:
         raise InvalidInput(f"{what} cannot be stored: {exc}") from None
     return compact
+
+
+def _check_concurrency(spec: ConcurrencySpec) -> None:
+    """Refuse a limit at registration if it could never be evaluated."""
+    if spec.max_runs < 1:
+        raise InvalidInput(f"concurrency {spec.expression!r}: max_runs must be at least 1")
+    if spec.tenant_scoped and not spec.name:
+        raise InvalidInput(f"concurrency {spec.expression!r}: a tenant-scoped limit needs a name")
+    cel.compile_expression(spec.expression)
+    if spec.max_runs_expression:
+        cel.compile_expression(spec.max_runs_expression)
+
+
+def _gate_claims(
+    tenant_id: str,
+    wf: Workflow,
+    run_id: str,
+    task_ids: Sequence[str],
+    input_text: str,
+    meta_text: str | None,
+) -> tuple[tuple[GateClaim, ...], ...]:
+    """Each task's concurrency claims: the workflow's limits (held by the run), then its own
+    (held by the task), each key evaluated once from the run's input and metadata."""
+    if not wf.concurrency and not any(t.concurrency for t in wf.tasks):
+        return ()
+    data = json.loads(input_text)
+    meta = json.loads(meta_text) if meta_text else {}
+
+    def claim(spec: ConcurrencySpec, gate: str, holder: str, per_run: bool) -> GateClaim:
+        key = cel.compile_expression(spec.expression).key(data, meta, workflow_run_id=run_id)
+        max_runs = spec.max_runs
+        if spec.max_runs_expression:
+            limit = cel.compile_expression(spec.max_runs_expression)
+            max_runs = limit.integer(data, meta, workflow_run_id=run_id)
+            if max_runs < 1:
+                raise InvalidInput(f"max_runs_expression gave {max_runs}; it must be >= 1")
+        if spec.tenant_scoped and spec.name:
+            gate = f"scoped/{spec.name}"
+        return GateClaim(gate, key, max_runs, spec.strategy, holder, per_run, tenant_id)
+
+    run_claims = tuple(
+        claim(spec, f"{wf.id}/run/{spec.name or i}", run_id, True)
+        for i, spec in enumerate(wf.concurrency)
+    )
+    return tuple(
+        run_claims
+        + tuple(
+            claim(spec, f"{wf.id}/{task.readable_id}/{spec.name or i}", task_id, False)
+            for i, spec in enumerate(task.concurrency)
+        )
+        for task, task_id in zip(wf.tasks, task_ids, strict=True)
+    )
 
 
 def _check_acyclic(name: str, tasks: Sequence[TaskDef]) -> None:

@@ -11,7 +11,15 @@ from hewer.engine.api.filters import run_filter
 from hewer.engine.grpc._common import Servicer, unary
 from hewer.engine.grpc._labels import desired_labels
 from hewer.errors import InvalidInput, NotSupported
-from hewer.store.models import RunDetails, RunStatus, StickyStrategy, TaskDef, TaskStatus
+from hewer.store.models import (
+    ConcurrencySpec,
+    ConcurrencyStrategy,
+    RunDetails,
+    RunStatus,
+    StickyStrategy,
+    TaskDef,
+    TaskStatus,
+)
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_SCHEDULE_TIMEOUT_S = 300.0
@@ -44,6 +52,39 @@ def _seconds(text: str, default: float, what: str) -> float:
     return seconds
 
 
+# The legacy v0 values map onto the strategies that mean the same thing.
+_STRATEGY = {
+    pb.CANCEL_IN_PROGRESS: ConcurrencyStrategy.CANCEL_IN_PROGRESS,
+    pb.DROP_NEWEST: ConcurrencyStrategy.CANCEL_NEWEST,
+    pb.QUEUE_NEWEST: ConcurrencyStrategy.GROUP_ROUND_ROBIN,
+    pb.GROUP_ROUND_ROBIN: ConcurrencyStrategy.GROUP_ROUND_ROBIN,
+    pb.CANCEL_NEWEST: ConcurrencyStrategy.CANCEL_NEWEST,
+    pb.CANCEL_QUEUED_EXCEPT_NEWEST: ConcurrencyStrategy.CANCEL_QUEUED_EXCEPT_NEWEST,
+    pb.CANCEL_QUEUED_EXCEPT_OLDEST: ConcurrencyStrategy.CANCEL_QUEUED_EXCEPT_OLDEST,
+}
+
+
+def concurrency_spec(msg: Any) -> ConcurrencySpec:
+    """A ``Concurrency`` message; upstream's defaults (CANCEL_IN_PROGRESS, 1) when unset."""
+    if not msg.expression.strip():
+        raise InvalidInput("concurrency expression must not be empty")
+    strategy = ConcurrencyStrategy.CANCEL_IN_PROGRESS
+    if msg.HasField("limit_strategy"):
+        if msg.limit_strategy not in _STRATEGY:
+            raise InvalidInput(f"unknown concurrency strategy {msg.limit_strategy}")
+        strategy = _STRATEGY[msg.limit_strategy]
+    return ConcurrencySpec(
+        expression=msg.expression,
+        max_runs=msg.max_runs if msg.HasField("max_runs") else 1,
+        strategy=strategy,
+        max_runs_expression=(
+            msg.max_runs_expression if msg.HasField("max_runs_expression") else None
+        ),
+        name=msg.name if msg.HasField("name") else None,
+        tenant_scoped=msg.is_tenant_scoped if msg.HasField("is_tenant_scoped") else False,
+    )
+
+
 def task_def(opts: Any) -> TaskDef:
     """A registered task from ``CreateTaskOpts``; features not built yet are refused."""
     name = opts.readable_id
@@ -51,7 +92,6 @@ def task_def(opts: Any) -> TaskDef:
         label
         for label, present in (
             ("rate limits", len(opts.rate_limits) > 0),
-            ("concurrency", len(opts.concurrency) > 0),
             ("durable tasks", opts.is_durable),
             ("batching", opts.HasField("batch")),
             (
@@ -86,6 +126,7 @@ def task_def(opts: Any) -> TaskDef:
         ),
         slot_requests={k: int(v) for k, v in opts.slot_requests.items()} or {"default": 1},
         desired_labels=desired_labels(opts.worker_labels),
+        concurrency=tuple(concurrency_spec(c) for c in opts.concurrency),
     )
 
 
@@ -119,7 +160,6 @@ class AdminServicer(Servicer, pb_grpc.AdminServiceServicer):  # type: ignore[mis
             for label, present in (
                 ("event triggers", len(request.event_triggers) > 0),
                 ("cron triggers", len(request.cron_triggers) > 0),
-                ("concurrency", request.HasField("concurrency") or len(request.concurrency_arr)),
                 ("on-failure tasks", request.HasField("on_failure_task")),
                 ("default filters", len(request.default_filters) > 0),
                 ("idempotency", request.HasField("idempotency")),
@@ -133,7 +173,13 @@ class AdminServicer(Servicer, pb_grpc.AdminServiceServicer):  # type: ignore[mis
         tasks = [task_def(t) for t in request.tasks]
         priority = request.default_priority if request.HasField("default_priority") else None
         sticky = _STICKY[request.sticky] if request.HasField("sticky") else None
-        workflow = await self.core.put_workflow(tenant_id, request.name, tasks, priority, sticky)
+        limits = [*request.concurrency_arr]
+        if request.HasField("concurrency"):
+            limits.insert(0, request.concurrency)
+        concurrency = [concurrency_spec(c) for c in limits]
+        workflow = await self.core.put_workflow(
+            tenant_id, request.name, tasks, priority, sticky, concurrency
+        )
         return pb.CreateWorkflowVersionResponse(id=workflow.version_id, workflow_id=workflow.id)
 
     @unary

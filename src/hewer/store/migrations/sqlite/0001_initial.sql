@@ -67,6 +67,7 @@ CREATE TABLE tasks (
     slot_requests    TEXT NOT NULL,
     desired_labels   TEXT NOT NULL DEFAULT '[]',
     desired_worker_id TEXT,
+    concurrency      TEXT NOT NULL DEFAULT '[]',  -- the GateClaims the task must pass
     timeout_s        REAL NOT NULL,
     schedule_timeout_s REAL NOT NULL,
     worker_id        TEXT,

@@ -53,18 +53,19 @@ VALUES (:id, :tenant_id, :workflow_id, :workflow_name, 'queued', :input,
 -- name: task_insert
 INSERT INTO tasks (id, tenant_id, run_id, step_id, readable_id, action_id, status,
                    max_retries, backoff_factor, backoff_max, priority, parents, slot_requests,
-                   desired_labels, desired_worker_id, timeout_s, schedule_timeout_s,
-                   created_at, queued_at)
+                   desired_labels, desired_worker_id, concurrency, timeout_s,
+                   schedule_timeout_s, created_at, queued_at)
 VALUES (:id, :tenant_id, :run_id, :step_id, :readable_id, :action_id, :status,
         :max_retries, :backoff_factor, :backoff_max, :priority, :parents, :slot_requests,
-        :desired_labels, :desired_worker_id, :timeout_s, :schedule_timeout_s, :now, :queued_at)
+        :desired_labels, :desired_worker_id, :concurrency, :timeout_s, :schedule_timeout_s,
+        :now, :queued_at)
 RETURNING seq;
 
 -- name: tasks_queued
 -- Every task waiting for a worker, in queue order (rebuilds the scheduler after a restart).
 SELECT t.id, t.tenant_id, t.action_id, t.priority, t.seq, t.retry_count, t.slot_requests,
        t.available_at, t.queued_at, t.schedule_timeout_s, t.desired_labels,
-       t.desired_worker_id, r.sticky
+       t.desired_worker_id, t.concurrency, r.sticky
 FROM tasks t JOIN runs r ON r.id = t.run_id
 WHERE t.status = 'queued' ORDER BY t.priority DESC, t.seq;
 
@@ -170,11 +171,12 @@ UPDATE tasks SET status = 'queued', retry_count = retry_count + 1,
 WHERE id = :task_id AND status = 'running' AND retry_count = :retry_count
   AND worker_id = :worker_id
 RETURNING tenant_id, run_id, action_id, priority, seq, retry_count, slot_requests,
-          schedule_timeout_s, desired_labels, desired_worker_id;
+          schedule_timeout_s, desired_labels, desired_worker_id, concurrency;
 
 -- name: run_tasks
 SELECT id, readable_id, status, parents, output, error, retry_count, priority, action_id,
-       slot_requests, seq, schedule_timeout_s, worker_id, slot_released, desired_labels
+       slot_requests, seq, schedule_timeout_s, worker_id, slot_released, desired_labels,
+       concurrency
 FROM tasks WHERE run_id = :run_id ORDER BY seq;
 
 -- name: task_mark_queued
@@ -293,3 +295,11 @@ ORDER BY r.created_at DESC;
 SELECT id, tenant_id, schedule_timeout_s FROM tasks
 WHERE status = 'queued' AND max(queued_at, available_at) + schedule_timeout_s <= :now
 LIMIT :limit;
+
+-- name: gates_held
+-- Concurrency claims held now (rebuilds the gates after a restart): a running task holds
+-- its task-level claims; a running run holds its run-level claims, whatever its tasks do.
+SELECT t.status, t.concurrency
+FROM tasks t JOIN runs r ON r.id = t.run_id
+WHERE t.concurrency != '[]' AND (t.status = 'running' OR r.status = 'running')
+  AND t.status NOT IN ('completed', 'failed', 'cancelled', 'skipped');
