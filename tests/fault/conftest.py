@@ -52,7 +52,12 @@ class Fleet:
         self._serial = itertools.count(1)
 
     def spawn(
-        self, base: str = "w", slots: int = 5, wait: bool = True, timeout: float = 30
+        self,
+        base: str = "w",
+        slots: int = 5,
+        wait: bool = True,
+        timeout: float = 30,
+        grace_period: float | None = None,
     ) -> subprocess.Popen[bytes]:
         name = f"{base}-{next(self._serial)}"
         env = dict(os.environ)
@@ -60,7 +65,7 @@ class Fleet:
             HEWER_TOKEN=self._token(),
             HEWER_HOST_PORT=self.address,
             HEWER_HEARTBEAT_INTERVAL=str(HEARTBEAT),
-            HEWER_GRACE_PERIOD=str(self._grace),
+            HEWER_GRACE_PERIOD=str(self._grace if grace_period is None else grace_period),
             HEWER_FAULT_LOG_DIR=str(self.log_dir),
             HEWER_FAULT_WORKER_NAME=name,
             HEWER_FAULT_SLOTS=str(slots),

@@ -28,6 +28,8 @@ STALL_TASKS = 4
 STALL_TASK_SECONDS = 1.0
 TERM_TASKS = 3
 TERM_TASK_SECONDS = 1.0
+GRACE = 0.3  # seconds a stopping worker waits for its tasks
+LONG_TASK = 1.0  # well past the grace period
 BLOCK_SECONDS = 2 * INACTIVE_AFTER
 POISON_COMPANIONS = 150
 REASSIGNMENT_CAP = 3  # the engine default
@@ -136,7 +138,8 @@ def test_sigstopped_worker_loses_its_tasks_and_its_late_results_are_rejected(
 def test_sigterm_drains_in_flight_tasks_once_and_takes_no_new_work(
     engine: EngineThread, fleet: Fleet, app: ModuleType
 ) -> None:
-    worker = fleet.spawn("graceful", slots=TERM_TASKS)
+    # Free slots left on the stopping worker: new work would fit there if it were offered.
+    worker = fleet.spawn("graceful", slots=TERM_TASKS + 3)
     name = fleet.name(worker)
     (worker_id,) = worker_ids(engine, name)
     refs = [app.short.run_no_wait(app.Work(seconds=TERM_TASK_SECONDS)) for _ in range(TERM_TASKS)]
@@ -144,6 +147,15 @@ def test_sigterm_drains_in_flight_tasks_once_and_takes_no_new_work(
 
     signalled = time.time()
     fleet.term(worker)
+    racing = [app.short.run_no_wait(app.Work(seconds=0.0)) for _ in range(3)]
+
+    def connected() -> bool:
+        tenant = engine.engine.default_tenant_id
+        views = engine.call(engine.engine.core.workers_view(tenant))
+        return any(v.record.id == worker_id and v.connected for v in views)
+
+    wait_for(lambda: not connected(), timeout=5, what="the stopping worker takes no work")
+    disconnected = time.time()
     late = [app.short.run_no_wait(app.Work(seconds=0.0)) for _ in range(5)]
     results = [r.result() for r in refs]
     assert results == [{"pid": worker.pid, "attempt": 0, "worker": worker_id}] * TERM_TASKS
@@ -153,19 +165,24 @@ def test_sigterm_drains_in_flight_tasks_once_and_takes_no_new_work(
 
     successor = fleet.spawn("successor", slots=5)
     assert {r.result()["pid"] for r in late} == {successor.pid}
-    accepted = [r.run_id for r in refs + late]
+    for r in racing:
+        r.result()  # triggered during the signal: done once, wherever
+    accepted = [r.run_id for r in refs + racing + late]
     settle_slots(engine, timeout=2.0)
     h = history(engine, fleet, accepted)
     summary = h.summary()
-    print(f"\n[fault 3] SIGTERM with {TERM_TASKS} tasks in flight\n{summary.text}")
-
-    after_signal = [
-        (a.task, a.attempt, a.assigned_at)
+    on_stopping = [
+        a.assigned_at
         for t in h.tasks.values()
         for a in t.attempts.values()
         if a.worker_id == worker_id and a.assigned_at is not None and a.assigned_at > signalled
     ]
-    assert after_signal == [], "assigned to a worker after it was told to stop"
+    print(
+        f"\n[fault 3] SIGTERM with {TERM_TASKS} tasks in flight; stream closed "
+        f"{disconnected - signalled:.3f}s after the signal; assignments to the stopping "
+        f"worker after the signal: {len(on_stopping)}\n{summary.text}"
+    )
+    assert on_stopping == [], "assigned to a worker after it was told to stop"
     assert not [e for e in h.executions if e.pid == worker.pid and e.start > signalled]
     for r in refs:
         runs = h.tasks[r.run_id].executions
@@ -178,6 +195,36 @@ def test_sigterm_drains_in_flight_tasks_once_and_takes_no_new_work(
     assert c["lost"] == 0 and c["stuck"] == 0 and c["leaked_slots"] == 0
     assert c["duplicates"] == 0 and c["overlaps"] == 0
     assert sum(c["reruns_by_cause"].values()) == 0
+
+
+def test_sigterm_grace_expiry_requeues_at_once(
+    engine: EngineThread, fleet: Fleet, app: ModuleType
+) -> None:
+    """Tasks still running when the grace period ends go back to the queue when the worker
+    leaves, not after the INACTIVE window."""
+    worker = fleet.spawn("impatient", slots=TERM_TASKS, grace_period=GRACE)
+    refs = [app.short.run_no_wait(app.Work(seconds=LONG_TASK)) for _ in range(TERM_TASKS)]
+    wait_for(lambda: bodies(fleet, worker.pid) == TERM_TASKS, what="tasks running")
+    signalled = time.time()
+    fleet.term(worker)
+    assert worker.wait(timeout=30) == 0, fleet.output(worker)
+    fleet.processes.exited(worker.pid, 0)
+    successor = fleet.spawn("successor", slots=TERM_TASKS)
+    results = [r.result() for r in refs]
+    assert {(r["pid"], r["attempt"]) for r in results} == {(successor.pid, 1)}
+    h = history(engine, fleet, [r.run_id for r in refs])
+    requeued = [h.tasks[r.run_id].attempts[0].finished_at for r in refs]
+    delays = [t - signalled for t in requeued if t is not None]
+    summary = h.summary()
+    print(
+        f"\n[fault 3b] grace {GRACE}s expired with {TERM_TASKS} tasks running; re-queued "
+        f"{min(delays):.2f}-{max(delays):.2f}s after SIGTERM\n{summary.text}"
+    )
+    assert len(delays) == TERM_TASKS
+    assert max(delays) < INACTIVE_AFTER, "re-queued only when the worker was declared lost"
+    assert {h.tasks[r.run_id].attempts[0].outcome for r in refs} == {"lost"}
+    c = summary.counts
+    assert c["lost"] == 0 and c["stuck"] == 0 and c["leaked_slots"] == 0
 
 
 # --------------------------------------------------------------------------- fault 4
