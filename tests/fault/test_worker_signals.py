@@ -26,6 +26,8 @@ from tests.helpers import wait_for
 
 STALL_TASKS = 4
 STALL_TASK_SECONDS = 1.0
+STALE_TASK = 4.0  # cooperative bodies that would run this long unless cancelled
+STALE_CANCEL_WITHIN = 5 * HEARTBEAT  # "within one heartbeat", plus reconnect slack
 TERM_TASKS = 3
 TERM_TASK_SECONDS = 1.0
 GRACE = 0.3  # seconds a stopping worker waits for its tasks
@@ -130,6 +132,50 @@ def test_sigstopped_worker_loses_its_tasks_and_its_late_results_are_rejected(
     }
     assert c["overlaps"] == 0
     assert c["overlaps_by_cause"]["stalled"] == STALL_TASKS  # excused: the owner was lost
+
+
+def test_resumed_worker_cancels_its_stale_attempts(
+    engine: EngineThread, fleet: Fleet, app: ModuleType
+) -> None:
+    """W3: a worker declared lost that comes back must stop the attempts the engine took
+    from it (within about a heartbeat) and, meanwhile, not be given more than its slots."""
+    stalled = fleet.spawn("stalled", slots=2)
+    refs = [app.cooperative.run_no_wait(app.Work(seconds=STALE_TASK)) for _ in range(2)]
+    wait_for(lambda: bodies(fleet, stalled.pid) == 2, what="tasks running")
+    stalled_name = fleet.name(stalled)
+    fleet.stop(stalled)
+    fleet.spawn("rescuer", slots=2)
+    wait_for(lambda: worker_status(engine, stalled_name) == "inactive", what="declared lost")
+    fleet.cont(stalled)
+    resumed = time.time()
+    wait_for(
+        lambda: worker_status(engine, stalled_name) == "active",
+        timeout=10,
+        what="the stalled worker reconnects",
+    )
+    # New work the resumed worker could take if the engine thinks its slots are free.
+    more = [app.short.run_no_wait(app.Work(seconds=0.3)) for _ in range(4)]
+    for r in refs + more:
+        r.result()
+    wait_for(lambda: bodies(fleet, stalled.pid, "end") >= 2, timeout=10, what="stale bodies end")
+    settle_slots(engine, timeout=2.0)
+    h = history(engine, fleet, [r.run_id for r in refs + more])
+    summary = h.summary()
+    stale = [
+        e
+        for e in h.executions
+        if e.pid == stalled.pid and e.attempt == 0 and e.kind == "cooperative"
+    ]
+    ended = [(e.end or h.now) - resumed for e in stale]
+    print(
+        f"\n[fault 2b] resumed worker: stale bodies ended {[round(x, 2) for x in ended]}s "
+        f"after SIGCONT with outcomes {[e.outcome for e in stale]}\n{summary.text}"
+    )
+    c = summary.counts
+    assert c["lost"] == 0 and c["leaked_slots"] == 0
+    assert not c["overcommit_held"], f"resumed worker over-committed: {c['overcommit_held']}"
+    assert [e.outcome for e in stale] == ["cancelled", "cancelled"], "stale attempts not cancelled"
+    assert max(ended) <= STALE_CANCEL_WITHIN
 
 
 # --------------------------------------------------------------------------- fault 3
