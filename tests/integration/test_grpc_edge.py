@@ -223,12 +223,8 @@ def test_bad_workflow_definitions_are_refused(stubs: Stubs) -> None:
         concurrency=v1.Concurrency(expression="input.x +", max_runs=1),
     )
     assert code is grpc.StatusCode.INVALID_ARGUMENT and "input.x +" in details
-    code, details = put(
-        task(
-            readable_id="a", action="bad:a", rate_limits=[v1.CreateTaskRateLimit(key="k", units=1)]
-        )
-    )
-    assert code is grpc.StatusCode.UNIMPLEMENTED and "rate limits" in details
+    code, details = put(task(readable_id="a", action="bad:a", is_durable=True))
+    assert code is grpc.StatusCode.UNIMPLEMENTED and "durable" in details
 
 
 def test_oversized_messages_are_refused_and_the_engine_carries_on(stubs: Stubs) -> None:
@@ -247,8 +243,8 @@ def test_unimplemented_methods_say_so(stubs: Stubs) -> None:
     )
     assert code is grpc.StatusCode.UNIMPLEMENTED
     code, _ = code_of(
-        lambda: stubs.workflows.PutRateLimit(
-            w0.PutRateLimitRequest(key="k", limit=1), metadata=stubs.md
+        lambda: stubs.workflows.ScheduleWorkflow(
+            w0.ScheduleWorkflowRequest(name="edge"), metadata=stubs.md
         )
     )
     assert code is grpc.StatusCode.UNIMPLEMENTED

@@ -20,6 +20,7 @@ from hewer.store.models import (
     LogLine,
     NewRun,
     QueueItem,
+    RateLimitRecord,
     RunDetails,
     RunFilter,
     RunningTask,
@@ -113,6 +114,12 @@ class Store(Protocol):
 
     async def tasks_schedule_expired(self, now: float, limit: int = 500) -> list[tuple[str, str]]:
         """(tenant id, task id) of queued tasks past their schedule timeout."""
+
+    async def rate_limit_put(self, record: RateLimitRecord, now: float) -> None:
+        """Declare (or change) a static rate limit."""
+
+    async def rate_limits_list(self) -> list[RateLimitRecord]:
+        """Every declared rate limit (loaded at start)."""
 
     async def gates_held(self) -> list[GateClaim]:
         """Concurrency claims held now (rebuilds the scheduler's gates after a restart)."""

@@ -123,6 +123,71 @@ class GateClaim:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class RateLimitSpec:
+    """A task's use of a rate limit, as registered. Static: ``key`` names a limit declared
+    with PutRateLimit. Dynamic: ``key_expr`` (CEL) names it per run, ``limit_expr`` sets it."""
+
+    key: str | None = None
+    key_expr: str | None = None
+    units: int | None = None
+    units_expr: str | None = None
+    limit_expr: str | None = None
+    duration_s: float = 60.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "key_expr": self.key_expr,
+            "units": self.units,
+            "units_expr": self.units_expr,
+            "limit_expr": self.limit_expr,
+            "duration_s": self.duration_s,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RateLimitSpec:
+        return cls(
+            data.get("key"),
+            data.get("key_expr"),
+            data.get("units"),
+            data.get("units_expr"),
+            data.get("limit_expr"),
+            float(data.get("duration_s", 60.0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RateClaim:
+    """Units of a rate limit a queued task needs before it may start. ``limit`` is set for
+    dynamic keys (static ones use the declared limit)."""
+
+    key: str
+    units: int
+    limit: int | None
+    duration_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "units": self.units,
+            "limit": self.limit,
+            "duration_s": self.duration_s,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RateClaim:
+        return cls(data["key"], int(data["units"]), data.get("limit"), float(data["duration_s"]))
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitRecord:
+    tenant_id: str
+    key: str
+    limit: int
+    duration_s: float
+
+
 class WorkerStatus(StrEnum):
     ACTIVE = "active"
     PAUSED = "paused"
@@ -241,9 +306,11 @@ class TaskDef:
     slot_requests: dict[str, int] = field(default_factory=lambda: {"default": 1})
     desired_labels: tuple[DesiredLabel, ...] = ()
     concurrency: tuple[ConcurrencySpec, ...] = ()
+    rate_limits: tuple[RateLimitSpec, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "rate_limits": [r.to_json() for r in self.rate_limits],
             "desired_labels": [d.to_json() for d in self.desired_labels],
             "concurrency": [c.to_json() for c in self.concurrency],
             "readable_id": self.readable_id,
@@ -271,6 +338,7 @@ class TaskDef:
             slot_requests=dict(data["slot_requests"]),
             desired_labels=tuple(DesiredLabel.from_json(d) for d in data.get("desired_labels", ())),
             concurrency=tuple(ConcurrencySpec.from_json(c) for c in data.get("concurrency", ())),
+            rate_limits=tuple(RateLimitSpec.from_json(r) for r in data.get("rate_limits", ())),
         )
 
 
@@ -299,6 +367,7 @@ class NewRun:
     desired_labels: tuple[DesiredLabel, ...] = ()  # from the trigger; win over the task's
     desired_worker_id: str | None = None  # a sticky child run starts on its parent's worker
     gates: tuple[tuple[GateClaim, ...], ...] = ()  # per task (same order as task_ids)
+    rates: tuple[tuple[RateClaim, ...], ...] = ()  # per task (same order as task_ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +387,7 @@ class QueueItem:
     desired_worker_id: str | None = None
     sticky: StickyStrategy | None = None
     gates: tuple[GateClaim, ...] = ()
+    rates: tuple[RateClaim, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

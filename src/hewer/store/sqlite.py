@@ -33,6 +33,8 @@ from hewer.store.models import (
     LogLine,
     NewRun,
     QueueItem,
+    RateClaim,
+    RateLimitRecord,
     RunDetails,
     RunFilter,
     RunningTask,
@@ -311,7 +313,10 @@ class SqliteStore:
                     },
                 )
                 gates = run.gates or tuple(() for _ in run.task_ids)
-                for task_id, task, claims in zip(run.task_ids, wf.tasks, gates, strict=True):
+                rates = run.rates or tuple(() for _ in run.task_ids)
+                for task_id, task, claims, rate in zip(
+                    run.task_ids, wf.tasks, gates, rates, strict=True
+                ):
                     is_root = not task.parents
                     labels = merge_labels(task.desired_labels, run.desired_labels)
                     seq = conn.execute(
@@ -333,6 +338,7 @@ class SqliteStore:
                             "desired_labels": _labels_json(labels),
                             "desired_worker_id": run.desired_worker_id if is_root else None,
                             "concurrency": _gates_json(claims),
+                            "rate_limits": json.dumps([r.to_json() for r in rate]),
                             "timeout_s": task.timeout_s,
                             "schedule_timeout_s": task.schedule_timeout_s,
                             "now": now,
@@ -354,6 +360,7 @@ class SqliteStore:
                                 desired_worker_id=run.desired_worker_id,
                                 sticky=wf.sticky,
                                 gates=claims,
+                                rates=rate,
                             )
                         )
             return queued
@@ -432,6 +439,7 @@ class SqliteStore:
                     desired_worker_id=r["desired_worker_id"],
                     sticky=StickyStrategy(r["sticky"]) if r["sticky"] else None,
                     gates=_gates(r["concurrency"]),
+                    rates=_rates(r["rate_limits"]),
                 )
                 for r in conn.execute(Q["tasks_queued"])
             ]
@@ -722,6 +730,29 @@ class SqliteStore:
 
         return await self._read(body)
 
+    async def rate_limit_put(self, record: RateLimitRecord, now: float) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                Q["rate_limit_put"],
+                {
+                    "tenant_id": record.tenant_id,
+                    "key": record.key,
+                    "limit": record.limit,
+                    "duration_s": record.duration_s,
+                    "now": now,
+                },
+            )
+        )
+
+    async def rate_limits_list(self) -> list[RateLimitRecord]:
+        def body(conn: sqlite3.Connection) -> list[RateLimitRecord]:
+            return [
+                RateLimitRecord(r["tenant_id"], r["key"], r["limit_value"], r["duration_s"])
+                for r in conn.execute(Q["rate_limits_list"])
+            ]
+
+        return await self._read(body)
+
     async def gates_held(self) -> list[GateClaim]:
         def body(conn: sqlite3.Connection) -> list[GateClaim]:
             held: list[GateClaim] = []
@@ -908,6 +939,10 @@ def _running(row: sqlite3.Row, task_id: str | None = None) -> RunningTask:
     )
 
 
+def _rates(text: str) -> tuple[RateClaim, ...]:
+    return tuple(RateClaim.from_json(r) for r in json.loads(text or "[]"))
+
+
 def _gates_json(claims: tuple[GateClaim, ...]) -> str:
     return json.dumps([c.to_json() for c in claims])
 
@@ -994,6 +1029,7 @@ def _queue_item(
         desired_worker_id=row["desired_worker_id"],
         sticky=sticky,
         gates=_gates(row["concurrency"]),
+        rates=_rates(row["rate_limits"]),
     )
 
 
@@ -1083,6 +1119,7 @@ def _advance_run(
                         desired_worker_id=pinned,
                         sticky=sticky,
                         gates=_gates(r["concurrency"]),
+                        rates=_rates(r["rate_limits"]),
                     )
                 )
                 changed = True

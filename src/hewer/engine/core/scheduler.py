@@ -30,6 +30,7 @@ from hewer.store.models import (
     DispatchInfo,
     GateClaim,
     QueueItem,
+    RateClaim,
     RunningTask,
     StickyStrategy,
 )
@@ -136,6 +137,14 @@ class _HoldGates:
 
 
 @dataclass(frozen=True, slots=True)
+class _SetRateLimit:
+    tenant_id: str
+    key: str
+    limit: int
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class _Inspect:
     future: asyncio.Future[dict[str, dict[str, int]]]
 
@@ -151,6 +160,7 @@ _Message = (
     | _Remove
     | _Release
     | _HoldGates
+    | _SetRateLimit
     | _Inspect
 )
 
@@ -158,6 +168,28 @@ DispatchFn = Callable[[list[DispatchInfo]], None]
 CancelFn = Callable[[str, list[str], str], None]  # tenant id, run or task ids, reason
 
 GateId = tuple[str, str, str]  # (tenant id, gate, key)
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """A token bucket: ``limit`` units per ``duration_s``, refilled continuously."""
+
+    limit: int
+    duration_s: float
+    tokens: float
+    stamp: float
+
+    def refill(self, now: float) -> None:
+        rate = self.limit / self.duration_s
+        self.tokens = min(float(self.limit), self.tokens + max(0.0, now - self.stamp) * rate)
+        self.stamp = now
+
+    def wait(self, units: int) -> float:
+        """Seconds until ``units`` are available (after a refill)."""
+        if units > self.limit:
+            return float("inf")
+        missing = units - self.tokens
+        return 0.0 if missing <= 0 else missing * self.duration_s / self.limit
 
 
 @dataclass(slots=True)
@@ -184,6 +216,9 @@ class Scheduler:
         self._turns: dict[tuple[str, str], dict[str, None]] = {}
         self._held_by: dict[str, set[GateId]] = {}
         self._max_seq = 0
+        self._static_limits: dict[tuple[str, str], tuple[int, float]] = {}
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._rate_wake: float | None = None  # when a rate-limited task may fit again
         self._inbox: asyncio.Queue[_Message] = asyncio.Queue()
         self._workers: dict[str, WorkerSlots] = {}
         self._queues: dict[QueueKey, list[tuple[int, int, int, QueueItem]]] = {}
@@ -228,6 +263,9 @@ class Scheduler:
         batch = tuple(holders)
         if batch:
             self._inbox.put_nowait(_Release(batch))
+
+    def set_rate_limit(self, tenant_id: str, key: str, limit: int, duration_s: float) -> None:
+        self._inbox.put_nowait(_SetRateLimit(tenant_id, key, limit, duration_s))
 
     def hold_gates(self, claims: Iterable[GateClaim]) -> None:
         batch = tuple(claims)
@@ -336,6 +374,13 @@ class Scheduler:
             case _HoldGates(claims):
                 for claim in claims:
                     self._hold(claim.holder, self._gate_id(claim))
+            case _SetRateLimit(tenant_id, key, limit, duration_s):
+                self._static_limits[(tenant_id, key)] = (limit, duration_s)
+                bucket = self._buckets.get((tenant_id, key))
+                if bucket is not None:
+                    bucket.refill(self._clock.now())
+                    bucket.limit, bucket.duration_s = limit, duration_s
+                    bucket.tokens = min(bucket.tokens, float(limit))
             case _Remove(task_ids):
                 for task_id in task_ids:
                     self._queued.pop(task_id, None)
@@ -481,6 +526,8 @@ class Scheduler:
             delays.append(self._delayed[0][0] - self._clock.now())
         if self._retry_at is not None:
             delays.append(self._retry_at - self._clock.monotonic())
+        if self._rate_wake is not None:
+            delays.append(self._rate_wake - self._clock.now())
         return max(0.0, min(delays)) if delays else None
 
     def _promote_delayed(self, now: float) -> None:
@@ -491,7 +538,9 @@ class Scheduler:
 
     def _decide(self) -> list[tuple[Assignment, QueueItem]]:
         """Pick up to MAX_BATCH assignments, highest priority then oldest first."""
-        self._admit_waiting(self._clock.now())
+        now = self._clock.now()
+        self._rate_wake = None
+        self._admit_waiting(now)
         by_key: dict[QueueKey, list[WorkerSlots]] = {}
         for w in self._workers.values():
             if not w.assignable:
@@ -522,10 +571,14 @@ class Scheduler:
                 item = entry[3]
                 if not self._is_live(item):
                     continue
+                if item.rates and not self._rates_allow(item, now):
+                    skipped.append(entry)
+                    continue
                 best = _best_worker(item, workers)
                 if best is None:
                     skipped.append(entry)
                     continue
+                self._consume(item, 1)
                 del self._queued[item.task_id]
                 best.take(item.slot_requests)
                 assignment = Assignment(
@@ -542,6 +595,47 @@ class Scheduler:
         for key in [k for k, q in self._queues.items() if not q]:
             del self._queues[key]
         return out
+
+    # -- rate limits (loop task only) -------------------------------------------------
+
+    def _bucket(self, tenant_id: str, claim: RateClaim, now: float) -> _Bucket | None:
+        key = (tenant_id, claim.key)
+        bucket = self._buckets.get(key)
+        if claim.limit is not None:  # dynamic: the task says what the limit is
+            limit, duration = claim.limit, claim.duration_s
+        elif key in self._static_limits:
+            limit, duration = self._static_limits[key]
+        else:
+            return None  # a static key nobody declared: wait until it is
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(limit, duration, float(limit), now)
+        elif (bucket.limit, bucket.duration_s) != (limit, duration):
+            bucket.refill(now)
+            bucket.limit, bucket.duration_s = limit, duration
+            bucket.tokens = min(bucket.tokens, float(limit))
+        return bucket
+
+    def _rates_allow(self, item: QueueItem, now: float) -> bool:
+        """Whether every rate limit of the item has its units now; if not, note when the
+        next pass should look again (no busy loop)."""
+        for claim in item.rates:
+            bucket = self._bucket(item.tenant_id, claim, now)
+            if bucket is None:
+                return False
+            bucket.refill(now)
+            wait = bucket.wait(claim.units)
+            if wait > 0:
+                if wait != float("inf"):
+                    at = now + wait
+                    self._rate_wake = at if self._rate_wake is None else min(self._rate_wake, at)
+                return False
+        return True
+
+    def _consume(self, item: QueueItem, sign: int) -> None:
+        for claim in item.rates:
+            bucket = self._buckets.get((item.tenant_id, claim.key))
+            if bucket is not None:
+                bucket.tokens -= sign * claim.units
 
     def _drop_dead_heads(self, queue: list[tuple[int, int, int, QueueItem]]) -> bool:
         while queue and not self._is_live(queue[0][3]):
@@ -563,6 +657,7 @@ class Scheduler:
             # Nothing was written: give the slots back and put the tasks back in line.
             for assignment, item in decided:
                 self._give_back(assignment)
+                self._consume(item, -1)
                 self._queued[item.task_id] = item.retry_count
                 self._push(item)
             raise

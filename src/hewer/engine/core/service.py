@@ -32,6 +32,9 @@ from hewer.store.models import (
     GateClaim,
     LogLine,
     NewRun,
+    RateClaim,
+    RateLimitRecord,
+    RateLimitSpec,
     RunDetails,
     RunFilter,
     RunningTask,
@@ -187,6 +190,7 @@ class EngineCore:
         self.reaper_interval = reaper_interval or max(0.05, min(inactive_after / 6, 5.0))
         self.scheduler = Scheduler(store, clock, self._dispatch, self._cancel_for_scheduler)
         self._workers: dict[str, _WorkerState] = {}
+        self._rate_limits: dict[tuple[str, str], RateLimitRecord] = {}
         self._watchers = _Watchers()
         self._background: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
@@ -209,6 +213,9 @@ class EngineCore:
                     )
                 )
         self.scheduler.hold_gates(await self.store.gates_held())
+        for limit in await self.store.rate_limits_list():
+            self._rate_limits[(limit.tenant_id, limit.key)] = limit
+            self.scheduler.set_rate_limit(limit.tenant_id, limit.key, limit.limit, limit.duration_s)
         holding = await self.store.attempts_holding()
         self.scheduler.hold(t for t in holding if t.worker_id in self._workers)
         # Tasks held by workers that were already gone when we stopped: give them back.
@@ -313,6 +320,9 @@ class EngineCore:
         _check_acyclic(name, tasks)
         for spec in (*concurrency, *(c for t in tasks for c in t.concurrency)):
             _check_concurrency(spec)
+        for t in tasks:
+            for rate in t.rate_limits:
+                _check_rate_limit(t.readable_id, rate)
         priority = default_priority or MIN_PRIORITY
         _check_priority(priority)
         return await self.store.workflow_upsert(
@@ -355,6 +365,7 @@ class EngineCore:
             if spec.desired_worker_id is not None:
                 self._check_sticky_child(tenant_id, wf, spec.desired_worker_id)
             gates = _gate_claims(tenant_id, wf, run_id, task_ids, input_text, meta)
+            rates = self._rate_claims(tenant_id, wf, input_text, meta)
             runs.append(
                 NewRun(
                     run_id,
@@ -366,11 +377,55 @@ class EngineCore:
                     spec.desired_labels,
                     spec.desired_worker_id,
                     gates,
+                    rates,
                 )
             )
         queued = await self.store.runs_create(runs, self.clock.now())
         self.scheduler.enqueue(queued)
         return [r.id for r in runs]
+
+    async def put_rate_limit(
+        self, tenant_id: str, key: str, limit: int, duration_s: float
+    ) -> RateLimitRecord:
+        """Declare a static rate limit: ``limit`` units per ``duration_s``."""
+        if not key.strip():
+            raise InvalidInput("rate limit key must not be empty")
+        if limit < 1:
+            raise InvalidInput(f"rate limit {key!r}: limit must be at least 1")
+        record = RateLimitRecord(tenant_id, key, limit, duration_s)
+        await self._finish(self.store.rate_limit_put(record, self.clock.now()), "rate-limit")
+        self._rate_limits[(tenant_id, key)] = record
+        self.scheduler.set_rate_limit(tenant_id, key, limit, duration_s)
+        return record
+
+    def _rate_claims(
+        self, tenant_id: str, wf: Workflow, input_text: str, meta_text: str | None
+    ) -> tuple[tuple[RateClaim, ...], ...]:
+        """Each task's rate-limit units, keys and limits evaluated from the run's input."""
+        if not any(t.rate_limits for t in wf.tasks):
+            return ()
+        data = json.loads(input_text)
+        meta = json.loads(meta_text) if meta_text else {}
+
+        def claim(spec: RateLimitSpec) -> RateClaim:
+            units = spec.units if spec.units is not None else 1
+            if spec.units_expr:
+                units = cel.compile_expression(spec.units_expr).integer(data, meta)
+            if units < 1:
+                raise InvalidInput(f"rate limit units must be at least 1, got {units}")
+            if spec.key_expr:
+                key = cel.compile_expression(spec.key_expr).key(data, meta)
+                limit = _limit_value(spec.limit_expr, data, meta)
+                return RateClaim(key, units, limit, spec.duration_s)
+            assert spec.key is not None
+            if (tenant_id, spec.key) not in self._rate_limits:
+                raise InvalidInput(
+                    f"rate limit {spec.key!r} is not declared (PutRateLimit / "
+                    "hw.rate_limits.put) for this tenant"
+                )
+            return RateClaim(spec.key, units, None, spec.duration_s)
+
+        return tuple(tuple(claim(spec) for spec in t.rate_limits) for t in wf.tasks)
 
     def _check_sticky_child(self, tenant_id: str, wf: Workflow, worker_id: str) -> None:
         """A run may start on a given worker only if its workflow is sticky and that worker
@@ -921,6 +976,40 @@ def _check_concurrency(spec: ConcurrencySpec) -> None:
     cel.compile_expression(spec.expression)
     if spec.max_runs_expression:
         cel.compile_expression(spec.max_runs_expression)
+
+
+def _check_rate_limit(task: str, spec: RateLimitSpec) -> None:
+    if spec.key_expr:
+        cel.compile_expression(spec.key_expr)
+        if not spec.limit_expr:
+            raise InvalidInput(f"task {task!r}: a dynamic rate limit needs a limit")
+        if not _is_int(spec.limit_expr):
+            cel.compile_expression(spec.limit_expr)
+    elif not spec.key:
+        raise InvalidInput(f"task {task!r}: a rate limit needs a key or a key expression")
+    if spec.units_expr:
+        cel.compile_expression(spec.units_expr)
+    elif spec.units is not None and spec.units < 1:
+        raise InvalidInput(f"task {task!r}: rate limit units must be at least 1")
+    if not spec.duration_s > 0:
+        raise InvalidInput(f"task {task!r}: rate limit duration must be positive")
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text.strip())
+    except ValueError:
+        return False
+    return True
+
+
+def _limit_value(text: str | None, data: Any, meta: Any) -> int:
+    if text is None:
+        raise InvalidInput("a dynamic rate limit needs a limit")
+    value = int(text.strip()) if _is_int(text) else cel.compile_expression(text).integer(data, meta)
+    if value < 1:
+        raise InvalidInput(f"rate limit value must be at least 1, got {value}")
+    return value
 
 
 def _gate_claims(

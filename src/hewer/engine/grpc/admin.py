@@ -14,6 +14,7 @@ from hewer.errors import InvalidInput, NotSupported
 from hewer.store.models import (
     ConcurrencySpec,
     ConcurrencyStrategy,
+    RateLimitSpec,
     RunDetails,
     RunStatus,
     StickyStrategy,
@@ -85,13 +86,49 @@ def concurrency_spec(msg: Any) -> ConcurrencySpec:
     )
 
 
+# Upstream's RateLimitDuration, in seconds (a month is 30 days, a year 365).
+RATE_LIMIT_SECONDS: dict[int, float] = {
+    pb.SECOND: 1.0,
+    pb.MINUTE: 60.0,
+    pb.HOUR: 3600.0,
+    pb.DAY: 86400.0,
+    pb.WEEK: 7 * 86400.0,
+    pb.MONTH: 30 * 86400.0,
+    pb.YEAR: 365 * 86400.0,
+}
+
+
+def rate_limit_seconds(duration: int) -> float:
+    if duration not in RATE_LIMIT_SECONDS:
+        raise InvalidInput(f"unknown rate limit duration {duration}")
+    return RATE_LIMIT_SECONDS[duration]
+
+
+def rate_limit_spec(task: str, msg: Any) -> RateLimitSpec:
+    """A ``CreateTaskRateLimit``: dynamic when it has a key expression; a limit of "-1" (or
+    none) means the limit declared with PutRateLimit."""
+    limit = msg.limit_values_expr if msg.HasField("limit_values_expr") else None
+    if limit is not None and limit.strip() in ("", "-1"):
+        limit = None
+    key_expr = msg.key_expr if msg.HasField("key_expr") and msg.key_expr else None
+    if key_expr is None and not msg.key:
+        raise InvalidInput(f"task {task!r}: a rate limit needs a key")
+    return RateLimitSpec(
+        key=None if key_expr else msg.key,
+        key_expr=key_expr,
+        units=msg.units if msg.HasField("units") else None,
+        units_expr=msg.units_expr if msg.HasField("units_expr") and msg.units_expr else None,
+        limit_expr=limit,
+        duration_s=rate_limit_seconds(msg.duration) if msg.HasField("duration") else 60.0,
+    )
+
+
 def task_def(opts: Any) -> TaskDef:
     """A registered task from ``CreateTaskOpts``; features not built yet are refused."""
     name = opts.readable_id
     unsupported = [
         label
         for label, present in (
-            ("rate limits", len(opts.rate_limits) > 0),
             ("durable tasks", opts.is_durable),
             ("batching", opts.HasField("batch")),
             (
@@ -127,6 +164,7 @@ def task_def(opts: Any) -> TaskDef:
         slot_requests={k: int(v) for k, v in opts.slot_requests.items()} or {"default": 1},
         desired_labels=desired_labels(opts.worker_labels),
         concurrency=tuple(concurrency_spec(c) for c in opts.concurrency),
+        rate_limits=tuple(rate_limit_spec(name, r) for r in opts.rate_limits),
     )
 
 

@@ -9,6 +9,7 @@ from hewer._proto import workflows_pb2_grpc as pb_grpc
 from hewer.engine.core.service import TriggerSpec
 from hewer.engine.grpc._common import Servicer, unary
 from hewer.engine.grpc._labels import desired_labels
+from hewer.engine.grpc.admin import rate_limit_seconds
 from hewer.errors import InvalidInput
 
 MAX_BULK = 1000
@@ -32,6 +33,13 @@ def trigger_spec(request: Any) -> TriggerSpec:
 
 
 class WorkflowServicer(Servicer, pb_grpc.WorkflowServiceServicer):  # type: ignore[misc]
+    @unary
+    async def PutRateLimit(self, tenant_id: str, request: Any, context: Any) -> Any:
+        await self.core.put_rate_limit(
+            tenant_id, request.key, request.limit, rate_limit_seconds(request.duration)
+        )
+        return pb.PutRateLimitResponse()
+
     @unary
     async def TriggerWorkflow(self, tenant_id: str, request: Any, context: Any) -> Any:
         (run_id,) = await self.core.trigger(tenant_id, [trigger_spec(request)])

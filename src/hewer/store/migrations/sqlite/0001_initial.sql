@@ -68,6 +68,7 @@ CREATE TABLE tasks (
     desired_labels   TEXT NOT NULL DEFAULT '[]',
     desired_worker_id TEXT,
     concurrency      TEXT NOT NULL DEFAULT '[]',  -- the GateClaims the task must pass
+    rate_limits      TEXT NOT NULL DEFAULT '[]',  -- the RateClaims it consumes at start
     timeout_s        REAL NOT NULL,
     schedule_timeout_s REAL NOT NULL,
     worker_id        TEXT,
@@ -128,3 +129,12 @@ CREATE TABLE task_logs (
     retry_count INTEGER
 );
 CREATE INDEX task_logs_task ON task_logs (task_id, id);
+
+CREATE TABLE rate_limits (
+    tenant_id  TEXT NOT NULL REFERENCES tenants (id),
+    key        TEXT NOT NULL,
+    limit_value INTEGER NOT NULL,
+    duration_s REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (tenant_id, key)
+);

@@ -53,19 +53,19 @@ VALUES (:id, :tenant_id, :workflow_id, :workflow_name, 'queued', :input,
 -- name: task_insert
 INSERT INTO tasks (id, tenant_id, run_id, step_id, readable_id, action_id, status,
                    max_retries, backoff_factor, backoff_max, priority, parents, slot_requests,
-                   desired_labels, desired_worker_id, concurrency, timeout_s,
+                   desired_labels, desired_worker_id, concurrency, rate_limits, timeout_s,
                    schedule_timeout_s, created_at, queued_at)
 VALUES (:id, :tenant_id, :run_id, :step_id, :readable_id, :action_id, :status,
         :max_retries, :backoff_factor, :backoff_max, :priority, :parents, :slot_requests,
-        :desired_labels, :desired_worker_id, :concurrency, :timeout_s, :schedule_timeout_s,
-        :now, :queued_at)
+        :desired_labels, :desired_worker_id, :concurrency, :rate_limits, :timeout_s,
+        :schedule_timeout_s, :now, :queued_at)
 RETURNING seq;
 
 -- name: tasks_queued
 -- Every task waiting for a worker, in queue order (rebuilds the scheduler after a restart).
 SELECT t.id, t.tenant_id, t.action_id, t.priority, t.seq, t.retry_count, t.slot_requests,
        t.available_at, t.queued_at, t.schedule_timeout_s, t.desired_labels,
-       t.desired_worker_id, t.concurrency, r.sticky
+       t.desired_worker_id, t.concurrency, t.rate_limits, r.sticky
 FROM tasks t JOIN runs r ON r.id = t.run_id
 WHERE t.status = 'queued' ORDER BY t.priority DESC, t.seq;
 
@@ -171,12 +171,12 @@ UPDATE tasks SET status = 'queued', retry_count = retry_count + 1,
 WHERE id = :task_id AND status = 'running' AND retry_count = :retry_count
   AND worker_id = :worker_id
 RETURNING tenant_id, run_id, action_id, priority, seq, retry_count, slot_requests,
-          schedule_timeout_s, desired_labels, desired_worker_id, concurrency;
+          schedule_timeout_s, desired_labels, desired_worker_id, concurrency, rate_limits;
 
 -- name: run_tasks
 SELECT id, readable_id, status, parents, output, error, retry_count, priority, action_id,
        slot_requests, seq, schedule_timeout_s, worker_id, slot_released, desired_labels,
-       concurrency
+       concurrency, rate_limits
 FROM tasks WHERE run_id = :run_id ORDER BY seq;
 
 -- name: task_mark_queued
@@ -303,3 +303,13 @@ SELECT t.status, t.concurrency
 FROM tasks t JOIN runs r ON r.id = t.run_id
 WHERE t.concurrency != '[]' AND (t.status = 'running' OR r.status = 'running')
   AND t.status NOT IN ('completed', 'failed', 'cancelled', 'skipped');
+
+-- name: rate_limit_put
+INSERT INTO rate_limits (tenant_id, key, limit_value, duration_s, updated_at)
+VALUES (:tenant_id, :key, :limit, :duration_s, :now)
+ON CONFLICT (tenant_id, key) DO UPDATE SET
+    limit_value = excluded.limit_value, duration_s = excluded.duration_s,
+    updated_at = excluded.updated_at;
+
+-- name: rate_limits_list
+SELECT tenant_id, key, limit_value, duration_s FROM rate_limits;
