@@ -279,8 +279,11 @@ async def test_one_sweep_ends_a_batch_plus_one_timed_out_attempts(rig: Rig) -> N
 async def test_unacknowledged_start(rig: Rig, age: float, requeued: bool) -> None:
     worker_id, session = await rig.worker()
     (run_id,) = await rig.trigger()
-    action = await next_action(session)  # delivered, never acknowledged
+    action = await next_action(session)  # sent, never acknowledged
     assert action.kind is ActionKind.START
+    # The stream it went out on breaks; the worker reconnects without acknowledging it.
+    # (A start on a stream that stays open was delivered and is never sent twice.)
+    session = await rig.core.open_session(rig.tenant, worker_id)
     rig.clock.advance(age)
     await rig.core.heartbeat(rig.tenant, worker_id)
     assert await rig.core.expire() == (1 if requeued else 0)

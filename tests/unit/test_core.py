@@ -154,7 +154,9 @@ async def test_a_start_never_acknowledged_is_sent_again(rig: Rig) -> None:
     await rig.core.trigger(rig.tenant, [_spec()])
     _, task_id, retry = await next_action(session)
     assert retry == 0
-    # The worker stays alive but never says STARTED: the start was lost on the way.
+    # The stream breaks and the worker reconnects without ever saying STARTED: the start
+    # may have been lost on the way.
+    session = await rig.core.open_session(rig.tenant, worker_id)
     rig.clock.advance(INACTIVE_AFTER / 2)
     await rig.core.heartbeat(rig.tenant, worker_id)
     assert await rig.core.expire() == 0
@@ -163,6 +165,19 @@ async def test_a_start_never_acknowledged_is_sent_again(rig: Rig) -> None:
     assert await rig.core.expire() == 1
     kind, again, retry = await next_action(session)
     assert (kind, again, retry) == (ActionKind.START, task_id, 1)
+
+
+async def test_a_start_on_a_stream_still_open_is_not_sent_again(rig: Rig) -> None:
+    worker_id, session = await rig.worker()
+    await rig.core.trigger(rig.tenant, [_spec()])
+    await next_action(session)
+    # Delivered on a stream that is still open: the worker is just slow to acknowledge
+    # (a blocked event loop), so a second copy would only run the body twice.
+    rig.clock.advance(INACTIVE_AFTER * 1.5)  # past the window, before the 60 s timeout
+    await rig.core.heartbeat(rig.tenant, worker_id)
+    assert await rig.core.expire() == 0
+    await rig.settle()
+    assert session._queue.empty()
 
 
 async def test_a_cancelled_trigger_still_queues_what_it_wrote(rig: Rig) -> None:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from hewer.engine.core import cel
 from hewer.engine.core.clock import Clock
-from hewer.engine.core.scheduler import Scheduler, worker_slots
+from hewer.engine.core.scheduler import Scheduler, WorkerSlots, worker_slots
 from hewer.errors import HewerError, InvalidInput, NotFound
 from hewer.store import Store
 from hewer.store.models import (
@@ -54,6 +54,9 @@ MIN_PRIORITY, MAX_PRIORITY = 1, 3
 # A task whose worker is lost this many times fails (a poison task must not crash workers
 # forever); 0 fails it on the first loss, None never gives up.
 DEFAULT_MAX_REASSIGNMENTS = 3
+# Time-based endings are swept in batches; one tick handles up to MAX_SWEEPS of them.
+SWEEP_BATCH = 500
+MAX_SWEEPS = 20
 
 
 class FailedPrecondition(HewerError):
@@ -190,6 +193,9 @@ class EngineCore:
         self.reaper_interval = reaper_interval or max(0.05, min(inactive_after / 6, 5.0))
         self.scheduler = Scheduler(store, clock, self._dispatch, self._cancel_for_scheduler)
         self._workers: dict[str, _WorkerState] = {}
+        # The stream each unacknowledged start went out on (forgotten once acknowledged).
+        self._sent_on: dict[tuple[str, int], Session] = {}
+        self._started_at = 0.0
         self._rate_limits: dict[tuple[str, str], RateLimitRecord] = {}
         self._watchers = _Watchers()
         self._background: set[asyncio.Task[Any]] = set()
@@ -200,6 +206,7 @@ class EngineCore:
     async def start(self) -> None:
         # Every known worker starts with a fresh window, as if it had just sent a heartbeat.
         fresh = self.clock.monotonic()
+        self._started_at = fresh
         for record in await self.store.workers_list():
             if record.status in (WorkerStatus.ACTIVE, WorkerStatus.PAUSED):
                 self._workers[record.id] = _WorkerState(record, record.status, last_seen=fresh)
@@ -577,6 +584,7 @@ class EngineCore:
         return await self._finish(self._task_event(event), "task-event")
 
     async def _task_event(self, event: TaskEvent) -> EventOutcome:
+        self._sent_on.pop((event.task_id, event.retry_count), None)
         outcome = await self.store.task_apply_event(event, self.clock.now())
         if not outcome.applied:
             logger.info(
@@ -653,11 +661,7 @@ class EngineCore:
             created_at=now,
             runtime_info=dict(runtime_info),
         )
-        await self._finish(self.store.worker_insert(record), "register")
-        self._workers[record.id] = _WorkerState(
-            record, WorkerStatus.ACTIVE, last_seen=self.clock.monotonic()
-        )
-        self.scheduler.worker_up(slots)
+        await self._finish(self._register(record, slots), "register")
         logger.info(
             "worker %r registered as %s with %d action(s), slots %s",
             name,
@@ -667,6 +671,15 @@ class EngineCore:
             extra={"worker_id": record.id, "worker_name": name, "actions": list(actions)},
         )
         return record
+
+    async def _register(self, record: WorkerRecord, slots: WorkerSlots) -> None:
+        # Row and memory together: a worker whose caller went away mid-call must still be
+        # known to the reaper, or it would stay ACTIVE forever.
+        await self.store.worker_insert(record)
+        self._workers[record.id] = _WorkerState(
+            record, WorkerStatus.ACTIVE, last_seen=self.clock.monotonic()
+        )
+        self.scheduler.worker_up(slots)
 
     def _worker(self, tenant_id: str, worker_id: str) -> _WorkerState:
         state = self._workers.get(worker_id)
@@ -844,21 +857,39 @@ class EngineCore:
         now = self.clock.now()
         ended = 0
         keepers = self._slot_keepers()
-        for timed_out in await self.store.tasks_timed_out(now):
-            hold = timed_out.task.worker_id in keepers
-            outcome = await self.store.task_time_out(timed_out, hold, now)
-            if outcome.applied:
-                ended += 1
-                self._after(outcome)
-        unacknowledged = await self.store.tasks_unstarted(now - self.inactive_after)
-        if unacknowledged:
-            ended += await self._requeue(unacknowledged, "start never acknowledged by the worker")
-        by_tenant: dict[str, list[str]] = {}
-        for tenant_id, task_id in await self.store.tasks_schedule_expired(now):
-            by_tenant.setdefault(tenant_id, []).append(task_id)
-        for tenant_id, task_ids in by_tenant.items():
-            reason = "schedule timeout: no worker took the task in time"
-            ended += len(await self._cancel(tenant_id, task_ids, reason))
+        for _ in range(MAX_SWEEPS):
+            batch = await self.store.tasks_timed_out(now, SWEEP_BATCH)
+            for timed_out in batch:
+                hold = timed_out.task.worker_id in keepers
+                outcome = await self.store.task_time_out(timed_out, hold, now)
+                if outcome.applied:
+                    ended += 1
+                    self._after(outcome)
+            if len(batch) < SWEEP_BATCH:
+                break
+        self._sent_on = {k: v for k, v in self._sent_on.items() if not v.closed}
+        # Starts are judged only after a full window of this engine's life: one sent before
+        # a restart gets the same fresh window as its worker.
+        if self.clock.monotonic() - self._started_at > self.inactive_after:
+            lost = [
+                held
+                for held in await self.store.tasks_unstarted(now - self.inactive_after, SWEEP_BATCH)
+                if not self._still_on_open_stream(held)
+            ]
+            for held in lost:
+                self._sent_on.pop((held.task_id, held.retry_count), None)
+            if lost:
+                ended += await self._requeue(lost, "start never acknowledged by the worker")
+        for _ in range(MAX_SWEEPS):
+            expired = await self.store.tasks_schedule_expired(now, SWEEP_BATCH)
+            by_tenant: dict[str, list[str]] = {}
+            for tenant_id, task_id in expired:
+                by_tenant.setdefault(tenant_id, []).append(task_id)
+            for tenant_id, task_ids in by_tenant.items():
+                reason = "schedule timeout: no worker took the task in time"
+                ended += len(await self._cancel(tenant_id, task_ids, reason))
+            if len(expired) < SWEEP_BATCH:
+                break
         return ended
 
     def _send_cancel(self, held: RunningTask) -> None:
@@ -889,7 +920,21 @@ class EngineCore:
                 or not state.session.send(Action(ActionKind.START, info=info))
             ):
                 undelivered.append(info)
+            else:
+                self._sent_on[(info.task_id, info.retry_count)] = state.session
         self._requeue_undelivered(undelivered)
+
+    def _still_on_open_stream(self, held: RunningTask) -> bool:
+        """Whether a start went out on the stream its worker still has open: then it was
+        delivered (the worker may just be slow to say so, e.g. a blocked event loop)."""
+        session = self._sent_on.get((held.task_id, held.retry_count))
+        state = self._workers.get(held.worker_id)
+        return (
+            session is not None
+            and not session.closed
+            and state is not None
+            and state.session is session
+        )
 
     # ------------------------------------------------------------------ reads and admin
 
