@@ -99,11 +99,6 @@ class TokenAuthority:
         self._cache[token] = (principal, min(now + CACHE_SECONDS, row.expires_at))
         return principal
 
-    def forget(self, token_id: str) -> None:
-        """Drop cached validations of a token (after revoking it in this process)."""
-        for key, (principal, _) in list(self._cache.items()):
-            if principal.token_id == token_id:
-                del self._cache[key]
 
 
 def bearer(header_value: str | None) -> str:

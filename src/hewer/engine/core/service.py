@@ -615,7 +615,7 @@ class EngineCore:
         held = await self.store.task_release_slot(tenant_id, task_id)
         if held is None:
             raise NotFound(f"no running task {task_id!r} holding a slot")
-        self.scheduler.free([replace(held, slot_released=False)])
+        self.scheduler.free([held])
 
     async def refresh_timeout(self, tenant_id: str, task_id: str, seconds: float) -> float:
         if seconds <= 0 or not math.isfinite(seconds):
