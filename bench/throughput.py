@@ -75,8 +75,17 @@ def main() -> None:
     try:
         sys.path.insert(0, str(REPO))
         from bench import app
+        from hewer import NotFound
 
-        app.noop.run(app.Tick(n=-1))  # warm up: every worker connected, channels open
+        deadline = time.monotonic() + 60
+        while True:  # warm up once the workers have registered the task
+            try:
+                app.noop.run(app.Tick(n=-1))
+                break
+            except NotFound:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
         began = time.perf_counter()
         app.noop.run_many([app.Tick(n=i) for i in range(args.tasks)])
