@@ -7,6 +7,7 @@ Never imported by the test process (hatchet-sdk's protobuf names would clash wit
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -49,14 +50,24 @@ def second(input: EmptyModel, ctx: Context) -> dict[str, int]:
     return _me(ctx)
 
 
-@hatchet.task(name="compat-release")
-def release(input: EmptyModel, ctx: Context) -> dict[str, float]:
+@hatchet.task(
+    name="compat-release",
+    desired_worker_labels={"model": DesiredWorkerLabel(value="fancy", required=True)},
+)
+async def release(input: EmptyModel, ctx: Context) -> dict[str, float]:
+    # Async: hatchet-sdk's runner has one thread per slot, so a sync body would keep the
+    # only thread even after giving its slot back.
     ctx.release_slot()
-    time.sleep(1.5)  # keeps running after giving its slot back
+    await asyncio.sleep(1.5)  # keeps running after giving its slot back
     return {"end": time.time()}
 
 
-@hatchet.task(name="compat-quick")
+# Pinned to the 1-slot fancy worker too, so it can only start early if "release" really
+# gave its slot back.
+@hatchet.task(
+    name="compat-quick",
+    desired_worker_labels={"model": DesiredWorkerLabel(value="fancy", required=True)},
+)
 def quick(input: EmptyModel, ctx: Context) -> dict[str, float]:
     return {"start": time.time()}
 

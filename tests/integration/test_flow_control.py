@@ -658,17 +658,8 @@ def test_a_two_slot_task_shares_a_three_slot_worker_with_one_light_task(
 
 RELEASE_WAIT = 3.0  # the blocker starts within milliseconds when the slot really is free
 
-SYNC_RELEASE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "SDK bug: the runner has one thread per slot unit (DaemonThreadPool(sum(slot_config))), "
-        "so a sync body that released its slot still holds the only thread and the next "
-        "assigned sync task waits for it"
-    ),
-)
 
-
-@pytest.mark.parametrize("body", ["async", pytest.param("sync", marks=SYNC_RELEASE_BUG)])
+@pytest.mark.parametrize("body", ["async", "sync"])
 def test_released_slot_lets_another_task_start_and_is_freed_only_once(
     body: str,
     client: Hewer,
@@ -931,16 +922,7 @@ def test_workflow_concurrency_holds_the_key_for_the_whole_dag(
     )
 
 
-ONE_TASK_RUN_KEY_BUG = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug: a one-task run shares its id with its task, so the end of an attempt "
-        "(scheduler.release(outcome.ended)) also releases the run's workflow-level key"
-    ),
-)
-
-
-@pytest.mark.parametrize("tasks", [pytest.param(1, marks=ONE_TASK_RUN_KEY_BUG), 2])
+@pytest.mark.parametrize("tasks", [1, 2])
 def test_workflow_concurrency_key_is_held_across_retries(
     tasks: int, client: Hewer, engine: EngineThread, start_worker: StartWorker
 ) -> None:
@@ -1209,8 +1191,6 @@ def test_higher_priority_first_then_fifo(
 # 7. Rate limits
 # =========================================================================================
 
-RATE_LIMITS_PENDING = pytest.mark.xfail(strict=False, reason="rate limits not implemented yet")
-
 
 def _min_span(starts: Sequence[float], count: int) -> float:
     """Shortest time in which ``count`` consecutive starts happened."""
@@ -1221,7 +1201,6 @@ def _min_span(starts: Sequence[float], count: int) -> float:
     )
 
 
-@RATE_LIMITS_PENDING
 def test_static_rate_limit_caps_starts_per_window(client: Hewer, start_worker: StartWorker) -> None:
     log = ExecutionLog()
     client.rate_limits.put("api", 5, RateLimitDuration.SECOND)
@@ -1244,7 +1223,6 @@ def test_static_rate_limit_caps_starts_per_window(client: Hewer, start_worker: S
     assert max(starts) - began < 4.0
 
 
-@RATE_LIMITS_PENDING
 def test_dynamic_rate_limit_per_user(client: Hewer, start_worker: StartWorker) -> None:
     log = ExecutionLog()
 

@@ -86,6 +86,11 @@ class DaemonThreadPool(Executor):
         self._idle = 0
         self._closed = False
 
+    def grow(self) -> None:
+        """Allow one more thread (a task gave its slot back but still runs on its thread)."""
+        with self._lock:
+            self._size += 1
+
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         future: Future[T] = Future()
 
@@ -154,6 +159,7 @@ class Runner:
         self._registry = registry
         self._services = services
         self._pool = DaemonThreadPool(slots, "hewer-task")
+        services.on_slot_released = self._pool.grow
         self._max_payload = max(1024, max_message_bytes - _MESSAGE_OVERHEAD_BYTES)
         self._runs: dict[str, _Run] = {}
         self._reports: set[asyncio.Task[None]] = set()

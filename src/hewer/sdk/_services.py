@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -46,6 +46,9 @@ class WorkerServices:
         self._logs: queue.Queue[Any] = queue.Queue(maxsize=LOG_QUEUE_SIZE)
         self._log_thread: threading.Thread | None = None
         self._dropped_logs = 0
+        # Called once a task gave its slot back: the runner makes room for one more thread,
+        # since the engine may now send a task while the releasing body still runs.
+        self.on_slot_released: Callable[[], None] | None = None
 
     def open(self) -> None:
         """Create the channels (inside the worker's running loop) and the log sender."""
@@ -169,6 +172,9 @@ class WorkerServices:
             )
         except grpc.RpcError as exc:
             logger.warning("release_slot failed for %s: %s", action.task_run_external_id, exc)
+        else:
+            if self.on_slot_released is not None:
+                self.on_slot_released()
 
     async def aio_release_slot(self, action: _wire.Action) -> None:
         request = _wire.release_slot_request(action.task_run_external_id)
@@ -178,6 +184,9 @@ class WorkerServices:
             )
         except grpc.RpcError as exc:
             logger.warning("release_slot failed for %s: %s", action.task_run_external_id, exc)
+        else:
+            if self.on_slot_released is not None:
+                self.on_slot_released()
 
     def upsert_worker_labels(self, labels: Mapping[str, str | int]) -> None:
         self.labels.upsert(labels)

@@ -100,7 +100,6 @@ class TokenAuthority:
         return principal
 
 
-
 def bearer(header_value: str | None) -> str:
     """The token in an ``authorization`` header value (``bearer <token>``, any case)."""
     if not header_value:

@@ -172,24 +172,27 @@ GateId = tuple[str, str, str]  # (tenant id, gate, key)
 
 @dataclass(slots=True)
 class _Bucket:
-    """A token bucket: ``limit`` units per ``duration_s``, refilled continuously."""
+    """``limit`` units per window of ``duration_s``; the whole limit comes back when a
+    window ends (as upstream), the first window starting at first use."""
 
     limit: int
     duration_s: float
     tokens: float
-    stamp: float
+    stamp: float  # when the current window started
 
     def refill(self, now: float) -> None:
-        rate = self.limit / self.duration_s
-        self.tokens = min(float(self.limit), self.tokens + max(0.0, now - self.stamp) * rate)
-        self.stamp = now
+        if now - self.stamp >= self.duration_s:
+            windows = (now - self.stamp) // self.duration_s
+            self.stamp += windows * self.duration_s
+            self.tokens = float(self.limit)
 
-    def wait(self, units: int) -> float:
-        """Seconds until ``units`` are available (after a refill)."""
+    def wait(self, units: int, now: float) -> float:
+        """Seconds until ``units`` are available (after a refill at ``now``)."""
         if units > self.limit:
             return float("inf")
-        missing = units - self.tokens
-        return 0.0 if missing <= 0 else missing * self.duration_s / self.limit
+        if self.tokens >= units:
+            return 0.0
+        return max(0.0, self.stamp + self.duration_s - now)
 
 
 @dataclass(slots=True)
@@ -623,7 +626,7 @@ class Scheduler:
             if bucket is None:
                 return False
             bucket.refill(now)
-            wait = bucket.wait(claim.units)
+            wait = bucket.wait(claim.units, now)
             if wait > 0:
                 if wait != float("inf"):
                     at = now + wait

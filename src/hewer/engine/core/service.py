@@ -571,7 +571,8 @@ class EngineCore:
     def _cancel_for_scheduler(self, tenant_id: str, ids: list[str], reason: str) -> None:
         """A concurrency strategy decided to cancel runs or tasks (the scheduler cannot
         await the store itself)."""
-        self._spawn(self._cancel(tenant_id, ids, reason), "concurrency-cancel")
+        targets = [holder.split(":", 1)[1] for holder in ids]
+        self._spawn(self._cancel(tenant_id, targets, reason), "concurrency-cancel")
 
     def _slot_keepers(self) -> frozenset[str]:
         """Workers whose cancelled attempts keep their slots until they report the end."""
@@ -601,7 +602,9 @@ class EngineCore:
     def _after(self, outcome: EventOutcome) -> None:
         self.scheduler.free(outcome.freed)
         # Concurrency keys first, so a retried task queues behind its own release.
-        self.scheduler.release(outcome.ended + outcome.finished_runs)
+        self.scheduler.release(
+            [task_holder(t) for t in outcome.ended] + [run_holder(r) for r in outcome.finished_runs]
+        )
         self.scheduler.enqueue(outcome.queued)
         for held in outcome.stop:
             self._send_cancel(held)
@@ -1057,6 +1060,16 @@ def _limit_value(text: str | None, data: Any, meta: Any) -> int:
     return value
 
 
+def run_holder(run_id: str) -> str:
+    """Concurrency holder names: a one-task run shares its id with its task, so the two
+    kinds of holder are kept apart by prefix."""
+    return f"run:{run_id}"
+
+
+def task_holder(task_id: str) -> str:
+    return f"task:{task_id}"
+
+
 def _gate_claims(
     tenant_id: str,
     wf: Workflow,
@@ -1085,13 +1098,13 @@ def _gate_claims(
         return GateClaim(gate, key, max_runs, spec.strategy, holder, per_run, tenant_id)
 
     run_claims = tuple(
-        claim(spec, f"{wf.id}/run/{spec.name or i}", run_id, True)
+        claim(spec, f"{wf.id}/run/{spec.name or i}", run_holder(run_id), True)
         for i, spec in enumerate(wf.concurrency)
     )
     return tuple(
         run_claims
         + tuple(
-            claim(spec, f"{wf.id}/{task.readable_id}/{spec.name or i}", task_id, False)
+            claim(spec, f"{wf.id}/{task.readable_id}/{spec.name or i}", task_holder(task_id), False)
             for i, spec in enumerate(task.concurrency)
         )
         for task, task_id in zip(wf.tasks, task_ids, strict=True)
