@@ -347,3 +347,34 @@ async def test_sticky_child_runs_need_a_sticky_workflow_on_that_worker(rig: Rig)
         await rig.core.trigger(rig.tenant, [TriggerSpec("job", "{}", desired_worker_id=w_id)])
     with pytest.raises(InvalidInput, match="not connected"):
         await rig.core.trigger(rig.tenant, [TriggerSpec("dag", "{}", desired_worker_id="nope")])
+
+
+async def test_a_cancelled_start_that_never_reached_its_worker_frees_its_slot(rig: Rig) -> None:
+    worker_id, session = await rig.worker(slots=1, reports_cancellation=True)
+    (run_id,) = await rig.core.trigger(rig.tenant, [_spec()])
+    await rig.settle()
+    assert not session._queue.empty()  # the START waits on the stream, unread
+    await rig.core.cancel(rig.tenant, [run_id], "by test")
+    await rig.settle()
+    assert await rig.used(worker_id) == 1  # kept: the worker might be running it
+    # The stream breaks before the worker read anything: the start never arrived.
+    await rig.core.open_session(rig.tenant, worker_id)
+    for _ in range(500):  # the give-back runs in the background: poll, with a bound
+        if await rig.used(worker_id) == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert await rig.used(worker_id) == 0
+
+
+async def test_a_retried_task_of_a_sticky_run_returns_to_the_run_worker(rig: Rig) -> None:
+    tasks = [TaskDef("a", "dag:a", retries=1), TaskDef("b", "dag:b", parents=("a",))]
+    await rig.core.put_workflow(rig.tenant, "dag", tasks, None, StickyStrategy.HARD)
+    one_id, one = await _dag_worker(rig, "one", slots=1)
+    await rig.core.trigger(rig.tenant, [TriggerSpec("dag", "{}")])
+    _, a_id, _ = await next_action(one)
+    _, other = await _dag_worker(rig, "other", slots=10)
+    await rig.report(one_id, a_id, 0, EventType.FAILED)
+    kind, again, retry = await next_action(one)
+    assert (kind, again, retry) == (ActionKind.START, a_id, 1)
+    await rig.settle()
+    assert other._queue.empty()

@@ -616,6 +616,7 @@ class SqliteStore:
                 fence = {"task_id": t.task_id, "retry_count": t.retry_count}
                 held = conn.execute(Q["task_held"], {**fence, "worker_id": t.worker_id}).fetchone()
                 if held is None:
+                    freed.extend(_free_unstarted(conn, t, now))
                     continue
                 handled.append(t.task_id)
                 freed.extend(_free_attempt(conn, t.task_id, t.retry_count, held["slot_requests"]))
@@ -971,6 +972,19 @@ def _free_attempt(
     return (RunningTask(task_id, row["worker_id"], retry_count, json.loads(slot_requests), False),)
 
 
+def _free_unstarted(
+    conn: sqlite3.Connection, t: RunningTask, now: float
+) -> tuple[RunningTask, ...]:
+    row = conn.execute(
+        Q["attempt_free_unstarted"],
+        {"task_id": t.task_id, "retry_count": t.retry_count, "worker_id": t.worker_id, "now": now},
+    ).fetchone()
+    if row is None:
+        return ()
+    slots = conn.execute(Q["task_slot_requests"], {"task_id": t.task_id}).fetchone()
+    return (RunningTask(t.task_id, t.worker_id, t.retry_count, json.loads(slots[0]), False),)
+
+
 def _free_draining(conn: sqlite3.Connection, event: TaskEvent) -> tuple[RunningTask, ...]:
     """A report from an attempt the engine already ended: its body returned, so the slot
     it kept (cancelled or timed out while still running) is free now."""
@@ -1014,7 +1028,7 @@ def _fail_or_retry(
 def _queue_item(
     conn: sqlite3.Connection, task_id: str, row: sqlite3.Row, available_at: float, now: float
 ) -> QueueItem:
-    sticky, _ = _run_sticky(conn, row["run_id"])
+    sticky, pinned = _run_sticky(conn, row["run_id"])
     return QueueItem(
         task_id=task_id,
         tenant_id=row["tenant_id"],
@@ -1026,7 +1040,8 @@ def _queue_item(
         available_at=available_at,
         schedule_deadline=now + row["schedule_timeout_s"],
         desired_labels=_labels(row["desired_labels"]),
-        desired_worker_id=row["desired_worker_id"],
+        # A retried task of a sticky run goes back to the run's worker.
+        desired_worker_id=row["desired_worker_id"] or pinned,
         sticky=sticky,
         gates=_gates(row["concurrency"]),
         rates=_rates(row["rate_limits"]),

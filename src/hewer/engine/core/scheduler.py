@@ -638,7 +638,7 @@ class Scheduler:
         for claim in item.rates:
             bucket = self._buckets.get((item.tenant_id, claim.key))
             if bucket is not None:
-                bucket.tokens -= sign * claim.units
+                bucket.tokens = min(float(bucket.limit), bucket.tokens - sign * claim.units)
 
     def _drop_dead_heads(self, queue: list[tuple[int, int, int, QueueItem]]) -> bool:
         while queue and not self._is_live(queue[0][3]):
@@ -665,9 +665,10 @@ class Scheduler:
                 self._push(item)
             raise
         done = {d.task_id for d in committed}
-        for assignment, _ in decided:
+        for assignment, item in decided:
             if assignment.task_id not in done:
                 self._give_back(assignment)
+                self._consume(item, -1)
         if committed:
             self._dispatch(committed)
         return len(decided) >= MAX_BATCH

@@ -399,6 +399,8 @@ class EngineCore:
             raise InvalidInput("rate limit key must not be empty")
         if limit < 1:
             raise InvalidInput(f"rate limit {key!r}: limit must be at least 1")
+        if not (math.isfinite(duration_s) and duration_s > 0):
+            raise InvalidInput(f"rate limit {key!r}: duration must be positive")
         record = RateLimitRecord(tenant_id, key, limit, duration_s)
         await self._finish(self.store.rate_limit_put(record, self.clock.now()), "rate-limit")
         self._rate_limits[(tenant_id, key)] = record

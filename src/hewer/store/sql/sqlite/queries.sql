@@ -98,6 +98,14 @@ UPDATE task_attempts SET holds_slot = 0
 WHERE task_id = :task_id AND retry_count = :retry_count AND holds_slot = 1
 RETURNING worker_id;
 
+-- name: attempt_free_unstarted
+-- A start that never reached its worker, for a task the engine has since ended: nothing
+-- runs it, so its slot is free.
+UPDATE task_attempts SET holds_slot = 0, finished_at = coalesce(finished_at, :now)
+WHERE task_id = :task_id AND retry_count = :retry_count AND worker_id = :worker_id
+  AND holds_slot = 1 AND started_at IS NULL
+RETURNING worker_id;
+
 -- name: attempt_draining
 -- An attempt the engine is done with whose worker still runs it (it holds its slot).
 SELECT a.worker_id, t.slot_requests
@@ -302,7 +310,8 @@ LIMIT :limit;
 SELECT t.status, t.concurrency
 FROM tasks t JOIN runs r ON r.id = t.run_id
 WHERE t.concurrency != '[]' AND (t.status = 'running' OR r.status = 'running')
-  AND t.status NOT IN ('completed', 'failed', 'cancelled', 'skipped');
+  AND t.status NOT IN ('completed', 'failed', 'cancelled', 'skipped')
+ORDER BY r.created_at, t.seq;  -- holders come back oldest first (CANCEL_IN_PROGRESS)
 
 -- name: rate_limit_put
 INSERT INTO rate_limits (tenant_id, key, limit_value, duration_s, updated_at)
@@ -313,3 +322,6 @@ ON CONFLICT (tenant_id, key) DO UPDATE SET
 
 -- name: rate_limits_list
 SELECT tenant_id, key, limit_value, duration_s FROM rate_limits;
+
+-- name: task_slot_requests
+SELECT slot_requests FROM tasks WHERE id = :task_id;
