@@ -134,11 +134,6 @@ def test_sigstopped_worker_loses_its_tasks_and_its_late_results_are_rejected(
     assert c["overlaps_by_cause"]["stalled"] == STALL_TASKS  # excused: the owner was lost
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a worker resumed after being declared INACTIVE is not told to cancel "
-    "the attempts taken from it, so it can be over-committed until they end (next issue)",
-)
 def test_resumed_worker_cancels_its_stale_attempts(
     engine: EngineThread, fleet: Fleet, app: ModuleType
 ) -> None:

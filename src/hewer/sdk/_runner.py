@@ -218,8 +218,11 @@ class Runner:
 
     def _cancel(self, action: _wire.Action) -> None:
         run = self._runs.get(action.task_run_external_id)
-        if run is None:
+        if run is None or run.action.retry_count != action.retry_count:
+            # Nothing of that attempt runs here (it ended, or never arrived): say so, so the
+            # engine stops counting a slot for it.
             logger.debug("cancel for %s, which is not running here", action.task_run_external_id)
+            self._report(_wire.step_event(action, _wire.EventKind.CANCELLED, self._now()))
             return
         logger.info(
             "cancelling %s (task run %s)", run.action.action_id, action.task_run_external_id

@@ -124,6 +124,10 @@ class Store(Protocol):
     async def gates_held(self) -> list[GateClaim]:
         """Concurrency claims held now (rebuilds the scheduler's gates after a restart)."""
 
+    async def attempts_recall(self, worker_id: str, hold: bool, since: float) -> list[RunningTask]:
+        """Attempts taken from a worker (lost since ``since``) that was declared lost and is
+        back; with ``hold`` they take their slots again until it reports that they ended."""
+
     async def attempts_holding(self) -> list[RunningTask]:
         """Every attempt holding slot units (rebuilds slot accounting after a restart)."""
 

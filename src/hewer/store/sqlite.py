@@ -765,6 +765,24 @@ class SqliteStore:
 
         return await self._read(body)
 
+    async def attempts_recall(self, worker_id: str, hold: bool, since: float) -> list[RunningTask]:
+        def body(conn: sqlite3.Connection) -> list[RunningTask]:
+            out: list[RunningTask] = []
+            rows = conn.execute(
+                Q["attempts_recall"],
+                {"worker_id": worker_id, "hold": 1 if hold else 0, "since": since},
+            ).fetchall()
+            for r in rows:
+                slots = conn.execute(Q["task_slot_requests"], {"task_id": r["task_id"]}).fetchone()
+                out.append(
+                    RunningTask(
+                        r["task_id"], worker_id, r["retry_count"], json.loads(slots[0]), False
+                    )
+                )
+            return out
+
+        return await self._write(body)
+
     async def attempts_holding(self) -> list[RunningTask]:
         return await self._read(
             lambda conn: [_running(r) for r in conn.execute(Q["attempts_holding"])]

@@ -718,8 +718,23 @@ class EngineCore:
             self._requeue_undelivered(state.session.close())
         session = Session(worker_id, tenant_id)
         state.session = session
+        stale: list[RunningTask] = []
+        if state.status is WorkerStatus.INACTIVE:
+            # Back from the dead (a stalled process, a network cut): the attempts taken from
+            # it may still run there. Tell it to stop them and, if it reports when they end,
+            # count their slots until then, so it is never given more than it can run.
+            keep = state.reports_cancellation
+            # Its tasks were given back just before it was marked INACTIVE.
+            since = state.record.status_changed_at - self.inactive_after
+            stale = await self.store.attempts_recall(worker_id, keep, since)
+            if keep:
+                self.scheduler.hold(stale)
         if state.status is not WorkerStatus.ACTIVE and state.status is not WorkerStatus.PAUSED:
             await self._set_status(state, WorkerStatus.ACTIVE, "listener connected")
+        for held in stale:
+            session.send(
+                Action(ActionKind.CANCEL, task_id=held.task_id, retry_count=held.retry_count)
+            )
         self.scheduler.set_assignable(worker_id, state.status is WorkerStatus.ACTIVE)
         return session
 

@@ -325,3 +325,10 @@ SELECT tenant_id, key, limit_value, duration_s FROM rate_limits;
 
 -- name: task_slot_requests
 SELECT slot_requests FROM tasks WHERE id = :task_id;
+
+-- name: attempts_recall
+-- A worker declared lost is back: the attempts taken from it when it was (those that ended
+-- as lost since :since) may still be running there.
+UPDATE task_attempts SET holds_slot = :hold
+WHERE worker_id = :worker_id AND outcome = 'lost' AND finished_at >= :since
+RETURNING task_id, retry_count;
