@@ -20,7 +20,7 @@ from hewer.engine.core.service import (
     Session,
     TriggerSpec,
 )
-from hewer.errors import InvalidInput
+from hewer.errors import InvalidInput, NotFound
 from hewer.store import SqliteStore
 from hewer.store.models import (
     EventType,
@@ -378,3 +378,21 @@ async def test_a_retried_task_of_a_sticky_run_returns_to_the_run_worker(rig: Rig
     assert (kind, again, retry) == (ActionKind.START, a_id, 1)
     await rig.settle()
     assert other._queue.empty()
+
+
+async def test_stream_events_reach_the_run_subscribers_then_end(rig: Rig) -> None:
+    worker_id, session = await rig.worker()
+    (run_id,) = await rig.core.trigger(rig.tenant, [_spec()])
+    _, task_id, _ = await next_action(session)
+    queue, unsubscribe = await rig.core.subscribe_stream(rig.tenant, run_id)
+    other = (await rig.store.tenant_ensure("other", rig.clock.now())).id
+    with pytest.raises(NotFound):
+        await rig.core.subscribe_stream(other, run_id)
+    with pytest.raises(NotFound):
+        await rig.core.put_stream_event(other, task_id, b"x", 0)
+    await rig.core.put_stream_event(rig.tenant, task_id, b"chunk", 0)
+    event = await asyncio.wait_for(queue.get(), 5)
+    assert event is not None and (event.data, event.index, event.run_id) == (b"chunk", 0, run_id)
+    await rig.report(worker_id, task_id, 0, EventType.COMPLETED)
+    assert await asyncio.wait_for(queue.get(), 5) is None  # the run is done
+    unsubscribe()

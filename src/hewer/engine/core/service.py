@@ -15,9 +15,9 @@ import logging
 import math
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from hewer.engine.core import cel
 from hewer.engine.core.clock import Clock
@@ -166,12 +166,31 @@ class StreamEvent:
     created_at: float
 
 
-@dataclass(slots=True)
-class _Watchers:
-    by_run: dict[str, list[tuple[str, Callable[[RunDetails], None]]]] = field(default_factory=dict)
-    streams: dict[tuple[str, str], list[asyncio.Queue[StreamEvent | None]]] = field(
-        default_factory=dict
-    )
+V = TypeVar("V")
+
+
+class _ByRun(Generic[V]):
+    """Subscribers per run id, each with the tenant it subscribed as."""
+
+    def __init__(self) -> None:
+        self._by_run: dict[str, list[tuple[str, V]]] = {}
+
+    def add(self, run_id: str, tenant_id: str, value: V) -> Callable[[], None]:
+        """Register; returns the function that unregisters (idempotent)."""
+        entry = (tenant_id, value)
+        self._by_run.setdefault(run_id, []).append(entry)
+
+        def remove() -> None:
+            entries = self._by_run.get(run_id)
+            if entries and entry in entries:
+                entries.remove(entry)
+                if not entries:
+                    del self._by_run[run_id]
+
+        return remove
+
+    def get(self, run_id: str, tenant_id: str | None = None) -> list[tuple[str, V]]:
+        return [e for e in self._by_run.get(run_id, ()) if tenant_id in (None, e[0])]
 
 
 class EngineCore:
@@ -197,7 +216,8 @@ class EngineCore:
         self._sent_on: dict[tuple[str, int], Session] = {}
         self._started_at = 0.0
         self._rate_limits: dict[tuple[str, str], RateLimitRecord] = {}
-        self._watchers = _Watchers()
+        self._run_watchers: _ByRun[Callable[[RunDetails], None]] = _ByRun()
+        self._streams: _ByRun[asyncio.Queue[StreamEvent | None]] = _ByRun()
         self._background: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
 
@@ -478,17 +498,8 @@ class EngineCore:
                 unwatch()
                 callback(details)
 
-        entry = (tenant_id, deliver)
-
-        def unwatch() -> None:
-            watchers = self._watchers.by_run.get(run_id)
-            if watchers and entry in watchers:
-                watchers.remove(entry)
-                if not watchers:
-                    del self._watchers.by_run[run_id]
-
         # Register before reading, so a run finishing in between is not missed.
-        self._watchers.by_run.setdefault(run_id, []).append(entry)
+        unwatch = self._run_watchers.add(run_id, tenant_id, deliver)
 
         async def check_now() -> None:
             details = await self.store.run_get(tenant_id, run_id)
@@ -510,11 +521,9 @@ class EngineCore:
                 logger.exception("could not notify waiters of run %s", run_id)
 
     async def _notify_one(self, run_id: str) -> None:
-        for (_, streamed_run), queues in list(self._watchers.streams.items()):
-            if streamed_run == run_id:
-                for queue in queues:
-                    queue.put_nowait(None)
-        watchers = list(self._watchers.by_run.get(run_id, ()))
+        for _, queue in self._streams.get(run_id):
+            queue.put_nowait(None)
+        watchers = self._run_watchers.get(run_id)
         details: dict[str, RunDetails | None] = {}
         for tenant_id, deliver in watchers:
             if tenant_id not in details:
@@ -530,7 +539,7 @@ class EngineCore:
         if run_id is None:
             raise NotFound(f"task {task_id!r} not found")
         event = StreamEvent(run_id, task_id, data, index, self.clock.now())
-        for queue in self._watchers.streams.get((tenant_id, run_id), ()):
+        for _, queue in self._streams.get(run_id, tenant_id):
             queue.put_nowait(event)
 
     async def subscribe_stream(
@@ -538,17 +547,8 @@ class EngineCore:
     ) -> tuple[asyncio.Queue[StreamEvent | None], Callable[[], None]]:
         """A queue of the run's stream events, ending with None once the run is done."""
         queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
-        key = (tenant_id, run_id)
-
-        def unsubscribe() -> None:
-            queues = self._watchers.streams.get(key)
-            if queues and queue in queues:
-                queues.remove(queue)
-                if not queues:
-                    del self._watchers.streams[key]
-
         # Register before reading, so a run finishing in between still ends the stream.
-        self._watchers.streams.setdefault(key, []).append(queue)
+        unsubscribe = self._streams.add(run_id, tenant_id, queue)
         try:
             details = await self.run_details(tenant_id, run_id)
         except BaseException:
