@@ -89,12 +89,13 @@ class Store(Protocol):
     async def task_apply_event(self, event: TaskEvent, now: float) -> EventOutcome:
         """Apply a worker's report if its attempt is live; advance the DAG and the run."""
 
-    async def task_time_out(
-        self, timed_out: TimedOutTask, hold_slot: bool, now: float
+    async def tasks_time_out(
+        self, timed_out: Sequence[TimedOutTask], hold_slots_of: Collection[str], now: float
     ) -> EventOutcome:
-        """End an attempt past its execution timeout as a failure (retried if retries
-        remain). With ``hold_slot`` its slot stays taken until its worker reports that the
-        body returned; ``stop`` names the attempt to cancel on the worker."""
+        """End attempts past their execution timeout as failures (retried if retries remain),
+        in one transaction; those still live are named in ``stop`` (to cancel on their
+        workers). On workers in ``hold_slots_of`` the slot stays taken until the worker
+        reports that the body returned."""
 
     async def tasks_requeue(
         self,

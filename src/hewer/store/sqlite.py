@@ -566,34 +566,48 @@ class SqliteStore:
 
         return await self._write(body)
 
-    async def task_time_out(
-        self, timed_out: TimedOutTask, hold_slot: bool, now: float
+    async def tasks_time_out(
+        self, timed_out: Sequence[TimedOutTask], hold_slots_of: Collection[str], now: float
     ) -> EventOutcome:
         def body(conn: sqlite3.Connection) -> EventOutcome:
-            held = timed_out.task
-            key = {"task_id": held.task_id, "retry_count": held.retry_count}
-            live = conn.execute(
-                Q["task_live"],
-                {**key, "tenant_id": timed_out.tenant_id, "worker_id": held.worker_id},
-            ).fetchone()
-            if live is None:
-                return EventOutcome(applied=False, reason="attempt is not live")
-            conn.execute(Q["attempt_stop"], {**key, "outcome": "timed_out"})
-            freed = (
-                ()
-                if hold_slot
-                else _free_attempt(conn, held.task_id, held.retry_count, live["slot_requests"])
+            freed: list[RunningTask] = []
+            queued: list[QueueItem] = []
+            finished: list[str] = []
+            stop: list[RunningTask] = []
+            for item in timed_out:
+                held = item.task
+                key = {"task_id": held.task_id, "retry_count": held.retry_count}
+                live = conn.execute(
+                    Q["task_live"],
+                    {**key, "tenant_id": item.tenant_id, "worker_id": held.worker_id},
+                ).fetchone()
+                if live is None:
+                    continue
+                conn.execute(Q["attempt_stop"], {**key, "outcome": "timed_out"})
+                if held.worker_id not in hold_slots_of:
+                    freed.extend(
+                        _free_attempt(conn, held.task_id, held.retry_count, live["slot_requests"])
+                    )
+                event = TaskEvent(
+                    item.tenant_id,
+                    held.task_id,
+                    held.retry_count,
+                    held.worker_id,
+                    EventType.FAILED,
+                    "task exceeded its execution timeout",
+                )
+                more, done = _fail_or_retry(conn, live, event, now)
+                queued.extend(more)
+                finished.extend(done)
+                stop.append(held)
+            return EventOutcome(
+                bool(stop),
+                tuple(freed),
+                tuple(queued),
+                tuple(finished),
+                stop=tuple(stop),
+                ended=tuple(h.task_id for h in stop),
             )
-            event = TaskEvent(
-                timed_out.tenant_id,
-                held.task_id,
-                held.retry_count,
-                held.worker_id,
-                EventType.FAILED,
-                "task exceeded its execution timeout",
-            )
-            queued, finished = _fail_or_retry(conn, live, event, now)
-            return EventOutcome(True, freed, queued, finished, stop=(held,), ended=(held.task_id,))
 
         return await self._write(body)
 

@@ -879,12 +879,10 @@ class EngineCore:
         keepers = self._slot_keepers()
         for _ in range(MAX_SWEEPS):
             batch = await self.store.tasks_timed_out(now, SWEEP_BATCH)
-            for timed_out in batch:
-                hold = timed_out.task.worker_id in keepers
-                outcome = await self.store.task_time_out(timed_out, hold, now)
-                if outcome.applied:
-                    ended += 1
-                    self._after(outcome)
+            if batch:
+                outcome = await self.store.tasks_time_out(batch, keepers, now)
+                ended += len(outcome.stop)
+                self._after(outcome)
             if len(batch) < SWEEP_BATCH:
                 break
         self._sent_on = {k: v for k, v in self._sent_on.items() if not v.closed}
