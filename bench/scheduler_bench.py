@@ -35,10 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from hewer.engine.core.clock import ManualClock
-from hewer.engine.core.scheduler import MAX_BATCH, Scheduler, worker_slots
-from hewer.store import Store
-from hewer.store.models import (
+from hewer.domain import (
     Assignment,
     ConcurrencyStrategy,
     DesiredLabel,
@@ -48,6 +45,9 @@ from hewer.store.models import (
     QueueItem,
     RunningTask,
 )
+from hewer.engine.core.clock import ManualClock
+from hewer.engine.core.scheduler import MAX_BATCH, Scheduler, worker_slots
+from hewer.store import Store
 
 TENANT = "bench-tenant"
 ACTIONS = tuple(f"bench:action-{i}" for i in range(10))

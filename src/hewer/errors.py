@@ -25,6 +25,11 @@ class InvalidInput(HewerError, ValueError):
     """Input was rejected at the edge (bad JSON, wrong shape, out of range)."""
 
 
+class StoreError(HewerError):
+    """The database failed or is unreachable (translated from the driver's own exception);
+    worth retrying, unlike the errors above."""
+
+
 class TaskRunError(HewerError):
     """A run finished FAILED or CANCELLED; ``errors`` maps task name to its error text."""
 

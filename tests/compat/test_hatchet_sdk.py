@@ -156,8 +156,8 @@ def hatchet_admin(engine: EngineThread, tmp_path: Path, *args: str) -> dict[str,
 def test_hatchet_rest_clients_list_pause_and_cancel(
     engine: EngineThread, hatchet_worker: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
+    from hewer.domain import TaskDef
     from hewer.engine.core.service import TriggerSpec
-    from hewer.store.models import TaskDef
 
     core = engine.engine.core
     tenant = engine.engine.default_tenant_id

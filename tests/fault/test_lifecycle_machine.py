@@ -31,11 +31,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from hewer.domain import EventType, TaskDef, TaskEvent
 from hewer.engine.core.clock import ManualClock
 from hewer.engine.core.service import ActionKind, EngineCore, Session, TriggerSpec
 from hewer.errors import HewerError
 from hewer.store import SqliteStore
-from hewer.store.models import EventType, TaskDef, TaskEvent
 
 INACTIVE_AFTER = 30.0
 TIMEOUT = 60.0

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from hewer.domain import EventType, RunDetails, TaskDef, TaskEvent, WorkerRecord
 from hewer.engine.core.clock import ManualClock
 from hewer.engine.core.service import Action, ActionKind, EngineCore, Session, TriggerSpec
 from hewer.store import SqliteStore
-from hewer.store.models import EventType, RunDetails, TaskDef, TaskEvent, WorkerRecord
 
 INACTIVE_AFTER = 30.0
 TIMEOUT = 60.0

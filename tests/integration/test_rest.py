@@ -19,10 +19,10 @@ import pytest
 
 from hewer import Context, Hewer, InvalidInput, NotFound, RunFilter, TaskRunError, WorkerState
 from hewer._proto.v1 import workflows_pb2 as v1_pb
+from hewer.domain import TaskDef
 from hewer.engine.core.auth import unverified_claims
 from hewer.errors import HewerError
 from hewer.sdk import _wire
-from hewer.store.models import TaskDef
 from hewer.testing import EngineThread
 from tests.helpers import wait_for
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hewer.store import SqliteStore, Store
-from hewer.store.models import (
+from hewer.domain import (
     ApiToken,
     Assignment,
     EventType,
@@ -27,6 +26,7 @@ from hewer.store.models import (
     WorkerStatus,
     Workflow,
 )
+from hewer.store import SqliteStore, Store
 
 NOW = 1_700_000_000.0
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from hewer.engine.core.service import ActionKind, Session, TriggerSpec
-from hewer.errors import InvalidInput
-from hewer.store.models import (
+from hewer.domain import (
     ConcurrencySpec,
     ConcurrencyStrategy,
     EventType,
     RunStatus,
     TaskDef,
 )
+from hewer.engine.core.service import ActionKind, Session, TriggerSpec
+from hewer.errors import InvalidInput
 from tests.unit.test_core import Rig, next_action
 
 S = ConcurrencyStrategy

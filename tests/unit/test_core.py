@@ -12,17 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hewer.engine.core.clock import ManualClock
-from hewer.engine.core.service import (
-    ActionKind,
-    EngineCore,
-    FailedPrecondition,
-    Session,
-    TriggerSpec,
-)
-from hewer.errors import InvalidInput, NotFound
-from hewer.store import SqliteStore
-from hewer.store.models import (
+from hewer.domain import (
     EventType,
     NewRun,
     QueueItem,
@@ -33,6 +23,16 @@ from hewer.store.models import (
     TaskStatus,
     WorkerStatus,
 )
+from hewer.engine.core.clock import ManualClock
+from hewer.engine.core.service import (
+    ActionKind,
+    EngineCore,
+    FailedPrecondition,
+    Session,
+    TriggerSpec,
+)
+from hewer.errors import InvalidInput, NotFound
+from hewer.store import SqliteStore
 
 INACTIVE_AFTER = 30.0
 TIMEOUT = 60.0

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from hewer.domain import RateLimitSpec, TaskDef
 from hewer.engine.core.service import ActionKind, Session, TriggerSpec
 from hewer.errors import InvalidInput
-from hewer.store.models import RateLimitSpec, TaskDef
 from tests.unit.test_core import Rig
 
 

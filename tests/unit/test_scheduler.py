@@ -7,10 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from hewer.engine.core.clock import ManualClock
-from hewer.engine.core.scheduler import Scheduler, worker_slots
-from hewer.store import Store
-from hewer.store.models import (
+from hewer.domain import (
     Assignment,
     DesiredLabel,
     DispatchInfo,
@@ -18,6 +15,9 @@ from hewer.store.models import (
     QueueItem,
     RunningTask,
 )
+from hewer.engine.core.clock import ManualClock
+from hewer.engine.core.scheduler import Scheduler, worker_slots
+from hewer.store import Store
 
 
 class RecordingStore:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hewer.store._protocol import Store, StoreError
+from hewer.errors import StoreError
+from hewer.store._protocol import Store
 from hewer.store.sqlite import SqliteStore
 
 __all__ = ["SqliteStore", "Store", "StoreError", "open_store"]

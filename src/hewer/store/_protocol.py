@@ -1,7 +1,7 @@
 """The store Protocol: the only way the engine reads or writes durable state.
 
 Internal, not semver. Every backend implements it and passes ``tests/store``. Methods are
-named entity-first and take/return the records of :mod:`hewer.store.models`. Methods that
+named entity-first and take/return the records of :mod:`hewer.domain`. Methods that
 change several rows do so in one transaction: a caller never sees half of a decision.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
-from hewer.store.models import (
+from hewer.domain import (
     ApiToken,
     Assignment,
     ConcurrencySpec,
@@ -33,10 +33,6 @@ from hewer.store.models import (
     WorkerStatus,
     Workflow,
 )
-
-
-class StoreError(Exception):
-    """A backend failure, translated from the driver's own exception."""
 
 
 class Store(Protocol):

@@ -19,9 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hewer.store import _queries
-from hewer.store._protocol import StoreError
-from hewer.store.models import (
+from hewer.domain import (
     ApiToken,
     Assignment,
     ConcurrencySpec,
@@ -51,6 +49,8 @@ from hewer.store.models import (
     Workflow,
     merge_labels,
 )
+from hewer.errors import StoreError
+from hewer.store import _queries
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Run filters from the primitive values transports carry (REST JSON, gRPC ``TasksFilter``).
 
 Transport-neutral on purpose: the REST and gRPC adapters both build a
-:class:`~hewer.store.models.RunFilter` through these helpers, so they accept the same input.
+:class:`~hewer.domain.RunFilter` through these helpers, so they accept the same input.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
+from hewer.domain import RunFilter, RunStatus
 from hewer.errors import InvalidInput
-from hewer.store.models import RunFilter, RunStatus
 
 
 def run_statuses(names: Iterable[str]) -> tuple[RunStatus, ...]:

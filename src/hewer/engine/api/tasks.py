@@ -7,11 +7,11 @@ from typing import Any
 
 from starlette.requests import Request
 
+from hewer.domain import RunFilter
 from hewer.engine.api._http import json_object, optional_list_of_str
 from hewer.engine.api.filters import parse_time, run_filter
 from hewer.engine.core.service import EngineCore
 from hewer.errors import InvalidInput
-from hewer.store.models import RunFilter
 
 CANCEL_REASON = "cancelled by request"
 

@@ -14,10 +14,10 @@ from typing import Any
 
 from starlette.requests import Request
 
+from hewer.domain import WorkerStatus
 from hewer.engine.api._http import json_object
 from hewer.engine.core.service import EngineCore, WorkerView
 from hewer.errors import InvalidInput
-from hewer.store.models import WorkerStatus
 
 WORKER_TYPE = "SELFHOSTED"
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import jwt
 
+from hewer.domain import ApiToken
 from hewer.engine.core.clock import Clock
 from hewer.errors import HewerError
 from hewer.store import Store
-from hewer.store.models import ApiToken
 
 SECRET_KEY = "jwt_secret"
 ISSUER = "hewer"

@@ -22,9 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from hewer.engine.core.clock import Clock
-from hewer.store import Store
-from hewer.store.models import (
+from hewer.domain import (
     Assignment,
     ConcurrencyStrategy,
     DispatchInfo,
@@ -34,6 +32,8 @@ from hewer.store.models import (
     RunningTask,
     StickyStrategy,
 )
+from hewer.engine.core.clock import Clock
+from hewer.store import Store
 
 logger = logging.getLogger(__name__)
 

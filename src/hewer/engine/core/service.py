@@ -19,12 +19,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
-from hewer.engine.core import cel
-from hewer.engine.core.clock import Clock
-from hewer.engine.core.scheduler import Scheduler, WorkerSlots, worker_slots
-from hewer.errors import HewerError, InvalidInput, NotFound
-from hewer.store import Store
-from hewer.store.models import (
+from hewer.domain import (
     ConcurrencySpec,
     DesiredLabel,
     DispatchInfo,
@@ -45,6 +40,11 @@ from hewer.store.models import (
     WorkerStatus,
     Workflow,
 )
+from hewer.engine.core import cel
+from hewer.engine.core.clock import Clock
+from hewer.engine.core.scheduler import Scheduler, WorkerSlots, worker_slots
+from hewer.errors import HewerError, InvalidInput, NotFound
+from hewer.store import Store
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from hewer._proto.v1.shared import trigger_pb2
+from hewer.defaults import LABEL_WEIGHT
+from hewer.domain import DesiredLabel, LabelComparator
 from hewer.errors import InvalidInput
-from hewer.store.models import DEFAULT_LABEL_WEIGHT, DesiredLabel, LabelComparator
 
 _COMPARATORS = {
     trigger_pb2.EQUAL: LabelComparator.EQUAL,
@@ -42,7 +43,7 @@ def desired_labels(labels: Any) -> tuple[DesiredLabel, ...]:
                 value=value,
                 comparator=comparator,
                 required=bool(wanted.required) if wanted.HasField("required") else False,
-                weight=int(wanted.weight) if wanted.HasField("weight") else DEFAULT_LABEL_WEIGHT,
+                weight=int(wanted.weight) if wanted.HasField("weight") else LABEL_WEIGHT,
             )
         )
     return tuple(out)

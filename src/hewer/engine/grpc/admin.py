@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from hewer import defaults
 from hewer._proto.v1 import workflows_pb2 as pb
 from hewer._proto.v1 import workflows_pb2_grpc as pb_grpc
-from hewer.durations import parse_duration
-from hewer.engine.api.filters import run_filter
-from hewer.engine.grpc._common import Servicer, unary
-from hewer.engine.grpc._labels import desired_labels
-from hewer.errors import InvalidInput, NotSupported
-from hewer.store.models import (
+from hewer.domain import (
     ConcurrencySpec,
     ConcurrencyStrategy,
     RateLimitSpec,
@@ -21,9 +17,11 @@ from hewer.store.models import (
     TaskDef,
     TaskStatus,
 )
-
-DEFAULT_TIMEOUT_S = 60.0
-DEFAULT_SCHEDULE_TIMEOUT_S = 300.0
+from hewer.durations import parse_duration
+from hewer.engine.api.filters import run_filter
+from hewer.engine.grpc._common import Servicer, unary
+from hewer.engine.grpc._labels import desired_labels
+from hewer.errors import InvalidInput, NotSupported
 
 _STICKY = {pb.SOFT: StickyStrategy.SOFT, pb.HARD: StickyStrategy.HARD}
 
@@ -151,17 +149,18 @@ def task_def(opts: Any) -> TaskDef:
         action_id=opts.action,
         parents=tuple(opts.parents),
         retries=opts.retries,
-        timeout_s=_seconds(opts.timeout, DEFAULT_TIMEOUT_S, f"task {name!r} timeout"),
+        timeout_s=_seconds(opts.timeout, defaults.EXECUTION_TIMEOUT_S, f"task {name!r} timeout"),
         schedule_timeout_s=_seconds(
             opts.schedule_timeout if opts.HasField("schedule_timeout") else "",
-            DEFAULT_SCHEDULE_TIMEOUT_S,
+            defaults.SCHEDULE_TIMEOUT_S,
             f"task {name!r} schedule_timeout",
         ),
         backoff_factor=opts.backoff_factor if opts.HasField("backoff_factor") else None,
         backoff_max_s=(
             float(opts.backoff_max_seconds) if opts.HasField("backoff_max_seconds") else None
         ),
-        slot_requests={k: int(v) for k, v in opts.slot_requests.items()} or {"default": 1},
+        slot_requests={k: int(v) for k, v in opts.slot_requests.items()}
+        or {defaults.DEFAULT_SLOT_TYPE: 1},
         desired_labels=desired_labels(opts.worker_labels),
         concurrency=tuple(concurrency_spec(c) for c in opts.concurrency),
         rate_limits=tuple(rate_limit_spec(name, r) for r in opts.rate_limits),

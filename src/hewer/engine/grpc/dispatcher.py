@@ -15,11 +15,11 @@ from google.protobuf import timestamp_pb2
 from hewer._proto import dispatcher_pb2 as pb
 from hewer._proto import dispatcher_pb2_grpc as pb_grpc
 from hewer._version import __version__ as hewer_version
+from hewer.domain import EventType, RunDetails, TaskEvent, TaskStatus
 from hewer.durations import parse_duration
 from hewer.engine.core.service import Action, ActionKind
 from hewer.engine.grpc._common import Servicer, abort_for, unary
 from hewer.errors import NotSupported
-from hewer.store.models import EventType, RunDetails, TaskEvent, TaskStatus
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from hewer._proto import events_pb2 as pb
 from hewer._proto import events_pb2_grpc as pb_grpc
+from hewer.domain import LogLine
 from hewer.engine.grpc._common import Servicer, unary
 from hewer.errors import InvalidInput
-from hewer.store.models import LogLine
 
 MAX_LOG_CHARS = 10_000
 

@@ -6,13 +6,12 @@ from typing import Any
 
 from hewer._proto import workflows_pb2 as pb
 from hewer._proto import workflows_pb2_grpc as pb_grpc
+from hewer.defaults import MAX_BULK_TRIGGER
 from hewer.engine.core.service import TriggerSpec
 from hewer.engine.grpc._common import Servicer, unary
 from hewer.engine.grpc._labels import desired_labels
 from hewer.engine.grpc.admin import rate_limit_seconds
 from hewer.errors import InvalidInput
-
-MAX_BULK = 1000
 
 
 def trigger_spec(request: Any) -> TriggerSpec:
@@ -49,7 +48,7 @@ class WorkflowServicer(Servicer, pb_grpc.WorkflowServiceServicer):  # type: igno
     async def BulkTriggerWorkflow(self, tenant_id: str, request: Any, context: Any) -> Any:
         if not request.workflows:
             raise InvalidInput("workflows must not be empty")
-        if len(request.workflows) > MAX_BULK:
-            raise InvalidInput(f"at most {MAX_BULK} workflows per bulk trigger")
+        if len(request.workflows) > MAX_BULK_TRIGGER:
+            raise InvalidInput(f"at most {MAX_BULK_TRIGGER} workflows per bulk trigger")
         run_ids = await self.core.trigger(tenant_id, [trigger_spec(w) for w in request.workflows])
         return pb.BulkTriggerWorkflowResponse(workflow_run_ids=run_ids)

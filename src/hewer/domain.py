@@ -1,4 +1,6 @@
-"""Records the store takes and returns: plain frozen dataclasses, no driver types."""
+"""Domain types: the enums and records the engine core, the store and the SDK share.
+
+Plain dataclasses and StrEnums, no driver or transport types."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from hewer.defaults import LABEL_WEIGHT
 
 
 class RunStatus(StrEnum):
@@ -230,9 +234,6 @@ class LabelComparator(StrEnum):
     LESS_THAN_OR_EQUAL = "less_than_or_equal"
 
 
-DEFAULT_LABEL_WEIGHT = 100
-
-
 @dataclass(frozen=True, slots=True)
 class DesiredLabel:
     """A task's wish about a worker label: required ones filter, satisfied weights rank."""
@@ -241,7 +242,7 @@ class DesiredLabel:
     value: str | int
     comparator: LabelComparator = LabelComparator.EQUAL
     required: bool = False
-    weight: int = DEFAULT_LABEL_WEIGHT
+    weight: int = LABEL_WEIGHT
 
     def satisfied_by(self, labels: Mapping[str, str | int]) -> bool:
         have = labels.get(self.key)
