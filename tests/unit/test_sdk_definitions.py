@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from hewer import ClientSettings, ConfigurationError, Context, Hewer
 from hewer._proto import dispatcher_pb2
 from hewer.sdk import TaskOptions
-from hewer.sdk._client import normalize_namespace
 from hewer.sdk._controls import check_worker_labels
+from hewer.sdk._core import normalize_namespace
 from hewer.sdk._wire import register_request
 from hewer.sdk._worker import build_registry
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
@@ -26,10 +26,8 @@ from hewer._proto.v1 import workflows_pb2 as v1_pb
 from hewer.errors import ConfigurationError, HewerError, InvalidInput, NotFound
 from hewer.sdk import _wire
 from hewer.sdk._connection import is_local, token_claims
+from hewer.sdk._core import ClientCore
 from hewer.sdk._retry import aio_call_with_retry, call_with_retry, translate
-
-if TYPE_CHECKING:
-    from hewer.sdk._client import Hewer
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +115,7 @@ def _time(value: object) -> datetime | None:
 class RestClient:
     """Blocking JSON calls to the engine's HTTP API with the client's token."""
 
-    def __init__(self, client: Hewer) -> None:
+    def __init__(self, client: ClientCore) -> None:
         self._client = client
 
     @property
@@ -203,7 +201,7 @@ _WorkerInfos = list[WorkerInfo]
 class Workers:
     """``hw.workers``: list, read, pause and resume the tenant's workers."""
 
-    def __init__(self, client: Hewer) -> None:
+    def __init__(self, client: ClientCore) -> None:
         self._rest = RestClient(client)
 
     def list(self) -> list[WorkerInfo]:
@@ -264,7 +262,9 @@ class RunFilter:
     additional_metadata: Mapping[str, str] = field(default_factory=dict)
 
 
-def cancel_request(client: Hewer, ids: str | Sequence[str] | None, filter: RunFilter | None) -> Any:
+def cancel_request(
+    client: ClientCore, ids: str | Sequence[str] | None, filter: RunFilter | None
+) -> Any:
     """``CancelTasksRequest`` for run/task ids or a filter (exactly one of them)."""
     if isinstance(ids, str):
         ids = [ids]
@@ -296,7 +296,9 @@ def _aware(at: datetime) -> datetime:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at
 
 
-def cancel(client: Hewer, ids: str | Sequence[str] | None, filter: RunFilter | None) -> list[str]:
+def cancel(
+    client: ClientCore, ids: str | Sequence[str] | None, filter: RunFilter | None
+) -> list[str]:
     request = cancel_request(client, ids, filter)
     stub = _wire.admin_stub(client._pool.sync())
     try:
@@ -312,7 +314,7 @@ def cancel(client: Hewer, ids: str | Sequence[str] | None, filter: RunFilter | N
 
 
 async def aio_cancel(
-    client: Hewer, ids: str | Sequence[str] | None, filter: RunFilter | None
+    client: ClientCore, ids: str | Sequence[str] | None, filter: RunFilter | None
 ) -> list[str]:
     request = cancel_request(client, ids, filter)
     stub = _wire.admin_stub(client._pool.aio())

@@ -1,41 +1,34 @@
-"""``Hewer``: the client object tasks, workflows and workers hang off."""
+"""``Hewer``: the client object tasks, workflows and workers hang off.
+
+The top of the SDK: it builds the features (``_task``, ``_worker``, ``_runs_api``,
+``_admin``, ``_rate_limits``), which know the client only as a ``ClientCore``.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
+from typing import Any, TypeVar, Unpack, overload
 
 from pydantic import BaseModel
 
 from hewer.config import ClientSettings
 from hewer.sdk._admin import Workers
-from hewer.sdk._connection import ChannelPool, Connection, resolve_connection
 from hewer.sdk._controls import StickyStrategy
+from hewer.sdk._core import ClientCore
 from hewer.sdk._options import TaskKwargs, TaskOptions, WorkflowKwargs, WorkflowOptions
 from hewer.sdk._rate_limits import RateLimits
-from hewer.sdk._runs import RunClient
 from hewer.sdk._runs_api import Runs
 from hewer.sdk._task import StandaloneDecorator, StandaloneTask, Workflow
 from hewer.sdk._time import SYSTEM_CLOCK, Clock
-
-if TYPE_CHECKING:
-    from hewer.sdk._worker import Worker
+from hewer.sdk._worker import Worker
 
 logger = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-def normalize_namespace(namespace: str) -> str:
-    """Lowercased, ending in ``_`` (or empty), as Hatchet namespaces are."""
-    ns = namespace.strip().lower()
-    if ns and not ns.endswith("_"):
-        ns += "_"
-    return ns
-
-
-class Hewer:
+class Hewer(ClientCore):
     """Entry point of the SDK: declares tasks and workflows, triggers runs, makes workers.
 
     Settings come from ``HEWER_*`` environment variables unless given. Nothing touches the
@@ -60,31 +53,13 @@ class Hewer:
             settings = ClientSettings(**overrides)
         elif overrides:
             settings = settings.model_copy(update=overrides)
-        self.settings = settings
-        self.namespace = normalize_namespace(settings.namespace)
-        self.clock = clock
-        self._pool = ChannelPool(self._resolve)
-        self._runs = RunClient(self._pool)
+        super().__init__(settings, clock)
         self.runs = Runs(self)
         """Runs by workflow name and run id (``hw.runs.trigger("name", {...})``)."""
         self.workers = Workers(self)
         """The tenant's workers: ``list()``, ``get(id)``, ``pause(id)``, ``resume(id)``."""
         self.rate_limits = RateLimits(self)
         """Static rate-limit keys: ``put(key, limit, duration)``."""
-
-    def _resolve(self) -> Connection:
-        return resolve_connection(self.settings)
-
-    @property
-    def connection(self) -> Connection:
-        """Engine address and token (resolved on first use; may raise ConfigurationError)."""
-        return self._pool.connection
-
-    def namespaced(self, name: str) -> str:
-        """``name`` with this client's namespace in front (unless already there)."""
-        if not self.namespace or name.lower().startswith(self.namespace):
-            return name
-        return self.namespace + name
 
     # --- declarations --------------------------------------------------------------------
 
@@ -164,22 +139,9 @@ class Hewer:
         sets the default pool. ``labels`` (``{key: str | int}``) are what tasks'
         ``desired_worker_labels`` match; change them later with ``worker.upsert_labels``.
         """
-        from hewer.sdk._worker import Worker
-
         return Worker(
             self, name, slots=slots, workflows=workflows, labels=labels, slot_config=slot_config
         )
-
-    # --- lifecycle -----------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Close the blocking channel (async channels: ``aclose`` on their loop)."""
-        self._pool.close()
-
-    async def aclose(self) -> None:
-        """Close the running loop's results stream and channel."""
-        await self._runs.aclose()
-        await self._pool.aclose()
 
     def __repr__(self) -> str:
         return f"<Hewer namespace={self.namespace!r}>"

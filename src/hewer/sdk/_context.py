@@ -9,18 +9,16 @@ import threading
 from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from hewer.durations import format_duration
 from hewer.errors import NotFound
-
-if TYPE_CHECKING:
-    from hewer.sdk._task import Task
-    from hewer.sdk._wire import Action
+from hewer.sdk._wire import Action
 
 logger = logging.getLogger(__name__)
 
 OutT = TypeVar("OutT")
+OutT_co = TypeVar("OutT_co", covariant=True)
 
 # The engine stores log lines in bounded columns; longer lines are cut, not rejected.
 MAX_LOG_CHARS = 10_000
@@ -39,6 +37,16 @@ def current_context() -> Context | None:
 def enter_task(ctx: Context) -> None:
     """Mark ``ctx`` as the running task for the rest of the current context."""
     _current.set(ctx)
+
+
+class TaskOutput(Protocol[OutT_co]):
+    """What ``Context.task_output`` needs of a parent task (a ``Task`` is one): its name, and
+    how to parse its output."""
+
+    @property
+    def name(self) -> str: ...
+
+    def parse_output(self, raw: Any) -> OutT_co: ...
 
 
 class TaskServices(Protocol):
@@ -184,7 +192,7 @@ class Context:
 
     # --- data from parents ---------------------------------------------------------------
 
-    def task_output(self, task: Task[Any, OutT]) -> OutT:
+    def task_output(self, task: TaskOutput[OutT]) -> OutT:
         """Output of a parent task, parsed into its output model if it declares one."""
         if task.name not in self._parents:
             raise NotFound(

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from hewer.sdk import _wire
 from hewer.sdk._connection import TRANSIENT_CODES
 from hewer.sdk._controls import RateLimitDuration, check_int32, check_name, coerce_enum
+from hewer.sdk._core import ClientCore
 from hewer.sdk._retry import aio_call_with_retry, call_with_retry, translate
-
-if TYPE_CHECKING:
-    from hewer.sdk._client import Hewer
 
 PUT_TIMEOUT_SECONDS = 10.0
 
@@ -29,7 +27,7 @@ def put_request(key: str, limit: int, duration: RateLimitDuration | str) -> Any:
 class RateLimits:
     """Static rate-limit keys that tasks consume with ``RateLimit(static_key=...)``."""
 
-    def __init__(self, client: Hewer) -> None:
+    def __init__(self, client: ClientCore) -> None:
         self._client = client
 
     def put(

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Unpack
+from typing import Any, Unpack
 
 from hewer.sdk import _admin, _serde, _trigger
+from hewer.sdk._core import ClientCore
 from hewer.sdk._options import TriggerKwargs
 from hewer.sdk._runs import run_outputs
 from hewer.sdk._task import RunRef
-
-if TYPE_CHECKING:
-    from hewer.sdk._client import Hewer
 
 
 class Runs:
     """Trigger a workflow by name and wait for runs by id (e.g. from the CLI)."""
 
-    def __init__(self, client: Hewer) -> None:
+    def __init__(self, client: ClientCore) -> None:
         self._client = client
 
     def _request(

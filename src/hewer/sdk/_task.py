@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar, Unpack, overload
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar, Unpack, overload
 
 from pydantic import BaseModel
 
 from hewer.errors import ConfigurationError
 from hewer.sdk import _serde, _trigger, _wire
+from hewer.sdk._context import Context
+from hewer.sdk._core import ClientCore
 from hewer.sdk._options import (
     TaskKwargs,
     TaskOptions,
@@ -24,10 +26,6 @@ from hewer.sdk._options import (
     WorkflowOptions,
 )
 from hewer.sdk._runs import run_outputs
-
-if TYPE_CHECKING:
-    from hewer.sdk._client import Hewer
-    from hewer.sdk._context import Context
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
@@ -102,7 +100,7 @@ class RunRef(Generic[ResultT]):
     """A triggered run: its id, and a way to wait for its result."""
 
     def __init__(
-        self, run_id: str, client: Hewer, convert: Callable[[_wire.RunEvent], ResultT]
+        self, run_id: str, client: ClientCore, convert: Callable[[_wire.RunEvent], ResultT]
     ) -> None:
         self.run_id = run_id
         self._client = client
@@ -123,7 +121,7 @@ class RunRef(Generic[ResultT]):
 class _Runnable(Generic[InT, ResultT]):
     """Run methods shared by workflows and standalone tasks."""
 
-    _client: Hewer
+    _client: ClientCore
 
     @property
     def _workflow(self) -> Workflow[Any]:
@@ -225,7 +223,7 @@ class Workflow(_Runnable[InT, dict[str, Any]]):
 
     def __init__(
         self,
-        client: Hewer,
+        client: ClientCore,
         name: str,
         *,
         input_validator: type[BaseModel] | None = None,

@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
@@ -23,6 +23,7 @@ from hewer.errors import ConfigurationError, HewerError
 from hewer.sdk import _wire
 from hewer.sdk._connection import TRANSIENT_CODES, status_code, status_details
 from hewer.sdk._controls import DEFAULT_SLOT_TYPE, check_int32, check_slot_counts
+from hewer.sdk._core import ClientCore
 from hewer.sdk._heartbeat import Heartbeater
 from hewer.sdk._labels import WorkerLabelSet
 from hewer.sdk._listener import ActionListener
@@ -32,9 +33,6 @@ from hewer.sdk._runner import Runner
 from hewer.sdk._services import WorkerServices
 from hewer.sdk._task import StandaloneTask, Task, Workflow
 from hewer.sdk._time import Backoff
-
-if TYPE_CHECKING:
-    from hewer.sdk._client import Hewer
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +107,7 @@ class Worker:
 
     def __init__(
         self,
-        client: Hewer,
+        client: ClientCore,
         name: str,
         *,
         slots: int | None = None,
