@@ -21,7 +21,9 @@ from hewer import (
     StickyStrategy,
     TaskOptions,
     WorkerLabelComparator,
+    WorkerState,
     WorkflowOptions,
+    domain,
 )
 from hewer._proto.v1 import workflows_pb2 as v1
 from hewer._proto.v1.shared import trigger_pb2
@@ -247,7 +249,7 @@ def test_bad_workflow_options() -> None:
 def test_concurrency_strategy_wire_values(strategy: ConcurrencyLimitStrategy, wire: int) -> None:
     (limit,) = one_task(concurrency=ConcurrencyExpression("input.k", 2, strategy)).concurrency
     assert limit.HasField("limit_strategy") and limit.limit_strategy == wire
-    assert v1.ConcurrencyLimitStrategy.Name(wire) == strategy.value
+    assert v1.ConcurrencyLimitStrategy.Name(wire) == strategy.name
 
 
 def test_concurrency_int_shorthand() -> None:
@@ -367,6 +369,52 @@ def test_bad_concurrency_fails_at_declaration(build: Any, message: str) -> None:
 def test_strategy_names_are_accepted() -> None:
     limit = ConcurrencyExpression("input.k", limit_strategy="cancel_newest")  # type: ignore[arg-type]
     assert limit.limit_strategy is ConcurrencyLimitStrategy.CANCEL_NEWEST
+
+
+# --- enums shared with the engine --------------------------------------------------------
+
+
+def test_flow_enums_are_the_domain_ones() -> None:
+    assert ConcurrencyLimitStrategy is domain.ConcurrencyStrategy
+    assert WorkerLabelComparator is domain.LabelComparator
+    assert StickyStrategy is domain.StickyStrategy
+    assert WorkerState is domain.WorkerStatus
+    # Every member has its protobuf value, named alike.
+    assert {s.name for s in StickyStrategy} == {
+        v1.StickyStrategy.Name(w) for w in _wire.STICKY_STRATEGIES.values()
+    }
+    assert {s.name for s in ConcurrencyLimitStrategy} == {
+        v1.ConcurrencyLimitStrategy.Name(w) for w in _wire.CONCURRENCY_STRATEGIES.values()
+    }
+    assert {c.name for c in WorkerLabelComparator} == {
+        trigger_pb2.WorkerLabelComparator.Name(w) for w in _wire.LABEL_COMPARATORS.values()
+    }
+
+
+@pytest.mark.parametrize("text", ["SOFT", "soft", " Soft "])
+def test_sticky_from_text_in_any_case(text: str) -> None:
+    assert WorkflowOptions(sticky=text).sticky is StickyStrategy.SOFT  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", ["GROUP_ROUND_ROBIN", "group_round_robin", "Group_Round_Robin"])
+def test_strategy_from_text_in_any_case(text: str) -> None:
+    limit = ConcurrencyExpression("input.k", limit_strategy=text)  # type: ignore[arg-type]
+    assert limit.limit_strategy is ConcurrencyLimitStrategy.GROUP_ROUND_ROBIN
+    (wire,) = one_task(concurrency=limit).concurrency
+    assert wire.limit_strategy == v1.GROUP_ROUND_ROBIN
+
+
+@pytest.mark.parametrize("text", ["GREATER_THAN_OR_EQUAL", "greater_than_or_equal"])
+def test_comparator_from_text_in_any_case(text: str) -> None:
+    label = DesiredWorkerLabel(4, comparator=text)  # type: ignore[arg-type]
+    assert label.comparator is WorkerLabelComparator.GREATER_THAN_OR_EQUAL
+
+
+def test_unknown_enum_text_names_the_choices() -> None:
+    with pytest.raises(
+        ConfigurationError, match="sticky must be one of SOFT, HARD; got 'sometimes'"
+    ):
+        WorkflowOptions(sticky="sometimes")  # type: ignore[arg-type]
 
 
 # --- rate limits -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hewer.domain import StickyStrategy
 from hewer.sdk._admin import RunFilter, WorkerInfo, Workers, WorkerState
 from hewer.sdk._client import Hewer
 from hewer.sdk._connection import Connection
@@ -12,7 +13,6 @@ from hewer.sdk._controls import (
     DesiredWorkerLabel,
     RateLimit,
     RateLimitDuration,
-    StickyStrategy,
     WorkerLabelComparator,
 )
 from hewer.sdk._options import TaskOptions, WorkflowOptions

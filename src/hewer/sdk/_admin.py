@@ -17,12 +17,12 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 import grpc
 
 from hewer._proto.v1 import workflows_pb2 as v1_pb
+from hewer.domain import WorkerStatus
 from hewer.errors import ConfigurationError, HewerError, InvalidInput, NotFound
 from hewer.sdk import _wire
 from hewer.sdk._connection import is_local, token_claims
@@ -37,14 +37,9 @@ RUN_STATUSES = ("QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 
-class WorkerState(StrEnum):
-    """Where a worker is in its life: ACTIVE (takes work), PAUSED (connected, takes no new
-    work), INACTIVE (silent too long; its tasks went elsewhere), STOPPED (left gracefully)."""
-
-    ACTIVE = "active"
-    PAUSED = "paused"
-    INACTIVE = "inactive"
-    STOPPED = "stopped"
+# Where a worker is in its life: ACTIVE (takes work), PAUSED (connected, takes no new work),
+# INACTIVE (silent too long; its tasks went elsewhere), STOPPED (left gracefully).
+WorkerState = WorkerStatus
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,8 @@ from typing import Any, TypeVar, Unpack, overload
 from pydantic import BaseModel
 
 from hewer.config import ClientSettings
+from hewer.domain import StickyStrategy
 from hewer.sdk._admin import Workers
-from hewer.sdk._controls import StickyStrategy
 from hewer.sdk._core import ClientCore
 from hewer.sdk._options import TaskKwargs, TaskOptions, WorkflowKwargs, WorkflowOptions
 from hewer.sdk._rate_limits import RateLimits

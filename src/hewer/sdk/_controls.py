@@ -1,10 +1,11 @@
 """Values of the assignment and flow-control options: which worker may run a task
-(``DesiredWorkerLabel``, ``StickyStrategy``), how many run at once (``ConcurrencyExpression``)
-and how often (``RateLimit``).
+(``DesiredWorkerLabel``; ``StickyStrategy`` is ``hewer.domain``'s), how many run at once
+(``ConcurrencyExpression``) and how often (``RateLimit``).
 
 Each is a frozen dataclass or an enum, checked when it is built so a bad declaration fails
 at import time rather than when the engine first sees it. They hold no protobuf: ``_wire``
-turns them into messages.
+turns them into messages. The enums the engine shares are ``hewer.domain``'s own (under
+their SDK names where those differ); a string naming a member, in any case, works too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import TypeAlias, TypeVar
 
+from hewer.domain import ConcurrencyStrategy, LabelComparator
 from hewer.errors import ConfigurationError
 
 INT32_MAX = 2**31 - 1
@@ -24,15 +26,15 @@ E = TypeVar("E", bound=StrEnum)
 
 
 def coerce_enum(enum: type[E], value: E | str, what: str) -> E:
-    """``value`` as a member of ``enum``; names are accepted in any case."""
+    """``value`` as a member of ``enum``: a member, or a member's name in any case
+    (``"SOFT"``, ``"soft"``, ``"group_round_robin"``)."""
     if isinstance(value, enum):
         return value
     if isinstance(value, str):
-        try:
-            return enum(value.strip().upper())
-        except ValueError:
-            pass
-    choices = ", ".join(m.value for m in enum)
+        member = enum.__members__.get(value.strip().upper())
+        if member is not None:
+            return member
+    choices = ", ".join(enum.__members__)
     raise ConfigurationError(f"{what} must be one of {choices}; got {value!r}")
 
 
@@ -89,15 +91,8 @@ def check_worker_labels(labels: Mapping[str, object] | None) -> dict[str, LabelV
     }
 
 
-class WorkerLabelComparator(StrEnum):
-    """How a worker's label value is compared with the desired one (worker OP desired)."""
-
-    EQUAL = "EQUAL"
-    NOT_EQUAL = "NOT_EQUAL"
-    GREATER_THAN = "GREATER_THAN"
-    GREATER_THAN_OR_EQUAL = "GREATER_THAN_OR_EQUAL"
-    LESS_THAN = "LESS_THAN"
-    LESS_THAN_OR_EQUAL = "LESS_THAN_OR_EQUAL"
+# hatchet-sdk's name for it.
+WorkerLabelComparator = LabelComparator
 
 
 _ORDERING = frozenset(
@@ -139,7 +134,7 @@ class DesiredWorkerLabel:
         # The engine orders integers only; a string can never satisfy these.
         if comparator in _ORDERING and not isinstance(self.value, int):
             raise ConfigurationError(
-                f"comparator {comparator} compares integers; {self.value!r} is a string"
+                f"comparator {comparator.name} compares integers; {self.value!r} is a string"
             )
 
 
@@ -165,33 +160,13 @@ def check_desired_labels(
     return MappingProxyType(checked)
 
 
-# --- sticky assignment -------------------------------------------------------------------
-
-
-class StickyStrategy(StrEnum):
-    """Keep a run's tasks on the worker that ran its first one: SOFT prefers that worker,
-    HARD waits for it."""
-
-    SOFT = "SOFT"
-    HARD = "HARD"
-
-
 # --- concurrency -------------------------------------------------------------------------
 
-
-class ConcurrencyLimitStrategy(StrEnum):
-    """What happens to a run whose concurrency key already has ``max_runs`` running."""
-
-    CANCEL_IN_PROGRESS = "CANCEL_IN_PROGRESS"
-    """Admit the new run; cancel the oldest running one of the key."""
-    CANCEL_NEWEST = "CANCEL_NEWEST"
-    """Cancel the new run."""
-    GROUP_ROUND_ROBIN = "GROUP_ROUND_ROBIN"
-    """Queue it; keys take turns as slots free up."""
-    CANCEL_QUEUED_EXCEPT_NEWEST = "CANCEL_QUEUED_EXCEPT_NEWEST"
-    """Of the key's queued runs keep only the newest."""
-    CANCEL_QUEUED_EXCEPT_OLDEST = "CANCEL_QUEUED_EXCEPT_OLDEST"
-    """Of the key's queued runs keep only the oldest."""
+# hatchet-sdk's name for it. What happens to a run whose key already has ``max_runs``
+# running: GROUP_ROUND_ROBIN queues it (keys take turns), CANCEL_IN_PROGRESS admits it and
+# cancels the key's oldest running one, CANCEL_NEWEST cancels it, CANCEL_QUEUED_EXCEPT_NEWEST
+# (_OLDEST) keeps only the newest (oldest) of the key's queued runs.
+ConcurrencyLimitStrategy = ConcurrencyStrategy
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, TypedDict
 
+from hewer.domain import StickyStrategy
 from hewer.errors import ConfigurationError
 from hewer.sdk._controls import (
     DEFAULT_SLOT_TYPE,
@@ -16,7 +17,6 @@ from hewer.sdk._controls import (
     ConcurrencyExpression,
     DesiredWorkerLabel,
     RateLimit,
-    StickyStrategy,
     check_desired_labels,
     check_rate_limits,
     check_slot_counts,

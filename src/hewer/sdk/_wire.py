@@ -28,6 +28,7 @@ from hewer._proto import (
 from hewer._proto.v1 import workflows_pb2 as v1_workflows_pb2
 from hewer._proto.v1 import workflows_pb2_grpc as v1_workflows_pb2_grpc
 from hewer._proto.v1.shared import trigger_pb2
+from hewer.domain import StickyStrategy
 from hewer.durations import format_duration
 from hewer.sdk._controls import (
     ConcurrencyExpression,
@@ -36,7 +37,6 @@ from hewer.sdk._controls import (
     LabelValue,
     RateLimit,
     RateLimitDuration,
-    StickyStrategy,
     WorkerLabelComparator,
 )
 from hewer.sdk._options import TaskOptions, WorkflowOptions
