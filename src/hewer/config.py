@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hewer import defaults
 from hewer.durations import parse_duration
 
 DEFAULT_GRPC_HOST = "127.0.0.1"
@@ -54,7 +55,8 @@ class EngineSettings(BaseSettings):
         DEFAULT_STATE_DIR, description="directory for local state (the default tenant's token)"
     )
     heartbeat_interval: timedelta = Field(
-        timedelta(seconds=4), description="how often workers are expected to heartbeat"
+        timedelta(seconds=defaults.HEARTBEAT_INTERVAL_S),
+        description="how often workers are expected to heartbeat",
     )
     inactive_after: timedelta = Field(
         timedelta(seconds=30), description="silence after which a worker is INACTIVE"
@@ -115,7 +117,8 @@ class ClientSettings(BaseSettings):
     state_dir: Path = Field(DEFAULT_STATE_DIR, description="where a local engine left its token")
     namespace: str = Field("", description="prefix applied to workflow names")
     heartbeat_interval: timedelta = Field(
-        timedelta(seconds=4), description="how often the worker heartbeats"
+        timedelta(seconds=defaults.HEARTBEAT_INTERVAL_S),
+        description="how often the worker heartbeats",
     )
     grace_period: timedelta = Field(
         timedelta(seconds=30), description="how long a stopping worker waits for in-flight tasks"

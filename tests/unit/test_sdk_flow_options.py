@@ -23,6 +23,7 @@ from hewer import (
     WorkerLabelComparator,
     WorkerState,
     WorkflowOptions,
+    defaults,
     domain,
 )
 from hewer._proto.v1 import workflows_pb2 as v1
@@ -49,6 +50,21 @@ def one_task(**options: Any) -> Any:
 
 
 # --- defaults ----------------------------------------------------------------------------
+
+
+def test_defaults_are_hewer_defaults() -> None:
+    opts = TaskOptions()
+    assert opts.retries == defaults.RETRIES
+    assert opts.execution_timeout == timedelta(seconds=defaults.EXECUTION_TIMEOUT_S)
+    assert opts.schedule_timeout == timedelta(seconds=defaults.SCHEDULE_TIMEOUT_S)
+    assert dict(opts.slot_requests) == {defaults.DEFAULT_SLOT_TYPE: 1}
+    heartbeat = ClientSettings.model_fields["heartbeat_interval"].default
+    assert heartbeat == timedelta(seconds=defaults.HEARTBEAT_INTERVAL_S)
+    for priority in (defaults.MIN_PRIORITY, defaults.MAX_PRIORITY):
+        assert WorkflowOptions(default_priority=priority).default_priority == priority
+    for priority in (defaults.MIN_PRIORITY - 1, defaults.MAX_PRIORITY + 1):
+        with pytest.raises(ConfigurationError, match="priority must be from 1 to 3"):
+            WorkflowOptions(default_priority=priority)
 
 
 def test_defaults_send_nothing_extra() -> None:

@@ -119,7 +119,7 @@ class DesiredWorkerLabel:
     """True: only workers that satisfy it are eligible. False: satisfying it adds ``weight``
     to a worker's rank."""
     weight: int | None = None
-    """Rank bonus when satisfied (None: the engine's default, 100)."""
+    """Rank bonus when satisfied (None: the engine's default, ``defaults.LABEL_WEIGHT``)."""
     comparator: WorkerLabelComparator = WorkerLabelComparator.EQUAL
     """``worker value <comparator> desired value``."""
 
@@ -308,8 +308,6 @@ def check_rate_limits(value: Sequence[RateLimit] | None) -> tuple[RateLimit, ...
 
 
 # --- slots -------------------------------------------------------------------------------
-
-DEFAULT_SLOT_TYPE = "default"
 
 
 def check_slot_counts(value: Mapping[str, int] | None, what: str) -> Mapping[str, int]:

@@ -9,10 +9,10 @@ from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, TypedDict
 
+from hewer import defaults
 from hewer.domain import StickyStrategy
 from hewer.errors import ConfigurationError
 from hewer.sdk._controls import (
-    DEFAULT_SLOT_TYPE,
     ConcurrencyArg,
     ConcurrencyExpression,
     DesiredWorkerLabel,
@@ -24,10 +24,9 @@ from hewer.sdk._controls import (
     concurrency_chain,
 )
 
-DEFAULT_EXECUTION_TIMEOUT = timedelta(seconds=60)
-DEFAULT_SCHEDULE_TIMEOUT = timedelta(minutes=5)
-DEFAULT_SLOTS = 100
-PRIORITY_RANGE = range(1, 4)
+DEFAULT_EXECUTION_TIMEOUT = timedelta(seconds=defaults.EXECUTION_TIMEOUT_S)
+DEFAULT_SCHEDULE_TIMEOUT = timedelta(seconds=defaults.SCHEDULE_TIMEOUT_S)
+PRIORITY_RANGE = range(defaults.MIN_PRIORITY, defaults.MAX_PRIORITY + 1)
 
 
 class TaskKwargs(TypedDict, total=False):
@@ -45,7 +44,7 @@ class TaskKwargs(TypedDict, total=False):
 
 
 def _default_slot_requests() -> Mapping[str, int]:
-    return MappingProxyType({DEFAULT_SLOT_TYPE: 1})
+    return MappingProxyType({defaults.DEFAULT_SLOT_TYPE: 1})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,7 +55,7 @@ class TaskOptions:
     after the fact; ``concurrency`` is always stored as the tuple of its limits.
     """
 
-    retries: int = 0
+    retries: int = defaults.RETRIES
     """Extra attempts after a failure (0 = run once)."""
     execution_timeout: timedelta = DEFAULT_EXECUTION_TIMEOUT
     """How long one attempt may run before the engine fails it."""
@@ -169,5 +168,8 @@ class TriggerKwargs(TypedDict, total=False):
 def check_priority(priority: int | None) -> int | None:
     """Validate a run priority (1 = lowest .. 3 = highest)."""
     if priority is not None and priority not in PRIORITY_RANGE:
-        raise ConfigurationError(f"priority must be 1, 2 or 3, got {priority}")
+        raise ConfigurationError(
+            f"priority must be from {defaults.MIN_PRIORITY} to {defaults.MAX_PRIORITY}, "
+            f"got {priority}"
+        )
     return priority

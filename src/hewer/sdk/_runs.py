@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from hewer import defaults
 from hewer.errors import TaskRunError
 from hewer.sdk import _wire
 from hewer.sdk._connection import ChannelPool, status_code
@@ -32,7 +33,7 @@ from hewer.sdk._time import LISTEN_BACKOFF, Backoff
 
 logger = logging.getLogger(__name__)
 
-BULK_TRIGGER_CHUNK = 1000
+BULK_TRIGGER_CHUNK = defaults.MAX_BULK_TRIGGER  # the most runs one bulk trigger may carry
 TRIGGER_TIMEOUT_SECONDS = 30.0
 _CLOSE = object()
 

@@ -139,7 +139,7 @@ LABEL_COMPARATORS = {
 def set_desired_label(target: Any, label: DesiredWorkerLabel) -> None:
     """Fill a ``DesiredWorkerLabels`` message: the value in its typed field, ``required`` and
     ``comparator`` always (the engine's defaults differ between versions), ``weight`` only
-    when given (unset means the engine's default, 100)."""
+    when given (unset means the engine's default, ``defaults.LABEL_WEIGHT``)."""
     if isinstance(label.value, int):
         target.int_value = label.value
     else:

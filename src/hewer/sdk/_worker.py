@@ -19,15 +19,15 @@ from typing import Any
 
 import grpc
 
+from hewer import defaults
 from hewer.errors import ConfigurationError, HewerError
 from hewer.sdk import _wire
 from hewer.sdk._connection import TRANSIENT_CODES, status_code, status_details
-from hewer.sdk._controls import DEFAULT_SLOT_TYPE, check_int32, check_slot_counts
+from hewer.sdk._controls import check_int32, check_slot_counts
 from hewer.sdk._core import ClientCore
 from hewer.sdk._heartbeat import Heartbeater
 from hewer.sdk._labels import WorkerLabelSet
 from hewer.sdk._listener import ActionListener
-from hewer.sdk._options import DEFAULT_SLOTS
 from hewer.sdk._retry import aio_call_with_retry, translate
 from hewer.sdk._runner import Runner
 from hewer.sdk._services import WorkerServices
@@ -69,12 +69,14 @@ def resolve_slot_config(slots: int | None, slot_config: Mapping[str, int] | None
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ConfigurationError(f"a worker needs at least one slot, got {slots!r}")
         check_int32(slots, "slots")
-        configured = pools.get(DEFAULT_SLOT_TYPE)
+        configured = pools.get(defaults.DEFAULT_SLOT_TYPE)
         if configured is not None and configured != slots:
             raise ConfigurationError(
                 f"slots={slots} and slot_config['default']={configured} disagree; give one"
             )
-    pools.setdefault(DEFAULT_SLOT_TYPE, slots if slots is not None else DEFAULT_SLOTS)
+    pools.setdefault(
+        defaults.DEFAULT_SLOT_TYPE, slots if slots is not None else defaults.DEFAULT_SLOTS
+    )
     return pools
 
 
@@ -121,7 +123,7 @@ class Worker:
         self.name = name
         self.slot_config = resolve_slot_config(slots, slot_config)
         """Size of each slot pool by slot type, as registered."""
-        self.slots = self.slot_config[DEFAULT_SLOT_TYPE]
+        self.slots = self.slot_config[defaults.DEFAULT_SLOT_TYPE]
         """Size of the "default" slot pool."""
         self._labels = WorkerLabelSet(labels)
         self.workflows: list[Workflow[Any]] = [
