@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import textwrap
 import time
 from datetime import UTC, datetime
 from importlib.util import find_spec
@@ -68,6 +69,7 @@ SYSTEMS = {
     "pgqueuer": ("bench.harness.drive_pgqueuer", "", ["pgqueuer", "asyncpg"]),
 }
 PEERS = ("taskiq", "pgqueuer")
+TEMP_PREFIX = "hewer-compare-"  # then <pid of compare.py>-<system>-
 DRIVER_GRACE = 60.0
 
 
@@ -150,6 +152,20 @@ def preflight(args: argparse.Namespace) -> None:
             )
 
 
+def sweep_stale_temp_dirs() -> None:
+    """Remove temp dirs left by a compare.py that was SIGKILLed (its pid is in the name)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*-*"):
+        pid = path.name.removeprefix(TEMP_PREFIX).split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
 def hewer_source(rev: str | None, scratch: Path) -> tuple[dict[str, str], str]:
     """Environment for the drivers and a description of which Hewer code runs."""
     if rev is None:
@@ -180,7 +196,7 @@ def run_system(
     name: str, args: argparse.Namespace, sizes: Sizes, extra_env: dict[str, str]
 ) -> Outcome:
     module, variant, _ = SYSTEMS[name]
-    workdir = Path(tempfile.mkdtemp(prefix=f"hewer-compare-{name}-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-{name}-"))
     out = workdir / "outcome.json"
     argv = [sys.executable, "-m", module, "--out", str(out), "--workdir", str(workdir)]
     argv += ["--sizes", json.dumps(dataclasses.asdict(sizes)), "--variant", variant]
@@ -354,7 +370,10 @@ def report(outcomes: list[Outcome], sizes: Sizes, source: str, started: datetime
     for o in outcomes:
         versions = ", ".join(f"{k} {v}" for k, v in o.versions.items())
         lines.append(f"  {o.label} ({versions}):")
-        lines += [f"    - {text}" for text in o.settings]
+        lines += [
+            textwrap.fill(t, 100, initial_indent="    - ", subsequent_indent="      ")
+            for t in o.settings
+        ]
         lines += [f"    ! error: {text}" for text in o.errors]
     return "\n".join(lines)
 
@@ -365,13 +384,16 @@ def main() -> None:
     preflight(args)
     started = datetime.now(UTC)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    scratch = Path(tempfile.mkdtemp(prefix="hewer-compare-src-"))
+    sweep_stale_temp_dirs()
+    scratch = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-src-"))
 
     def on_term(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     outcomes: list[Outcome] = []
+    interrupted = False
     try:
         extra_env, source = hewer_source(args.hewer_rev, scratch)
         for name in args.systems:
@@ -379,11 +401,16 @@ def main() -> None:
             began = time.monotonic()
             outcomes.append(run_system(name, args, sizes, extra_env))
             print(f"=== {name}: {time.monotonic() - began:.0f}s ===", file=sys.stderr)
+    except KeyboardInterrupt:
+        interrupted = True  # run_system's finally has stopped the driver by now
+        print("interrupted; the systems that finished:", file=sys.stderr)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(report(outcomes, sizes, source, started, load))
     if args.json:
         args.json.write_text(json.dumps([dataclasses.asdict(o) for o in outcomes], indent=2))
+    if interrupted:
+        sys.exit(130)
     if any(o.errors for o in outcomes):
         sys.exit(1)
 

@@ -1,8 +1,8 @@
 """What every system driver shares: the result record, child processes, polls, CPU, stats.
 
-Imports only the standard library and psutil, so the drivers of systems whose client
-libraries cannot share a process (hatchet-sdk's protobuf names clash with Hewer's) can
-all use it.
+Imports only the standard library (and psutil, when it measures CPU), so the drivers of
+systems whose client libraries cannot share a process (hatchet-sdk's protobuf names clash
+with Hewer's) can all use it.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
-
-import psutil
 
 from bench.harness.marks import read_marks
 
@@ -185,6 +183,8 @@ class Child:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the process and its live descendants."""
+        import psutil  # bench env only; compare.py imports this module before checking
+
         try:
             proc = psutil.Process(self.pid)
             total = 0.0

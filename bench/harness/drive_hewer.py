@@ -51,8 +51,11 @@ class Setup:
         self.sizes = sizes
         self.state = workdir / "state"
         self.marks = workdir / "marks"
+        inherited = {
+            k: v for k, v in os.environ.items() if not k.startswith(("HEWER_", "HATCHET_"))
+        }
         self.env = dict(
-            os.environ,
+            inherited,  # engine defaults, whatever the caller's shell has set
             HEWER_STATE_DIR=str(self.state),
             HEWER_DATABASE=str(workdir / "hewer.db"),
             HEWER_PORT="0",

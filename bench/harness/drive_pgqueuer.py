@@ -244,7 +244,7 @@ def main() -> None:
         "pgqueuer requires max_concurrent_tasks >= 2 x batch_size), other options default "
         "(dequeue timeout 30s, heartbeat timeout 30s), async no-op, one asyncpg connection",
         "schema: `install` with durability=durable (all tables logged) + `autovac` tuning; "
-        f"enqueue: Queries.enqueue with lists, {sizes.bulk_chunk} a call; W1 done = "
+        f"enqueue: Queries.enqueue with lists, {sizes.bulk_chunk:,} a call; W1 done = "
         f"queue_size() shows no job left (polled every {DONE_POLL_SECONDS * 1000:.0f} ms)",
         "W2 start time written by the job to a file (pgqueuer keeps no results); W2r: "
         f"CompletionWatcher (debounce {WATCH_DEBOUNCE.total_seconds() * 1000:.0f} ms, "
