@@ -353,10 +353,16 @@ def machine() -> str:
     )
 
 
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def report(outcomes: list[Outcome], sizes: Sizes, source: str, started: datetime, load: str) -> str:
     lines = [
         f"Hewer comparison benchmark, {started:%Y-%m-%d %H:%M} UTC",
-        f"machine: {machine()}; load average before the run: {load}",
+        f"machine: {machine()}",
+        f"load average (1/5/15 min) before the run: {load}, after: {load_average()} "
+        "(anything else running shares these cores)",
         f"workload: async no-op task, one worker process with {sizes.slots} slots; W1 "
         f"{sizes.tasks:,} tasks queued first ({sizes.bulk_chunk:,} per enqueue call); W2 "
         f"{sizes.w2_rate:.0f}/s for {sizes.w2_seconds:.0f}s; W2r {sizes.w2r_count} round "
@@ -374,6 +380,11 @@ def report(outcomes: list[Outcome], sizes: Sizes, source: str, started: datetime
             textwrap.fill(t, 100, initial_indent="    - ", subsequent_indent="      ")
             for t in o.settings
         ]
+        if o.client_cpu_us is not None:
+            lines.append(
+                f"    - the client's own CPU while waiting for the W1 drain (same cores): "
+                f"{o.client_cpu_us:,.0f} µs/task"
+            )
         lines += [f"    ! error: {text}" for text in o.errors]
     return "\n".join(lines)
 
@@ -383,7 +394,7 @@ def main() -> None:
     sizes = sizes_for(args)
     preflight(args)
     started = datetime.now(UTC)
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = load_average()
     sweep_stale_temp_dirs()
     scratch = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-src-"))
 

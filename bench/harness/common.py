@@ -29,8 +29,7 @@ __all__ = ["read_marks"]  # re-exported for the drivers
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
-# The same no-op workload everywhere; W3's slow task sleeps this long.
-SLOW_TASK_SECONDS = 5.0
+# W3 kills the worker this long into its slow task (which sleeps 5 s in every app).
 KILL_AFTER_SECONDS = 1.0
 
 
@@ -67,6 +66,7 @@ class Outcome:
     w3_note: str = ""
     engine_cpu_us: float | None = None
     worker_cpu_us: float | None = None
+    client_cpu_us: float | None = None
     settings: list[str] = dataclasses.field(default_factory=list)
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
     errors: list[str] = dataclasses.field(default_factory=list)
@@ -282,6 +282,12 @@ def recording(outcome: Outcome, out: Path) -> Iterator[Outcome]:
         raise
     finally:
         out.write_text(outcome.to_json())
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU of this process (the driver, i.e. the client) so far."""
+    times = os.times()
+    return times.user + times.system
 
 
 def rate(count: int, seconds: float) -> float:

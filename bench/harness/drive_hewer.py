@@ -29,6 +29,7 @@ from bench.harness.common import (
     driver_args,
     exit_on_sigterm,
     log,
+    own_cpu_seconds,
     percentile,
     rate,
     read_marks,
@@ -171,7 +172,7 @@ async def run(setup: Setup, outcome: Outcome) -> None:
         outcome.bulk_per_s = rate(len(refs), time.perf_counter() - began)
 
         log(f"{outcome.label}: W1 drain with one worker of {sizes.slots} slots")
-        cpu_before = engine.cpu_seconds()
+        cpu_before, client_before = engine.cpu_seconds(), own_cpu_seconds()
         worker = setup.start_worker()
         results = await watched(
             asyncio.gather(*(ref.aio_result() for ref in refs)),
@@ -182,6 +183,7 @@ async def run(setup: Setup, outcome: Outcome) -> None:
         elapsed = time.perf_counter() - worker.started
         outcome.engine_cpu_us = (engine.cpu_seconds() - cpu_before) / sizes.tasks * 1e6
         outcome.worker_cpu_us = worker.cpu_seconds() / sizes.tasks * 1e6
+        outcome.client_cpu_us = (own_cpu_seconds() - client_before) / sizes.tasks * 1e6
         assert len(results) == sizes.tasks and all("started" in r for r in results)
         outcome.w1_seconds = elapsed
         outcome.w1_tasks_per_s = rate(sizes.tasks, elapsed)

@@ -30,6 +30,7 @@ from bench.harness.common import (
     driver_args,
     exit_on_sigterm,
     log,
+    own_cpu_seconds,
     percentile,
     rate,
     read_marks,
@@ -126,10 +127,12 @@ async def drive(setup: Setup, outcome: Outcome, queries: Any) -> None:
         assert await queued(queries, NOOP) == sizes.tasks
 
         log(f"{outcome.label}: W1 drain with one worker, --max-concurrent-tasks {sizes.slots}")
+        client_before = own_cpu_seconds()
         worker = setup.start_worker()
         await drain(queries, [worker], max(300.0, sizes.tasks / 10), "the W1 drain")
         elapsed = time.perf_counter() - worker.started
         outcome.worker_cpu_us = worker.cpu_seconds() / sizes.tasks * 1e6
+        outcome.client_cpu_us = (own_cpu_seconds() - client_before) / sizes.tasks * 1e6
         outcome.w1_seconds = elapsed
         outcome.w1_tasks_per_s = rate(sizes.tasks, elapsed)
         log(f"{outcome.label}: W1 {outcome.w1_tasks_per_s:.0f} tasks/s")

@@ -27,6 +27,7 @@ from bench.harness.common import (
     driver_args,
     exit_on_sigterm,
     log,
+    own_cpu_seconds,
     percentile,
     rate,
     read_marks,
@@ -143,6 +144,7 @@ async def drive(setup: Setup, outcome: Outcome, redis: Any) -> None:
         assert await redis.llen(setup.queue) == sizes.tasks
 
         log(f"{outcome.label}: W1 drain with one worker, --max-async-tasks {sizes.slots}")
+        client_before = own_cpu_seconds()
         worker = draining = setup.start_worker()
 
         async def drained() -> bool:
@@ -152,6 +154,7 @@ async def drive(setup: Setup, outcome: Outcome, redis: Any) -> None:
         await await_until(drained, max(300.0, sizes.tasks / 10), "the W1 drain")
         elapsed = time.perf_counter() - draining.started
         outcome.worker_cpu_us = draining.cpu_seconds() / sizes.tasks * 1e6
+        outcome.client_cpu_us = (own_cpu_seconds() - client_before) / sizes.tasks * 1e6
         outcome.w1_seconds = elapsed
         outcome.w1_tasks_per_s = rate(sizes.tasks, elapsed)
         log(f"{outcome.label}: W1 {outcome.w1_tasks_per_s:.0f} tasks/s")
