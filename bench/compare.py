@@ -169,10 +169,16 @@ def sweep_stale_temp_dirs() -> None:
 def hewer_source(rev: str | None, scratch: Path) -> tuple[dict[str, str], str]:
     """Environment for the drivers and a description of which Hewer code runs."""
     if rev is None:
-        head = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--", "src")
+        try:
+            head = git("rev-parse", "--short", "HEAD")
+            dirty = git("status", "--porcelain", "--", "src")
+        except (OSError, subprocess.CalledProcessError):
+            return {}, f"{REPO / 'src'} (not a git checkout)"
         return {}, f"working tree at {head}" + (" + uncommitted changes in src/" if dirty else "")
-    commit = git("rev-parse", "--short", rev)
+    try:
+        commit = git("rev-parse", "--short", rev)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        sys.exit(f"--hewer-rev {rev}: not a revision of a git checkout at {REPO} ({exc})")
     archive = subprocess.run(
         ["git", "-C", str(REPO), "archive", "--format=tar", commit, "src"],
         check=True,
