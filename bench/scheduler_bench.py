@@ -3,9 +3,9 @@
     python bench/scheduler_bench.py [--tasks 10000] [--workers 100] [--slots 100]
                                     [--keys 1000] [--max-runs 5] [--repeat 3]
 
-Drives ``hewer.engine.core.scheduler.Scheduler`` directly, with a stub store whose
-``tasks_assign`` commits every assignment at once (no SQLite), so the numbers are the
-scheduler's own decision cost: queue order, label matching, slot pools, concurrency gates.
+Drives ``hewer.engine.core.scheduler.Scheduler`` directly, as the engine loop does (decide,
+then settle every decision as committed; no SQLite), so the numbers are the scheduler's own
+decision cost: queue order, label matching, slot pools, concurrency gates.
 
 Each variant queues ``--tasks`` tasks at once for ``--workers`` workers of ``--slots``
 default slots, then runs rounds: let the scheduler assign all it can, then report every
@@ -21,25 +21,22 @@ been assigned. Variants:
 
 Printed: wall time to assign everything, decisions per second, passes that decided something
 and their duration (p50/p95/max, each pass deciding up to ``MAX_BATCH`` tasks), and the time
-spent inside ``Scheduler._pass`` (the rest is applying inbox messages). No assertions.
+spent deciding (the rest is enqueueing, freeing slots and releasing keys). No assertions.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from hewer.domain import (
     Assignment,
     ConcurrencyStrategy,
     DesiredLabel,
-    DispatchInfo,
     GateClaim,
     LabelComparator,
     QueueItem,
@@ -47,35 +44,10 @@ from hewer.domain import (
 )
 from hewer.engine.core.clock import ManualClock
 from hewer.engine.core.scheduler import MAX_BATCH, Scheduler, worker_slots
-from hewer.store import Store
 
 TENANT = "bench-tenant"
 ACTIONS = tuple(f"bench:action-{i}" for i in range(10))
 ZONES = ("z0", "z1", "z2", "z3")
-
-
-class StubStore:
-    """Commits every assignment (``tasks_assign`` returns one DispatchInfo each)."""
-
-    async def tasks_assign(self, assignments: Sequence[Assignment], now: float) -> list[Any]:
-        return [
-            DispatchInfo(
-                a.task_id,
-                a.tenant_id,
-                a.worker_id,
-                a.task_id,
-                "step",
-                "wf",
-                "v",
-                "r",
-                "act",
-                a.retry_count,
-                1,
-                "{}",
-                None,
-            )
-            for a in assignments
-        ]
 
 
 @dataclass
@@ -97,7 +69,7 @@ class Result:
             f"({self.placed / self.wall:>9,.0f} decisions/s; {self.rounds} rounds) | "
             f"passes {len(busy):>3}: p50 {p[0] * 1000:6.2f} ms  p95 {p[1] * 1000:6.2f} ms  "
             f"max {p[2] * 1000:6.2f} ms  (avg {statistics.mean(self.decided_per_pass_busy):.0f}"
-            f" tasks/pass) | in _pass {inside / self.wall:5.1%}"
+            f" tasks/pass) | deciding {inside / self.wall:5.1%}"
         )
 
     @property
@@ -175,66 +147,52 @@ def make_tasks(count: int, labels: bool, keys: int, max_runs: int) -> list[Queue
     return items
 
 
-async def settle(scheduler: Scheduler) -> None:
-    # Two round trips through the inbox: the pass the first one woke has finished.
-    await scheduler.slot_usage()
-    await scheduler.slot_usage()
-
-
-async def run_variant(name: str, args: argparse.Namespace, labels: bool, keys: bool) -> Result:
-    dispatched: list[DispatchInfo] = []
-    scheduler = Scheduler(cast(Store, StubStore()), ManualClock(), dispatched.extend)
+def run_variant(name: str, args: argparse.Namespace, labels: bool, keys: bool) -> Result:
+    scheduler = Scheduler(ManualClock())
     pass_times: list[float] = []
     decided: list[int] = []
-    original: Callable[[], Awaitable[bool]] = scheduler._pass
-
-    async def timed_pass() -> bool:
-        before = len(dispatched)
-        start = time.perf_counter()
-        more = await original()
-        pass_times.append(time.perf_counter() - start)
-        decided.append(len(dispatched) - before)
-        return more
-
-    scheduler._pass = timed_pass  # type: ignore[method-assign]
     workers = make_workers(args.workers, args.slots, labels)
     items = make_tasks(args.tasks, labels, args.keys if keys else 0, args.max_runs)
     slots_of = {i.task_id: i.slot_requests for i in items}
-    scheduler.start()
+    for w in workers:
+        scheduler.worker_up(w)
+    gc.collect()
+    gc.disable()
+    wall = 0.0
+    rounds = 0
+    placed: list[Assignment] = []
     try:
-        for w in workers:
-            scheduler.worker_up(w)
-        await settle(scheduler)
-        gc.collect()
-        gc.disable()
-        wall = 0.0
-        rounds = 0
-        done = 0
-        while done < args.tasks:
+        while len(placed) < args.tasks:
             start = time.perf_counter()
             if rounds == 0:
                 scheduler.enqueue(items)
-            await settle(scheduler)
+            before = len(placed)
+            while scheduler.has_work():
+                t0 = time.perf_counter()
+                batch = scheduler.decide(MAX_BATCH)
+                pass_times.append(time.perf_counter() - t0)
+                decided.append(len(batch))
+                scheduler.settle()
+                placed.extend(batch)
             wall += time.perf_counter() - start
             rounds += 1
-            finished = dispatched[done:]
+            finished = placed[before:]
             if not finished:
-                raise RuntimeError(f"{name}: stuck with {args.tasks - done} tasks unassigned")
-            done = len(dispatched)
-            # Every assigned task finishes: slots back, keys released (not timed).
+                raise RuntimeError(f"{name}: stuck with {args.tasks - len(placed)} unassigned")
+            # Every assigned task finishes: slots back, keys released.
             start = time.perf_counter()
             scheduler.free(
-                RunningTask(d.task_id, d.worker_id, 0, slots_of[d.task_id], False) for d in finished
+                RunningTask(a.task_id, a.worker_id, 0, slots_of[a.task_id], False)
+                for a in finished
             )
-            scheduler.release(d.task_id for d in finished)
+            scheduler.release(a.task_id for a in finished)
             wall += time.perf_counter() - start
-        gc.enable()
     finally:
-        await scheduler.stop()
-    return Result(name, args.tasks, wall, rounds, pass_times, decided, len(dispatched))
+        gc.enable()
+    return Result(name, args.tasks, wall, rounds, pass_times, decided, len(placed))
 
 
-async def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> None:
     print(
         f"scheduler bench: {args.tasks} tasks, {args.workers} workers x {args.slots} slots, "
         f"{args.keys} keys (max_runs {args.max_runs}), MAX_BATCH {MAX_BATCH}, "
@@ -247,7 +205,7 @@ async def main(args: argparse.Namespace) -> None:
         ("labels+keys", True, True),
     ]
     for name, labels, keys in variants:
-        runs = [await run_variant(name, args, labels, keys) for _ in range(args.repeat)]
+        runs = [run_variant(name, args, labels, keys) for _ in range(args.repeat)]
         print(min(runs, key=lambda r: r.wall).report())
 
 
@@ -263,4 +221,4 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse()))
+    main(parse())

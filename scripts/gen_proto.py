@@ -98,11 +98,13 @@ def _rewrite_imports(roots: set[str]) -> int:
         if not (path.is_file() and path.name.endswith(_GENERATED_SUFFIXES)):
             continue
         text = path.read_text(encoding="utf-8")
+        # Dotted ones first: a contract package may be called ``hewer`` itself, and the
+        # plain rewrite produces ``from hewer._proto import ...`` lines.
+        new = dotted.sub(lambda m: f"{m.group(1)}from {PACKAGE}.{m.group(2)} import ", text)
         new = plain.sub(
             lambda m: f"{m.group(1)}from {PACKAGE} import {m.group(2)}{m.group(3) or ''}",
-            text,
+            new,
         )
-        new = dotted.sub(lambda m: f"{m.group(1)}from {PACKAGE}.{m.group(2)} import ", new)
         if new != text:
             path.write_text(new, encoding="utf-8")
             changed += 1

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hewer.domain import Changes
+from hewer.store import SqliteStore
 
 T = TypeVar("T")
 
@@ -21,3 +27,31 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(interval)
+
+
+class GatedStore(SqliteStore):
+    """A SQLite store that holds the commit of a transaction at a gate while ``gate`` is
+    set and the transaction writes what ``holds`` picks (e.g. new runs), so a test can
+    cancel a caller while its write is in flight."""
+
+    def __init__(self, path: Path, holds: Callable[[Changes], bool]) -> None:
+        super().__init__(path)
+        self.holds = holds
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[Any]:
+        async with super().write() as tx:
+            staged: list[Changes] = []
+            stage = tx.stage
+
+            def recording(changes: Changes) -> None:
+                staged.append(changes)
+                stage(changes)
+
+            tx.stage = recording  # type: ignore[method-assign]
+            yield tx
+            if self.gate is not None and any(self.holds(c) for c in staged):
+                self.entered.set()
+                await self.gate.wait()

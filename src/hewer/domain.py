@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from hewer import defaults
 from hewer.defaults import LABEL_WEIGHT
 
 
@@ -300,11 +301,11 @@ class TaskDef:
     action_id: str
     parents: tuple[str, ...] = ()
     retries: int = 0
-    timeout_s: float = 60.0
-    schedule_timeout_s: float = 300.0
+    timeout_s: float = defaults.EXECUTION_TIMEOUT_S
+    schedule_timeout_s: float = defaults.SCHEDULE_TIMEOUT_S
     backoff_factor: float | None = None
     backoff_max_s: float | None = None
-    slot_requests: dict[str, int] = field(default_factory=lambda: {"default": 1})
+    slot_requests: dict[str, int] = field(default_factory=lambda: {defaults.DEFAULT_SLOT_TYPE: 1})
     desired_labels: tuple[DesiredLabel, ...] = ()
     concurrency: tuple[ConcurrencySpec, ...] = ()
     rate_limits: tuple[RateLimitSpec, ...] = ()
@@ -345,14 +346,48 @@ class TaskDef:
 
 @dataclass(frozen=True, slots=True)
 class Workflow:
+    """One version of a workflow definition. Versions never change once stored: a run keeps
+    the definition it was created with."""
+
     id: str
     tenant_id: str
     name: str
     version_id: str
     tasks: tuple[TaskDef, ...]
-    default_priority: int = 1
+    default_priority: int = defaults.DEFAULT_PRIORITY
     sticky: StickyStrategy | None = None
     concurrency: tuple[ConcurrencySpec, ...] = ()  # workflow-level, applied in order
+    steps: Mapping[str, TaskDef] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", {t.readable_id: t for t in self.tasks})
+
+    def step(self, readable_id: str) -> TaskDef:
+        return self.steps[readable_id]
+
+    def definition_json(self) -> dict[str, Any]:
+        """What a version stores (everything but the ids)."""
+        return {
+            "tasks": [t.to_json() for t in self.tasks],
+            "default_priority": self.default_priority,
+            "sticky": self.sticky,
+            "concurrency": [c.to_json() for c in self.concurrency],
+        }
+
+    @classmethod
+    def from_definition(
+        cls, id: str, tenant_id: str, name: str, version_id: str, data: Mapping[str, Any]
+    ) -> Workflow:
+        return cls(
+            id,
+            tenant_id,
+            name,
+            version_id,
+            tuple(TaskDef.from_json(t) for t in data["tasks"]),
+            data["default_priority"],
+            StickyStrategy(data["sticky"]) if data.get("sticky") else None,
+            tuple(ConcurrencySpec.from_json(c) for c in data.get("concurrency", ())),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,7 +452,8 @@ class DispatchInfo:
     action_id: str
     retry_count: int
     priority: int
-    payload: str  # the action payload JSON: input, parents, ...
+    input: str  # the run's input, a JSON object's text
+    parents: Mapping[str, str]  # readable id -> output JSON text, of the parents it depends on
     additional_metadata: str | None
 
 
@@ -503,12 +539,16 @@ class EventOutcome:
     applied: bool
     freed: tuple[RunningTask, ...] = ()
     queued: tuple[QueueItem, ...] = ()
-    finished_runs: tuple[str, ...] = ()
+    finished: tuple[RunDetails, ...] = ()  # runs this change finished, as they ended
     cancelled: tuple[str, ...] = ()
     stop: tuple[RunningTask, ...] = ()  # attempts whose workers must be told to cancel
     failed: tuple[str, ...] = ()  # tasks failed for good by this change
     ended: tuple[str, ...] = ()  # tasks whose live attempt (or wait) ended
     reason: str = ""
+
+    @property
+    def finished_runs(self) -> tuple[str, ...]:
+        return tuple(d.id for d in self.finished)
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,3 +570,175 @@ class RunFilter:
     workflows: tuple[str, ...] = ()  # workflow ids or names
     additional_metadata: tuple[tuple[str, str], ...] = ()
     limit: int = 10_000
+
+
+# ---------------------------------------------------------------------- stored state
+#
+# The rows below are what the store keeps. The engine core decides every transition on
+# working copies of them (loaded in one batch, edited in memory, written back together);
+# the store maps them to and from its tables and decides nothing.
+
+
+@dataclass(slots=True, eq=False)
+class TaskRow:
+    """A task of a run. One row serves every attempt: ``retry_count`` is the live attempt,
+    and reports carrying another number are fenced off. The live (or last) attempt's worker
+    and times are kept here; attempts that ended before it are :class:`AttemptRow` s."""
+
+    seq: int  # queue order: FIFO within a priority
+    id: str
+    tenant_id: str
+    run_id: str
+    readable_id: str
+    action_id: str
+    status: TaskStatus
+    priority: int
+    retry_count: int = 0
+    app_retries: int = 0  # attempts that failed in user code
+    reassignments: int = 0  # attempts lost with their worker
+    worker_id: str | None = None
+    acked: bool = False  # the worker said STARTED for the live attempt
+    slot_released: bool = False
+    desired_worker_id: str | None = None
+    claims: str | None = None  # {"gates": [...], "rates": [...]} as evaluated at trigger
+    available_at: float = 0.0  # backoff: not before this
+    queued_at: float | None = None
+    schedule_deadline: float | None = None  # cancelled if still queued then
+    assigned_at: float | None = None
+    started_at: float | None = None
+    timeout_at: float | None = None
+    finished_at: float | None = None
+    output: str | None = None
+    error: str | None = None
+    created_at: float = 0.0
+
+    def holds_slot(self) -> bool:
+        """Whether the live attempt occupies slot units on its worker."""
+        return self.status is TaskStatus.RUNNING and not self.slot_released
+
+
+@dataclass(slots=True, eq=False)
+class RunRow:
+    id: str
+    tenant_id: str
+    workflow_id: str
+    workflow_name: str
+    version_id: str
+    status: RunStatus  # QUEUED until it finishes (RUNNING is read off its tasks)
+    input: str
+    additional_metadata: str | None
+    priority: int
+    task_count: int
+    sticky: StickyStrategy | None = None
+    sticky_worker_id: str | None = None
+    desired_labels: str | None = None  # the trigger's, as JSON; they win over the tasks'
+    created_at: float = 0.0
+    finished_at: float | None = None
+
+
+@dataclass(slots=True, eq=False)
+class AttemptRow:
+    """An attempt that ended while its task went on (retried, re-queued), or that ended for
+    the engine while its body may still run (cancelled, timed out, lost): ``holds_slot``
+    says its slot units stay taken until its worker reports that the body returned."""
+
+    task_id: str
+    retry_count: int
+    worker_id: str
+    assigned_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    outcome: str | None  # None: the live attempt (only in views built by the core)
+    holds_slot: bool = False
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Keys:
+    """What a batch of operations needs loaded before the core can decide it."""
+
+    task_ids: set[str] = field(default_factory=set)  # tasks (or one-task runs) by id
+    run_ids: set[str] = field(default_factory=set)  # runs by id, with all their tasks
+    running_on: set[str] = field(default_factory=set)  # workers: their running tasks
+    attempts_of: set[str] = field(default_factory=set)  # workers: slot-holding/lost attempts
+
+    def __bool__(self) -> bool:
+        return bool(self.task_ids or self.run_ids or self.running_on or self.attempts_of)
+
+    def merge(self, other: Keys) -> None:
+        self.task_ids |= other.task_ids
+        self.run_ids |= other.run_ids
+        self.running_on |= other.running_on
+        self.attempts_of |= other.attempts_of
+
+
+@dataclass(slots=True)
+class Changes:
+    """Rows a batch writes: new ones are inserted in their final state, the others updated."""
+
+    new_runs: dict[str, RunRow] = field(default_factory=dict)
+    new_tasks: dict[str, TaskRow] = field(default_factory=dict)
+    tasks: dict[str, TaskRow] = field(default_factory=dict)
+    runs: dict[str, RunRow] = field(default_factory=dict)
+    new_attempts: dict[tuple[str, int], AttemptRow] = field(default_factory=dict)
+    attempts: dict[tuple[str, int], AttemptRow] = field(default_factory=dict)
+    new_workers: list[WorkerRecord] = field(default_factory=list)
+    worker_status: dict[str, tuple[WorkerStatus, str, float]] = field(default_factory=dict)
+    heartbeats: dict[str, float] = field(default_factory=dict)
+    worker_labels: dict[str, dict[str, str | int]] = field(default_factory=dict)
+    logs: list[tuple[str, LogLine]] = field(default_factory=list)
+
+    def task(self, row: TaskRow) -> None:
+        """Mark a loaded (or new) task row changed."""
+        if row.id not in self.new_tasks:
+            self.tasks[row.id] = row
+
+    def run(self, row: RunRow) -> None:
+        if row.id not in self.new_runs:
+            self.runs[row.id] = row
+
+    def attempt(self, row: AttemptRow) -> None:
+        key = (row.task_id, row.retry_count)
+        if key not in self.new_attempts:
+            self.attempts[key] = row
+
+    def __bool__(self) -> bool:
+        return any(
+            (
+                self.new_runs,
+                self.new_tasks,
+                self.tasks,
+                self.runs,
+                self.new_attempts,
+                self.attempts,
+                self.new_workers,
+                self.worker_status,
+                self.heartbeats,
+                self.worker_labels,
+                self.logs,
+            )
+        )
+
+
+@dataclass(slots=True)
+class WorkingSet:
+    """Rows loaded for one batch, edited in place by the core, plus what it changed."""
+
+    tasks: dict[str, TaskRow] = field(default_factory=dict)
+    runs: dict[str, RunRow] = field(default_factory=dict)
+    run_tasks: dict[str, list[TaskRow]] = field(default_factory=dict)  # in seq order
+    attempts: dict[tuple[str, int], AttemptRow] = field(default_factory=dict)
+    running_on: dict[str, list[TaskRow]] = field(default_factory=dict)
+    attempts_of: dict[str, list[AttemptRow]] = field(default_factory=dict)
+    versions: dict[str, Workflow] = field(default_factory=dict)  # loaded for these runs
+    next_seq: int = 0  # the first queue position reserved for new tasks
+    changes: Changes = field(default_factory=Changes)
+
+    def add_run(self, run: RunRow, tasks: list[TaskRow]) -> None:
+        """A run created in this batch."""
+        self.runs[run.id] = run
+        self.run_tasks[run.id] = tasks
+        self.changes.new_runs[run.id] = run
+        for t in tasks:
+            self.tasks[t.id] = t
+            self.changes.new_tasks[t.id] = t

@@ -118,7 +118,7 @@ def test_hatchet_worker_sigterm_pause_call_succeeds(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="hewer.engine.core.service")
+    caplog.set_level(logging.INFO, logger="hewer.engine.core")
     hatchet_worker.send_signal(signal.SIGTERM)
     assert hatchet_worker.wait(timeout=60) == 0
     log = (tmp_path / "hatchet-worker.log").read_text()

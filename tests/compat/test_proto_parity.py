@@ -53,9 +53,30 @@ def upstream() -> Dump:
     return _load(proc, "hatchet_sdk contracts")
 
 
+# Hewer's own package (hewer.v1, its batched calls) has no upstream counterpart.
+OWN_PACKAGE = "hewer."
+
+
 @pytest.fixture(scope="module")
-def ours() -> Dump:
+def generated() -> Dump:
+    """Every contract's generated code, Hewer's own included."""
     return _load(_run_dumper("hewer"), "hewer._proto")
+
+
+@pytest.fixture(scope="module")
+def ours(generated: Dump) -> Dump:
+    """The Hatchet wire: what must match upstream."""
+    return {
+        "files": {
+            name: info
+            for name, info in generated["files"].items()
+            if not info["package"].startswith(OWN_PACKAGE.rstrip("."))
+        },
+        **{
+            kind: {n: v for n, v in generated[kind].items() if not n.startswith(OWN_PACKAGE)}
+            for kind in ("services", "messages", "enums")
+        },
+    }
 
 
 def _diff(ours: Any, theirs: Any) -> str:
@@ -129,7 +150,7 @@ def test_contract_files_mirror_upstream_files(ours: Dump, upstream: Dump) -> Non
     assert not problems, "\n".join(problems)
 
 
-def test_generated_code_matches_contracts(ours: Dump, tmp_path: Path) -> None:
+def test_generated_code_matches_contracts(generated: Dump, tmp_path: Path) -> None:
     """src/hewer/_proto is up to date with contracts/ (run scripts/gen_proto.py if not)."""
     pytest.importorskip("grpc_tools", reason="grpcio-tools (dev extra) not installed")
     from importlib import resources
@@ -154,6 +175,6 @@ def test_generated_code_matches_contracts(ours: Dump, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, f"protoc failed:\n{proc.stderr}"
     fresh = _load(_run_dumper("descriptor-set", str(out)), "fresh protoc output")
-    assert fresh == ours, (
+    assert fresh == generated, (
         "generated code in src/hewer/_proto is stale: run .venv/bin/python scripts/gen_proto.py"
     )

@@ -2,9 +2,9 @@
 
 It joins three sources into one history per task:
 
-* the engine's SQLite database: ``runs``, ``tasks`` (final state, attempt number, error,
-  output), ``task_attempts`` (per attempt: worker, assigned/started/finished, outcome) and
-  ``workers`` (names, slots, status);
+* the engine's state, read through its store (:mod:`tests.fault.snapshot`): ``runs``,
+  ``tasks`` (final state, attempt number, error, output), ``task_attempts`` (per attempt:
+  worker, assigned/started/finished, outcome) and ``workers`` (names, slots, status);
 * the executions log the task bodies of ``tests/fault/app.py`` write, one JSONL file per
   worker process (a ``start`` and an ``end`` record per body run);
 * what the test did to processes (:class:`Processes`: spawned, SIGKILLed, SIGSTOPped,
@@ -39,7 +39,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sqlite3
 import threading
 import time
 from collections import Counter, defaultdict
@@ -47,6 +46,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from hewer.store import StoreError
+from tests.fault import snapshot
 
 TERMINAL = frozenset({"completed", "failed", "cancelled", "skipped"})
 TERMINAL_RUN = frozenset({"completed", "failed", "cancelled"})
@@ -223,16 +225,8 @@ def read_executions(log_dir: Path) -> list[Execution]:
 
 
 def read_db(db_path: Path) -> dict[str, list[dict[str, Any]]]:
-    """Rows of the tables the checker needs, read through a read-only connection."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
-    conn.row_factory = sqlite3.Row
-    try:
-        return {
-            table: [dict(r) for r in conn.execute(f"SELECT * FROM {table}")]
-            for table in ("runs", "tasks", "task_attempts", "workers")
-        }
-    finally:
-        conn.close()
+    """The engine's state, read through a store opened on its database."""
+    return snapshot.read(db_path)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -673,29 +667,17 @@ class History:
 
 
 def runs_terminal(db_path: Path, run_ids: Iterable[str]) -> int:
-    """How many of ``run_ids`` are terminal in the database (read-only)."""
-    ids = list(run_ids)
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
-    try:
-        done = 0
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            done += conn.execute(
-                f"SELECT count(*) FROM runs WHERE id IN ({marks}) "
-                "AND status IN ('completed', 'failed', 'cancelled')",
-                chunk,
-            ).fetchone()[0]
-        return int(done)
-    finally:
-        conn.close()
+    """How many of ``run_ids`` are terminal (read through the store)."""
+    with snapshot.StoreReader(db_path) as reader:
+        return reader.runs_terminal(run_ids)
 
 
 # --------------------------------------------------------------------------- transitions
 
 
 class TransitionRecorder:
-    """Polls the ``tasks`` table and records every change of (status, retry_count).
+    """Polls the tasks (through the store) and records every change of (status,
+    retry_count).
 
     ``regressions()`` lists the moves backwards: out of a terminal state, to a lower
     attempt number, or within one attempt to an earlier state (queued -> running ->
@@ -722,25 +704,20 @@ class TransitionRecorder:
         self._thread.join(10)
 
     def _run(self) -> None:
-        conn = sqlite3.connect(f"file:{self._db_path}?mode=ro", uri=True, timeout=5)
-        marks = ",".join("?" * len(self._ids))
-        try:
+        wanted = set(self._ids)
+        with snapshot.StoreReader(self._db_path) as reader:
             while not self._stop.is_set():
                 try:
-                    rows = conn.execute(
-                        f"SELECT id, status, retry_count FROM tasks WHERE id IN ({marks})",
-                        self._ids,
-                    ).fetchall()
-                except sqlite3.OperationalError:
+                    rows = [t for t in reader.tasks() if t.id in wanted]
+                except StoreError:
                     rows = []  # busy; try again next tick
-                for task_id, status, retry in rows:
-                    seq = self.sequences[task_id]
-                    if not seq or seq[-1] != (status, retry):
-                        seq.append((status, int(retry)))
+                for t in rows:
+                    seq = self.sequences[t.id]
+                    state = (str(t.status), int(t.retry_count))
+                    if not seq or seq[-1] != state:
+                        seq.append(state)
                 self.polls += 1
                 self._stop.wait(self._interval)
-        finally:
-            conn.close()
 
     def regressions(self) -> list[tuple[str, tuple[str, int], tuple[str, int]]]:
         out = []

@@ -11,7 +11,6 @@ import os
 import random
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from hewer import HewerError
 from tests.conftest import HEARTBEAT, INACTIVE_AFTER
 from tests.fault.conftest import REPO, Fleet, load_app
 from tests.fault.history import History, runs_terminal
+from tests.fault.snapshot import StoreReader
 from tests.helpers import wait_for
 
 # CI sizes (nightly: 50k tasks on PostgreSQL, a kill every 60 s).
@@ -106,16 +106,8 @@ class EngineProcess:
         return (self.state / "token").read_text().strip()
 
     def active(self, name: str) -> bool:
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
-        try:
-            row = conn.execute(
-                "SELECT 1 FROM workers WHERE name = ? AND status = 'active'", (name,)
-            ).fetchone()
-            return row is not None
-        except sqlite3.OperationalError:
-            return False
-        finally:
-            conn.close()
+        with StoreReader(self.db) as reader:
+            return reader.worker_active(name)
 
 
 class Feeder:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import sqlite3
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from hewer.engine.core.clock import ManualClock
 from hewer.engine.core.service import ActionKind, EngineCore, Session, TriggerSpec
 from hewer.errors import HewerError
 from hewer.store import SqliteStore
+from tests.fault.snapshot import read_state
 
 INACTIVE_AFTER = 30.0
 TIMEOUT = 60.0
@@ -99,18 +99,12 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.loop.close()
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def rows(self, sql: str, *args: Any) -> list[sqlite3.Row]:
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        conn.row_factory = sqlite3.Row
-        try:
-            return conn.execute(sql, args).fetchall()
-        finally:
-            conn.close()
+    def state(self) -> dict[str, list[dict[str, Any]]]:
+        """The store's view (runs, tasks, every attempt, workers), as dicts."""
+        return self.call(read_state(self.store))
 
     async def _settle(self) -> None:
-        for _ in range(3):
-            await self.core.scheduler.slot_usage()
-            await asyncio.sleep(0)
+        await self.core.settled()
 
     def pump(self) -> None:
         """Let the scheduler run, then hand every sent action to its worker process."""
@@ -139,7 +133,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                         w.held[key]["cancel"] = True
 
     def live_attempt(self, task_id: str) -> tuple[int, str] | None:
-        row = self.rows("SELECT status, retry_count, worker_id FROM tasks WHERE id = ?", task_id)
+        row = [t for t in self.state()["tasks"] if t["id"] == task_id]
         if row and row[0]["status"] == "running":
             return int(row[0]["retry_count"]), str(row[0]["worker_id"])
         return None
@@ -322,7 +316,7 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @invariant()
     def terminal_states_are_final(self) -> None:
-        for row in self.rows("SELECT id, status, output FROM tasks"):
+        for row in self.state()["tasks"]:
             seen = self.terminal_seen.get(row["id"])
             if seen is not None:
                 assert (row["status"], row["output"]) == seen, (row["id"], seen, dict(row))
@@ -331,12 +325,13 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @invariant()
     def attempts_only_increase(self) -> None:
-        for row in self.rows("SELECT id, retry_count FROM tasks"):
+        state = self.state()
+        for row in state["tasks"]:
             before = self.retry_seen.get(row["id"], 0)
             assert row["retry_count"] >= before, (row["id"], before, row["retry_count"])
             self.retry_seen[row["id"]] = row["retry_count"]
         attempts: dict[str, list[int]] = {}
-        for row in self.rows("SELECT task_id, retry_count FROM task_attempts"):
+        for row in state["task_attempts"]:
             attempts.setdefault(row["task_id"], []).append(row["retry_count"])
         for task_id, numbers in attempts.items():
             assert sorted(numbers) == list(range(len(numbers))), (task_id, numbers)
@@ -346,11 +341,20 @@ class LifecycleMachine(RuleBasedStateMachine):
     def at_most_one_live_attempt(self) -> None:
         assert not self.fencing_errors, self.fencing_errors
         assert all(n <= 1 for n in self.completed_applied.values()), self.completed_applied
-        open_rows = self.rows(
-            "SELECT a.task_id, a.retry_count, a.worker_id, t.status, t.retry_count AS live, "
-            "t.worker_id AS owner FROM task_attempts a JOIN tasks t ON t.id = a.task_id "
-            "WHERE a.outcome IS NULL"
-        )
+        state = self.state()
+        tasks = {t["id"]: t for t in state["tasks"]}
+        open_rows = [
+            {
+                "task_id": a["task_id"],
+                "retry_count": a["retry_count"],
+                "worker_id": a["worker_id"],
+                "status": tasks[a["task_id"]]["status"],
+                "live": tasks[a["task_id"]]["retry_count"],
+                "owner": tasks[a["task_id"]]["worker_id"],
+            }
+            for a in state["task_attempts"]
+            if a["outcome"] is None
+        ]
         per_task: dict[str, int] = {}
         for r in open_rows:
             per_task[r["task_id"]] = per_task.get(r["task_id"], 0) + 1
@@ -362,24 +366,14 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @invariant()
     def slot_counts_match(self) -> None:
-        has_holds = any(
-            r["name"] == "holds_slot" for r in self.rows("PRAGMA table_info(task_attempts)")
-        )
-        if has_holds:
-            sql = (
-                "SELECT a.worker_id, count(*) AS n FROM task_attempts a "
-                "WHERE a.holds_slot = 1 GROUP BY a.worker_id"
-            )
-        else:
-            sql = (
-                "SELECT worker_id, count(*) AS n FROM tasks "
-                "WHERE status = 'running' AND slot_released = 0 GROUP BY worker_id"
-            )
         usage: dict[str, dict[str, int]] = {}
         db: dict[str, int] = {}
         for _ in range(50):  # background follow-ups (requeues) may still be landing
             usage = self.call(self.core.scheduler.slot_usage())
-            db = {r["worker_id"]: r["n"] for r in self.rows(sql)}
+            db = {}
+            for a in self.state()["task_attempts"]:
+                if a["holds_slot"]:
+                    db[a["worker_id"]] = db.get(a["worker_id"], 0) + 1
             in_scheduler = {w: sum(u.values()) for w, u in usage.items()}
             if all(db.get(w, 0) == n for w, n in in_scheduler.items()) and all(
                 w in in_scheduler for w in db

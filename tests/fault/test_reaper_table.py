@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from hewer.domain import EventType, RunDetails, TaskDef, TaskEvent, WorkerRecord
+from hewer.domain import EventType, RunDetails, TaskDef, TaskEvent
 from hewer.engine.core.clock import ManualClock
 from hewer.engine.core.service import Action, ActionKind, EngineCore, Session, TriggerSpec
-from hewer.store import SqliteStore
+from tests.helpers import GatedStore
 
 INACTIVE_AFTER = 30.0
 TIMEOUT = 60.0
@@ -28,25 +28,10 @@ BATCH = 500  # the store's page size for timed-out and unacknowledged attempts
 PARKED = 3600.0  # the background reaper never ticks during a test
 
 
-class GatedStore(SqliteStore):
-    """Holds ``worker_insert`` at a gate, to cancel a Register caller mid-write."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.gate: asyncio.Event | None = None
-        self.entered = asyncio.Event()
-
-    async def worker_insert(self, worker: WorkerRecord) -> None:
-        if self.gate is not None:
-            self.entered.set()
-            await self.gate.wait()
-        await super().worker_insert(worker)
-
-
 class Rig:
     def __init__(self, path: Path, **core: object) -> None:
         self.clock = ManualClock()
-        self.store = GatedStore(path)
+        self.store = GatedStore(path, lambda changes: bool(changes.new_workers))
         self.core = self._core(**core)
         self.tenant = ""
 
@@ -72,8 +57,7 @@ class Rig:
         await self.core.put_workflow(self.tenant, name, [task], None)
 
     async def settle(self) -> None:
-        await self.core.scheduler.slot_usage()
-        await self.core.scheduler.slot_usage()
+        await self.core.settled()
 
     async def worker(self, name: str = "w", slots: int = 1) -> tuple[str, Session]:
         runtime = {"extra": json.dumps({"reports_cancellation": True})}

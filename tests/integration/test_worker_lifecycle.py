@@ -196,7 +196,7 @@ def test_tasks_left_at_the_end_of_the_grace_period_are_requeued_at_once(
     tenant = engine.engine.default_tenant_id
 
     def requeued() -> bool:
-        details = engine.call(engine.engine.store.run_get(tenant, ref.run_id))
+        details = engine.call(engine.engine.core.run_details(tenant, ref.run_id))
         task = details.tasks[0] if details else None
         return task is not None and task.status == "queued" and task.retry_count == 1
 

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from hewer.domain import (
     EventType,
-    NewRun,
-    QueueItem,
     RunStatus,
     StickyStrategy,
     TaskDef,
@@ -32,32 +30,17 @@ from hewer.engine.core.service import (
     TriggerSpec,
 )
 from hewer.errors import InvalidInput, NotFound
-from hewer.store import SqliteStore
+from tests.helpers import GatedStore
 
 INACTIVE_AFTER = 30.0
 TIMEOUT = 60.0
 SCHEDULE_TIMEOUT = 300.0
 
 
-class GatedStore(SqliteStore):
-    """Holds ``runs_create`` at a gate, to cancel a caller while its write is in flight."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.gate: asyncio.Event | None = None
-        self.entered = asyncio.Event()
-
-    async def runs_create(self, runs: Sequence[NewRun], now: float) -> list[QueueItem]:
-        if self.gate is not None:
-            self.entered.set()
-            await self.gate.wait()
-        return await super().runs_create(runs, now)
-
-
 class Rig:
     def __init__(self, path: Path) -> None:
         self.clock = ManualClock()
-        self.store = GatedStore(path)
+        self.store = GatedStore(path, lambda changes: bool(changes.new_runs))
         self.core = EngineCore(
             self.store, self.clock, inactive_after=INACTIVE_AFTER, max_reassignments=1
         )
@@ -71,8 +54,7 @@ class Rig:
         await self.core.put_workflow(self.tenant, "job", [task], None)
 
     async def settle(self) -> None:
-        await self.core.scheduler.slot_usage()
-        await self.core.scheduler.slot_usage()
+        await self.core.settled()
 
     async def worker(
         self, name: str = "w", slots: int = 1, reports_cancellation: bool = False

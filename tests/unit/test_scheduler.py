@@ -2,62 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, cast
-
 import pytest
 
 from hewer.domain import (
     Assignment,
     DesiredLabel,
-    DispatchInfo,
     LabelComparator,
     QueueItem,
     RunningTask,
 )
 from hewer.engine.core.clock import ManualClock
 from hewer.engine.core.scheduler import Scheduler, worker_slots
-from hewer.store import Store
-
-
-class RecordingStore:
-    """Commits every assignment except those for tasks listed in ``refuse``."""
-
-    def __init__(self) -> None:
-        self.refuse: set[str] = set()
-        self.fail_next = 0
-
-    async def tasks_assign(self, assignments: Sequence[Assignment], now: float) -> list[Any]:
-        if self.fail_next:
-            self.fail_next -= 1
-            raise RuntimeError("database is locked")
-        return [
-            DispatchInfo(
-                a.task_id,
-                a.tenant_id,
-                a.worker_id,
-                "run",
-                "step",
-                "wf",
-                "v",
-                "r",
-                "act",
-                a.retry_count,
-                1,
-                "{}",
-                None,
-            )
-            for a in assignments
-            if a.task_id not in self.refuse
-        ]
 
 
 class Harness:
+    """Drives the scheduler as the engine loop does: decide, then "commit" (every decision
+    is written except those for tasks in ``refuse``; with ``fail_next`` the whole write
+    fails)."""
+
     def __init__(self) -> None:
         self.clock = ManualClock()
-        self.store = RecordingStore()
-        self.dispatched: list[DispatchInfo] = []
-        self.scheduler = Scheduler(cast(Store, self.store), self.clock, self.dispatched.extend)
+        self.refuse: set[str] = set()
+        self.fail_next = 0
+        self.dispatched: list[Assignment] = []
+        self.scheduler = Scheduler(self.clock)
         self._seq = 0
 
     def item(
@@ -93,21 +61,26 @@ class Harness:
         self.scheduler.worker_up(w)
 
     async def settle(self) -> None:
-        # Two round trips through the inbox: the second is answered after the pass that
-        # the first one woke up has finished.
-        await self.scheduler.slot_usage()
-        await self.scheduler.slot_usage()
+        """Passes until the scheduler has nothing new to decide."""
+        for _ in range(100):
+            if not self.scheduler.has_work():
+                return
+            decided = self.scheduler.decide()
+            if self.fail_next:
+                self.fail_next -= 1
+                self.scheduler.unwind()
+                continue
+            refused = [a for a in decided if a.task_id in self.refuse]
+            self.scheduler.settle(refused)
+            self.dispatched.extend(a for a in decided if a.task_id not in self.refuse)
 
     def placed(self) -> dict[str, str]:
         return {d.task_id: d.worker_id for d in self.dispatched}
 
 
 @pytest.fixture
-async def h() -> AsyncIterator[Harness]:
-    harness = Harness()
-    harness.scheduler.start()
-    yield harness
-    await harness.scheduler.stop()
+def h() -> Harness:
+    return Harness()
 
 
 async def test_never_exceeds_slots_and_resumes_when_freed(h: Harness) -> None:
@@ -176,7 +149,7 @@ async def test_multi_unit_task_needs_all_units_on_one_worker(h: Harness) -> None
 async def test_refused_assignment_gives_slot_back(h: Harness) -> None:
     h.worker("w1", slots=1)
     first, second = h.item(), h.item()
-    h.store.refuse.add(first.task_id)  # e.g. cancelled between decision and commit
+    h.refuse.add(first.task_id)  # e.g. cancelled between decision and commit
     h.scheduler.enqueue([first, second])
     await h.settle()
     await h.settle()
@@ -217,12 +190,12 @@ async def test_worker_reregistration_keeps_slot_usage(h: Harness) -> None:
 
 async def test_a_pass_that_fails_to_commit_keeps_its_tasks_queued(h: Harness) -> None:
     h.worker("w1", slots=2)
-    h.store.fail_next = 1
+    h.fail_next = 1
     h.scheduler.enqueue([h.item(), h.item()])
     await h.settle()
     await h.settle()
     # The failed batch went back in line and a later pass placed it; nothing leaked.
-    assert h.store.fail_next == 0
+    assert h.fail_next == 0
     assert set(h.placed()) == {"t1", "t2"}
     assert h.scheduler.queued_count() == 0
     assert (await h.scheduler.slot_usage())["w1"] == {"default": 2}

@@ -166,27 +166,29 @@ class WorkerServices:
 
     def release_slot(self, action: _wire.Action) -> None:
         request = _wire.release_slot_request(action.task_run_external_id)
+        # Room for one more thread first: the engine may send the next task as soon as it
+        # has committed the release, before its answer reaches us.
+        self._slot_released()
         try:
             _wire.dispatcher_stub(self._sync).ReleaseSlot(
                 request, metadata=self.metadata, timeout=SIDE_CALL_TIMEOUT_SECONDS
             )
         except grpc.RpcError as exc:
             logger.warning("release_slot failed for %s: %s", action.task_run_external_id, exc)
-        else:
-            if self.on_slot_released is not None:
-                self.on_slot_released()
+
+    def _slot_released(self) -> None:
+        if self.on_slot_released is not None:
+            self.on_slot_released()
 
     async def aio_release_slot(self, action: _wire.Action) -> None:
         request = _wire.release_slot_request(action.task_run_external_id)
+        self._slot_released()
         try:
             await self.aio_dispatcher.ReleaseSlot(
                 request, metadata=self.metadata, timeout=SIDE_CALL_TIMEOUT_SECONDS
             )
         except grpc.RpcError as exc:
             logger.warning("release_slot failed for %s: %s", action.task_run_external_id, exc)
-        else:
-            if self.on_slot_released is not None:
-                self.on_slot_released()
 
     def upsert_worker_labels(self, labels: Mapping[str, str | int]) -> None:
         self.labels.upsert(labels)

@@ -1,38 +1,74 @@
 """The store Protocol: the only way the engine reads or writes durable state.
 
 Internal, not semver. Every backend implements it and passes ``tests/store``. Methods are
-named entity-first and take/return the records of :mod:`hewer.domain`. Methods that
-change several rows do so in one transaction: a caller never sees half of a decision.
+named entity-first and take/return the records of :mod:`hewer.domain`.
+
+The store decides nothing. The hot path is one write transaction per batch
+(:meth:`Store.write`): the engine core loads the rows a batch of operations needs
+(:meth:`StoreTx.load`), decides every transition on those working copies, and hands the
+store the changed rows (:meth:`StoreTx.stage`), which it writes in bulk and commits when the
+context ends. A caller is answered only after that commit: acknowledged means durable.
+Everything else is a read, or a rare write in a transaction of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Protocol
 
 from hewer.domain import (
     ApiToken,
-    Assignment,
-    ConcurrencySpec,
-    DispatchInfo,
-    EventOutcome,
+    AttemptRow,
+    Changes,
     GateClaim,
+    Keys,
     LogLine,
-    NewRun,
-    QueueItem,
     RateLimitRecord,
-    RunDetails,
     RunFilter,
-    RunningTask,
+    RunRow,
     StickyStrategy,
-    TaskDef,
-    TaskEvent,
+    TaskRow,
     Tenant,
-    TimedOutTask,
     WorkerRecord,
-    WorkerStatus,
     Workflow,
+    WorkingSet,
 )
+from hewer.errors import StoreError
+
+__all__ = ["QueuedRow", "Store", "StoreError", "StoreTx"]
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRow:
+    """A queued task with what the scheduler needs of its run."""
+
+    task: TaskRow
+    version_id: str
+    sticky: StickyStrategy | None
+    sticky_worker_id: str | None
+    run_labels: str | None  # the trigger's desired labels (JSON), if any
+
+
+class StoreTx(Protocol):
+    """One write transaction of the hot path; see the module docstring."""
+
+    async def load(self, keys: Keys, known_versions: Collection[str], seqs: int = 0) -> WorkingSet:
+        """Rows for ``keys``, locked for this transaction: the tasks named (by id), the
+        running tasks and the slot-holding or lost attempts of the workers named, the runs of
+        all those tasks and of the runs named, every task of the runs named and of runs with
+        more than one task, the slot-holding attempts of every loaded task, and the workflow
+        versions of the loaded runs missing from ``known_versions``. ``seqs`` reserves that
+        many queue positions for new tasks (``WorkingSet`` holds the first in
+        ``next_seq``)."""
+
+    async def load_more(self, ws: WorkingSet, keys: Keys, known_versions: Collection[str]) -> None:
+        """Load more rows into ``ws`` (rows already in it keep their working copies)."""
+
+    def stage(self, changes: Changes) -> None:
+        """Rows to write when the transaction commits (new rows inserted in their final
+        state, the others updated)."""
 
 
 class Store(Protocol):
@@ -41,6 +77,9 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release connections; idempotent."""
+
+    def write(self) -> AbstractAsyncContextManager[StoreTx]:
+        """A write transaction; committed when the context ends without an exception."""
 
     # installation settings
     async def meta_get_or_set(self, key: str, default: str) -> str:
@@ -54,117 +93,79 @@ class Store(Protocol):
     async def token_revoke(self, token_id: str, now: float) -> bool: ...
 
     # workflows
-    async def workflow_upsert(
-        self,
-        tenant_id: str,
-        name: str,
-        tasks: Sequence[TaskDef],
-        default_priority: int,
-        now: float,
-        *,
-        sticky: StickyStrategy | None = None,
-        concurrency: Sequence[ConcurrencySpec] = (),
-    ) -> Workflow: ...
-    async def workflow_get_by_name(self, tenant_id: str, name: str) -> Workflow | None: ...
+    async def workflow_put(self, workflow: Workflow, checksum: str, now: float) -> Workflow:
+        """Make ``workflow`` (ids ignored) the tenant's current version of its name; returns
+        it with its stored ids. The workflow id is stable per (tenant, name); a new version
+        is stored only when ``checksum`` differs from the current version's."""
 
-    # runs and tasks
-    async def runs_create(self, runs: Sequence[NewRun], now: float) -> list[QueueItem]:
-        """Write runs with all their tasks; returns the root tasks, now queued."""
+    async def workflow_get_by_name(self, tenant_id: str, name: str) -> Workflow | None:
+        """The current version of a workflow."""
 
-    async def run_get(self, tenant_id: str, run_id: str) -> RunDetails | None: ...
+    async def workflow_versions(self, version_ids: Collection[str]) -> list[Workflow]: ...
+
+    # runs and tasks (reads)
+    async def run_get(self, tenant_id: str, run_id: str) -> tuple[RunRow, list[TaskRow]] | None:
+        """A run and its tasks (seq order)."""
+
+    async def runs_get(
+        self, tenant_id: str, run_ids: Collection[str]
+    ) -> list[tuple[RunRow, list[TaskRow]]]:
+        """Those of ``run_ids`` the tenant has, each with its tasks."""
+
     async def runs_find(self, tenant_id: str, match: RunFilter) -> list[str]:
         """Ids of the tenant's runs that match, newest first, at most ``match.limit``."""
 
-    async def tasks_queued(self) -> list[QueueItem]: ...
-    async def tasks_running(self, worker_id: str | None = None) -> list[RunningTask]: ...
-    async def tasks_assign(
-        self, assignments: Sequence[Assignment], now: float
-    ) -> list[DispatchInfo]:
-        """Apply scheduler decisions; a task no longer queued at that attempt is skipped."""
+    async def task_run_id(self, tenant_id: str, task_id: str) -> str | None: ...
 
-    async def task_apply_event(self, event: TaskEvent, now: float) -> EventOutcome:
-        """Apply a worker's report if its attempt is live; advance the DAG and the run."""
+    async def queue_keys(self) -> list[tuple[str, str]]:
+        """(tenant id, action id) of every queue with queued tasks."""
 
-    async def tasks_time_out(
-        self, timed_out: Sequence[TimedOutTask], hold_slots_of: Collection[str], now: float
-    ) -> EventOutcome:
-        """End attempts past their execution timeout as failures (retried if retries remain),
-        in one transaction; those still live are named in ``stop`` (to cancel on their
-        workers). On workers in ``hold_slots_of`` the slot stays taken until the worker
-        reports that the body returned."""
-
-    async def tasks_requeue(
-        self,
-        tasks: Sequence[RunningTask],
-        reason: str,
-        now: float,
-        *,
-        max_reassignments: int | None = None,
-        count: bool = True,
-    ) -> EventOutcome:
-        """Give attempts that were lost a new attempt, fenced on (task, attempt, worker).
-
-        ``freed`` holds the slot units given back, ``queued`` the new attempts. With
-        ``count`` the loss counts as a reassignment; a task already reassigned
-        ``max_reassignments`` times fails instead, with a reason naming the lost worker.
-        """
-
-    async def tasks_schedule_expired(self, now: float, limit: int = 500) -> list[tuple[str, str]]:
-        """(tenant id, task id) of queued tasks past their schedule timeout."""
-
-    async def rate_limit_put(self, record: RateLimitRecord, now: float) -> None:
-        """Declare (or change) a static rate limit."""
-
-    async def rate_limits_list(self) -> list[RateLimitRecord]:
-        """Every declared rate limit (loaded at start)."""
-
-    async def gates_held(self) -> list[GateClaim]:
-        """Concurrency claims held now (rebuilds the scheduler's gates after a restart)."""
-
-    async def attempts_recall(self, worker_id: str, hold: bool, since: float) -> list[RunningTask]:
-        """Attempts taken from a worker (lost since ``since``) that was declared lost and is
-        back; with ``hold`` they take their slots again until it reports that they ended."""
-
-    async def attempts_holding(self) -> list[RunningTask]:
-        """Every attempt holding slot units (rebuilds slot accounting after a restart)."""
-
-    async def worker_drop_attempts(self, worker_id: str, now: float) -> int:
-        """The worker is gone: none of its attempts holds a slot any more."""
-
-    async def tasks_unstarted(self, cutoff: float, limit: int = 500) -> list[RunningTask]:
-        """Attempts assigned before ``cutoff`` that no worker acknowledged (STARTED)."""
-
-    async def tasks_cancel(
+    async def tasks_queued_page(
         self,
         tenant_id: str,
-        task_ids: Sequence[str],
-        reason: str,
-        now: float,
-        hold_slots_of: Collection[str] = (),
-    ) -> EventOutcome:
-        """Cancel tasks (and runs, given run ids) that are not terminal yet. Running
-        attempts on workers in ``hold_slots_of`` keep their slots until those workers report
-        that the body returned; ``stop`` names the attempts to cancel on their workers."""
+        action_id: str,
+        after: tuple[int, int] | None,
+        limit: int,
+    ) -> list[QueuedRow]:
+        """Queued tasks of one queue in queue order (priority high to low, then seq),
+        starting after the position ``after`` = (priority, seq)."""
 
-    async def tasks_timed_out(self, now: float, limit: int = 500) -> list[TimedOutTask]:
-        """Running attempts whose execution deadline has passed."""
+    async def tasks_running(self) -> list[tuple[TaskRow, str]]:
+        """Every running task with its run's version id (rebuilds slot accounting)."""
 
-    async def task_run_id(self, tenant_id: str, task_id: str) -> str | None: ...
-    async def task_release_slot(self, tenant_id: str, task_id: str) -> RunningTask | None: ...
-    async def task_refresh_timeout(
-        self, tenant_id: str, task_id: str, seconds: float, now: float
-    ) -> float | None: ...
+    async def attempts_holding(self) -> list[tuple[AttemptRow, TaskRow, str]]:
+        """Ended attempts still holding slot units, with their task and its version id."""
 
-    # workers
-    async def worker_insert(self, worker: WorkerRecord) -> None: ...
+    async def attempts_list(self, tenant_id: str | None = None) -> list[AttemptRow]:
+        """Every ended attempt kept apart from its task row (tests, history views)."""
+
+    async def tasks_list(self, tenant_id: str | None = None) -> list[TaskRow]:
+        """Every task (tests, history views)."""
+
+    async def runs_list(self, tenant_id: str | None = None) -> list[RunRow]:
+        """Every run (tests, history views)."""
+
+    async def tasks_timed_out(self, now: float, limit: int) -> list[TaskRow]:
+        """Running tasks whose execution deadline has passed, earliest first."""
+
+    async def tasks_unacked(self, cutoff: float, limit: int) -> list[TaskRow]:
+        """Running tasks assigned before ``cutoff`` that no worker acknowledged (STARTED)."""
+
+    async def tasks_schedule_expired(self, now: float, limit: int) -> list[TaskRow]:
+        """Queued tasks past their schedule deadline."""
+
+    async def gates_held(self) -> list[GateClaim]:
+        """Concurrency claims held now (rebuilds the scheduler's gates after a restart): a
+        running task holds its task-level claims; a started, unfinished run its run-level
+        ones."""
+
+    # rate limits
+    async def rate_limit_put(self, record: RateLimitRecord, now: float) -> None: ...
+    async def rate_limits_list(self) -> list[RateLimitRecord]: ...
+
+    # workers (writes go through StoreTx.stage)
     async def worker_get(self, tenant_id: str, worker_id: str) -> WorkerRecord | None: ...
     async def workers_list(self, tenant_id: str | None = None) -> list[WorkerRecord]: ...
-    async def worker_set_status(
-        self, worker_id: str, status: WorkerStatus, reason: str, now: float
-    ) -> bool: ...
-    async def worker_heartbeat(self, worker_id: str, now: float) -> None: ...
-    async def worker_set_labels(self, worker_id: str, labels: dict[str, str | int]) -> None: ...
 
-    # logs
-    async def logs_insert(self, tenant_id: str, lines: Sequence[LogLine]) -> None: ...
+    # logs (writes go through StoreTx.stage)
     async def logs_list(self, tenant_id: str, task_id: str, limit: int = 1000) -> list[LogLine]: ...

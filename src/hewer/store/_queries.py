@@ -12,8 +12,9 @@ from importlib import resources
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 
-def load(dialect: str) -> dict[str, str]:
-    """All named queries of a dialect, keyed by name."""
+def load(dialect: str, columns: dict[str, str] | None = None) -> dict[str, str]:
+    """All named queries of a dialect, keyed by name; ``{name}`` placeholders in their text
+    are replaced by ``columns[name]``."""
     queries: dict[str, str] = {}
     folder = resources.files("hewer.store") / "sql" / dialect
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
@@ -26,7 +27,8 @@ def load(dialect: str) -> dict[str, str]:
             if name in queries:
                 raise ValueError(f"duplicate query name {name!r} in {dialect}")
             lines = [ln for ln in body.strip().splitlines() if not ln.lstrip().startswith("--")]
-            queries[name] = "\n".join(lines).strip().rstrip(";")
+            text = "\n".join(lines).strip().rstrip(";")
+            queries[name] = text.format_map(columns) if columns else text
     return queries
 
 

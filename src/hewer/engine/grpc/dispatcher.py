@@ -15,9 +15,9 @@ from google.protobuf import timestamp_pb2
 from hewer._proto import dispatcher_pb2 as pb
 from hewer._proto import dispatcher_pb2_grpc as pb_grpc
 from hewer._version import __version__ as hewer_version
-from hewer.domain import EventType, RunDetails, TaskEvent, TaskStatus
+from hewer.domain import DispatchInfo, EventType, RunDetails, TaskEvent, TaskStatus
 from hewer.durations import parse_duration
-from hewer.engine.core.service import Action, ActionKind
+from hewer.engine.core.service import Action, ActionKind, EngineCore
 from hewer.engine.grpc._common import Servicer, abort_for, unary
 from hewer.errors import NotSupported
 
@@ -85,6 +85,73 @@ def missing_run_event(run_id: str, now: float) -> pb.WorkflowRunEvent:
     )
 
 
+def action_payload(info: DispatchInfo) -> str:
+    """The AssignedAction payload: the run's input and the outputs of the task's parents.
+    Both are stored as validated JSON object text, so the payload is put together without
+    parsing them again."""
+    parents = ",".join(f"{json.dumps(name)}:{output}" for name, output in info.parents.items())
+    return (
+        f'{{"input":{info.input},"parents":{{{parents}}},"triggered_by":"manual",'
+        '"triggers":{},"user_data":{},"overrides":{}}'
+    )
+
+
+def assigned_action(tenant_id: str, action: Action) -> Any:
+    """An action for a worker's stream, as Hatchet's AssignedAction."""
+    if action.kind is ActionKind.CANCEL:
+        return pb.AssignedAction(
+            tenant_id=tenant_id,
+            job_run_id=action.task_id,
+            task_run_external_id=action.task_id,
+            action_type=pb.CANCEL_STEP_RUN,
+            retry_count=action.retry_count,
+        )
+    info = action.info
+    assert info is not None
+    msg = pb.AssignedAction(
+        tenant_id=tenant_id,
+        workflow_run_id=info.run_id,
+        job_id=info.step_id,
+        job_name=info.readable_id,
+        job_run_id=info.task_id,
+        task_id=info.step_id,
+        task_run_external_id=info.task_id,
+        action_id=info.action_id,
+        action_type=pb.START_STEP_RUN,
+        action_payload=action_payload(info),
+        task_name=info.readable_id,
+        retry_count=info.retry_count,
+        priority=info.priority,
+        workflow_id=info.workflow_id,
+        workflow_version_id=info.workflow_version_id,
+        child_workflow_index=0,
+    )
+    if info.additional_metadata:
+        msg.additional_metadata = info.additional_metadata
+    return msg
+
+
+def task_event(tenant_id: str, request: Any) -> TaskEvent | None:
+    """A StepActionEvent as the core's report; None for ACKNOWLEDGED (informational: the
+    engine owns terminal states)."""
+    kind = _EVENT_TYPES.get(request.event_type)
+    if kind is None:
+        return None
+    payload = request.event_payload
+    if kind is EventType.COMPLETED:
+        payload, kind = _completed_output(payload)
+    return TaskEvent(
+        tenant_id=tenant_id,
+        task_id=request.task_run_external_id,
+        retry_count=request.retry_count,
+        worker_id=request.worker_id,
+        type=kind,
+        payload=payload,
+        should_not_retry=request.should_not_retry,
+        retry_after_ms=request.retry_after_ms if request.HasField("retry_after_ms") else None,
+    )
+
+
 class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[misc]
     @unary
     async def GetVersion(self, tenant_id: str, request: Any, context: Any) -> Any:
@@ -131,42 +198,9 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
                 action = await session.next()
                 if action is None:
                     return
-                yield self._assigned_action(tenant_id, action)
+                yield assigned_action(tenant_id, action)
         finally:
             self.core.close_session(session)
-
-    def _assigned_action(self, tenant_id: str, action: Action) -> Any:
-        if action.kind is ActionKind.CANCEL:
-            return pb.AssignedAction(
-                tenant_id=tenant_id,
-                job_run_id=action.task_id,
-                task_run_external_id=action.task_id,
-                action_type=pb.CANCEL_STEP_RUN,
-                retry_count=action.retry_count,
-            )
-        info = action.info
-        assert info is not None
-        msg = pb.AssignedAction(
-            tenant_id=tenant_id,
-            workflow_run_id=info.run_id,
-            job_id=info.step_id,
-            job_name=info.readable_id,
-            job_run_id=info.task_id,
-            task_id=info.step_id,
-            task_run_external_id=info.task_id,
-            action_id=info.action_id,
-            action_type=pb.START_STEP_RUN,
-            action_payload=info.payload,
-            task_name=info.readable_id,
-            retry_count=info.retry_count,
-            priority=info.priority,
-            workflow_id=info.workflow_id,
-            workflow_version_id=info.workflow_version_id,
-            child_workflow_index=0,
-        )
-        if info.additional_metadata:
-            msg.additional_metadata = info.additional_metadata
-        return msg
 
     @unary
     async def Heartbeat(self, tenant_id: str, request: Any, context: Any) -> Any:
@@ -175,24 +209,9 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
 
     @unary
     async def SendStepActionEvent(self, tenant_id: str, request: Any, context: Any) -> Any:
-        kind = _EVENT_TYPES.get(request.event_type)
-        if kind is None:
-            # ACKNOWLEDGED is informational; the engine owns terminal states.
-            return pb.ActionEventResponse(tenant_id=tenant_id, worker_id=request.worker_id)
-        payload = request.event_payload
-        if kind is EventType.COMPLETED:
-            payload, kind = _completed_output(payload)
-        event = TaskEvent(
-            tenant_id=tenant_id,
-            task_id=request.task_run_external_id,
-            retry_count=request.retry_count,
-            worker_id=request.worker_id,
-            type=kind,
-            payload=payload,
-            should_not_retry=request.should_not_retry,
-            retry_after_ms=request.retry_after_ms if request.HasField("retry_after_ms") else None,
-        )
-        await self.core.task_event(event)
+        event = task_event(tenant_id, request)
+        if event is not None:
+            await self.core.task_event(event)
         return pb.ActionEventResponse(tenant_id=tenant_id, worker_id=request.worker_id)
 
     @unary
@@ -266,52 +285,73 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
         except Exception as exc:
             await abort_for(exc, context, "SubscribeToWorkflowRuns")
             return
-        ready: asyncio.Queue[Any] = asyncio.Queue()
-        pending: dict[str, Callable[[], None]] = {}
-        clock = self.core.clock
 
-        def on_done(details: RunDetails) -> None:
-            ready.put_nowait(run_event(details, clock.now()))
-
-        def on_missing(run_id: str) -> None:
-            ready.put_nowait(missing_run_event(run_id, clock.now()))
-
-        async def read_requests() -> None:
+        async def run_ids() -> AsyncIterator[list[str]]:
             async for req in request_iterator:
-                run_id = req.workflow_run_id
-                # The SDK subscribes to the same id more than once; one event answers all.
-                if run_id and run_id not in pending:
-                    pending[run_id] = self.core.watch_run(
-                        tenant_id, run_id, on_done, on_missing=functools.partial(on_missing, run_id)
-                    )
+                yield [req.workflow_run_id]
 
-        reader = asyncio.create_task(read_requests(), name="subscribe-reader")
-        getter: asyncio.Future[Any] | None = None
-        try:
-            while True:
-                getter = asyncio.ensure_future(ready.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    # The client closed its side: answer what it asked for, then end.
-                    getter.cancel()
-                    if reader.exception() is not None:
-                        return
-                    while pending:
-                        event = await ready.get()
-                        pending.pop(event.workflow_run_id, None)
-                        yield event
-                    return
-                event = getter.result()
-                pending.pop(event.workflow_run_id, None)
+        async for events in watch_runs(self.core, tenant_id, run_ids(), batch=1):
+            for event in events:
                 yield event
+
+
+_READER_DONE = object()
+
+
+async def watch_runs(
+    core: EngineCore, tenant_id: str, requests: AsyncIterator[list[str]], *, batch: int
+) -> AsyncIterator[list[Any]]:
+    """FINISHED events for the runs ``requests`` name, up to ``batch`` at a time, as they
+    finish. A run asked for twice is answered once. When the client closes its side, the
+    runs it asked for are still answered, then the stream ends."""
+    ready: asyncio.Queue[Any] = asyncio.Queue()
+    pending: dict[str, Callable[[], None]] = {}
+    clock = core.clock
+    failed = False
+
+    def on_done(details: RunDetails) -> None:
+        ready.put_nowait(run_event(details, clock.now()))
+
+    def on_missing(run_id: str) -> None:
+        ready.put_nowait(missing_run_event(run_id, clock.now()))
+
+    async def read() -> None:
+        nonlocal failed
+        try:
+            async for run_ids in requests:
+                for run_id in run_ids:
+                    if run_id and run_id not in pending:
+                        pending[run_id] = core.watch_run(
+                            tenant_id, run_id, on_done, functools.partial(on_missing, run_id)
+                        )
+        except Exception:
+            failed = True
         finally:
-            if getter is not None:
-                getter.cancel()
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-            for unwatch in pending.values():
-                unwatch()
+            ready.put_nowait(_READER_DONE)
+
+    reader = asyncio.create_task(read(), name="watch-runs-reader")
+    closed = False
+    try:
+        while not (closed and (failed or not pending)):
+            item = await ready.get()
+            out = []
+            while True:
+                if item is _READER_DONE:
+                    closed = True
+                elif item.workflow_run_id in pending:
+                    pending.pop(item.workflow_run_id)
+                    out.append(item)
+                if len(out) >= batch or ready.empty():
+                    break
+                item = ready.get_nowait()
+            if out:
+                yield out
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+        for unwatch in pending.values():
+            unwatch()
 
 
 def _enum_name(enum: Any, value: int) -> str:

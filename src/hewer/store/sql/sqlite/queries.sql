@@ -1,9 +1,11 @@
+-- Named queries of the SQLite store. {task}, {run} and {attempt} stand for the column lists
+-- the store maps to TaskRow, RunRow and AttemptRow (in their field order); :ids parameters
+-- are JSON arrays, read with json_each.
+
 -- name: meta_get
--- Read one installation-wide setting.
 SELECT value FROM meta WHERE key = :key;
 
 -- name: meta_insert_default
--- Store a setting unless it is already there.
 INSERT INTO meta (key, value) VALUES (:key, :value) ON CONFLICT (key) DO NOTHING;
 
 -- name: tenant_insert
@@ -26,292 +28,165 @@ SELECT id, tenant_id, name, created_at, expires_at, revoked_at FROM api_tokens W
 -- name: token_revoke
 UPDATE api_tokens SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL;
 
--- name: tokens_list
-SELECT id, tenant_id, name, created_at, expires_at, revoked_at FROM api_tokens
-WHERE tenant_id = :tenant_id ORDER BY created_at;
+-- name: workflow_current
+SELECT w.id, w.version_id, v.checksum FROM workflows w
+JOIN workflow_versions v ON v.id = w.version_id
+WHERE w.tenant_id = :tenant_id AND w.name = :name;
 
--- name: workflow_upsert
--- A new version id on every registration; the id of the workflow itself is stable.
-INSERT INTO workflows (id, tenant_id, name, version_id, definition, created_at, updated_at)
-VALUES (:id, :tenant_id, :name, :version_id, :definition, :now, :now)
-ON CONFLICT (tenant_id, name) DO UPDATE SET
-    version_id = excluded.version_id,
-    definition = excluded.definition,
-    updated_at = excluded.updated_at
-RETURNING id, version_id;
+-- name: workflow_insert
+INSERT INTO workflows (id, tenant_id, name, version_id, created_at, updated_at)
+VALUES (:id, :tenant_id, :name, :version_id, :now, :now);
+
+-- name: workflow_set_version
+UPDATE workflows SET version_id = :version_id, updated_at = :now WHERE id = :id;
+
+-- name: workflow_version_insert
+INSERT INTO workflow_versions (id, workflow_id, tenant_id, name, definition, checksum,
+                               created_at)
+VALUES (:id, :workflow_id, :tenant_id, :name, :definition, :checksum, :now);
 
 -- name: workflow_get_by_name
-SELECT id, tenant_id, name, version_id, definition FROM workflows
-WHERE tenant_id = :tenant_id AND name = :name;
+SELECT v.workflow_id, v.tenant_id, v.name, v.id, v.definition
+FROM workflows w JOIN workflow_versions v ON v.id = w.version_id
+WHERE w.tenant_id = :tenant_id AND w.name = :name;
+
+-- name: workflow_versions
+SELECT workflow_id, tenant_id, name, id, definition FROM workflow_versions
+WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: max_seq
+SELECT coalesce(max(seq), 0) FROM tasks;
+
+-- name: tasks_by_ids
+SELECT {task} FROM tasks WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: tasks_by_runs
+SELECT {task} FROM tasks WHERE run_id IN (SELECT value FROM json_each(:ids)) ORDER BY seq;
+
+-- name: tasks_running_on
+-- Running tasks are few (at most every worker's slots), so they are scanned.
+SELECT {task} FROM tasks
+WHERE status = 'running' AND worker_id IN (SELECT value FROM json_each(:ids));
+
+-- name: runs_by_ids
+SELECT {run} FROM runs WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: attempts_holding_of_tasks
+SELECT {attempt} FROM task_attempts
+WHERE task_id IN (SELECT value FROM json_each(:ids)) AND holds_slot = 1;
+
+-- name: attempts_of_workers
+SELECT {attempt} FROM task_attempts
+WHERE worker_id IN (SELECT value FROM json_each(:ids)) AND (holds_slot = 1 OR outcome = 'lost');
 
 -- name: run_insert
-INSERT INTO runs (id, tenant_id, workflow_id, workflow_name, status, input,
-                  additional_metadata, priority, sticky, sticky_worker_id, created_at)
-VALUES (:id, :tenant_id, :workflow_id, :workflow_name, 'queued', :input,
-        :additional_metadata, :priority, :sticky, :sticky_worker_id, :now);
+INSERT INTO runs ({run}) VALUES ({run_params});
 
 -- name: task_insert
-INSERT INTO tasks (id, tenant_id, run_id, step_id, readable_id, action_id, status,
-                   max_retries, backoff_factor, backoff_max, priority, parents, slot_requests,
-                   desired_labels, desired_worker_id, concurrency, rate_limits, timeout_s,
-                   schedule_timeout_s, created_at, queued_at)
-VALUES (:id, :tenant_id, :run_id, :step_id, :readable_id, :action_id, :status,
-        :max_retries, :backoff_factor, :backoff_max, :priority, :parents, :slot_requests,
-        :desired_labels, :desired_worker_id, :concurrency, :rate_limits, :timeout_s,
-        :schedule_timeout_s, :now, :queued_at)
-RETURNING seq;
+INSERT INTO tasks ({task}) VALUES ({task_params});
 
--- name: tasks_queued
--- Every task waiting for a worker, in queue order (rebuilds the scheduler after a restart).
-SELECT t.id, t.tenant_id, t.action_id, t.priority, t.seq, t.retry_count, t.slot_requests,
-       t.available_at, t.queued_at, t.schedule_timeout_s, t.desired_labels,
-       t.desired_worker_id, t.concurrency, t.rate_limits, r.sticky
-FROM tasks t JOIN runs r ON r.id = t.run_id
-WHERE t.status = 'queued' ORDER BY t.priority DESC, t.seq;
+-- name: task_update
+-- Every mutable column at once: one statement shape for every transition of a batch.
+UPDATE tasks SET status = ?, retry_count = ?, app_retries = ?, reassignments = ?,
+                 worker_id = ?, acked = ?, slot_released = ?, desired_worker_id = ?,
+                 available_at = ?, queued_at = ?, schedule_deadline = ?, assigned_at = ?,
+                 started_at = ?, timeout_at = ?, finished_at = ?, output = ?, error = ?
+WHERE seq = ?;
 
--- name: tasks_running
--- Every task held by a worker (rebuilds slot accounting after a restart).
-SELECT id, worker_id, retry_count, slot_requests, slot_released
-FROM tasks WHERE status = 'running';
-
--- name: tasks_running_for_worker
-SELECT id, worker_id, retry_count, slot_requests, slot_released
-FROM tasks WHERE status = 'running' AND worker_id = :worker_id;
-
--- name: task_assign
--- Fenced on the attempt the scheduler saw: a task cancelled meanwhile is not assigned.
-UPDATE tasks SET status = 'running', worker_id = :worker_id, started_at = :now,
-                 timeout_at = :now + timeout_s, slot_released = 0
-WHERE id = :task_id AND status = 'queued' AND retry_count = :retry_count
-RETURNING run_id, step_id, readable_id, action_id, priority, parents;
+-- name: run_update
+UPDATE runs SET status = ?, sticky_worker_id = ?, finished_at = ? WHERE id = ?;
 
 -- name: attempt_insert
-INSERT INTO task_attempts (task_id, retry_count, worker_id, assigned_at, holds_slot)
-VALUES (:task_id, :retry_count, :worker_id, :now, 1)
+INSERT INTO task_attempts ({attempt}) VALUES ({attempt_params})
 ON CONFLICT (task_id, retry_count) DO UPDATE SET
-    worker_id = excluded.worker_id, assigned_at = excluded.assigned_at, holds_slot = 1,
-    started_at = NULL, finished_at = NULL, outcome = NULL;
+    worker_id = excluded.worker_id, assigned_at = excluded.assigned_at,
+    started_at = excluded.started_at, finished_at = excluded.finished_at,
+    outcome = excluded.outcome, holds_slot = excluded.holds_slot, error = excluded.error;
 
--- name: attempt_free
--- The attempt gives its slot units back; returns its worker if it held them.
-UPDATE task_attempts SET holds_slot = 0
-WHERE task_id = :task_id AND retry_count = :retry_count AND holds_slot = 1
-RETURNING worker_id;
-
--- name: attempt_free_unstarted
--- A start that never reached its worker, for a task the engine has since ended: nothing
--- runs it, so its slot is free.
-UPDATE task_attempts SET holds_slot = 0, finished_at = coalesce(finished_at, :now)
-WHERE task_id = :task_id AND retry_count = :retry_count AND worker_id = :worker_id
-  AND holds_slot = 1 AND started_at IS NULL
-RETURNING worker_id;
-
--- name: attempt_draining
--- An attempt the engine is done with whose worker still runs it (it holds its slot).
-SELECT a.worker_id, t.slot_requests
-FROM task_attempts a JOIN tasks t ON t.id = a.task_id
-WHERE a.task_id = :task_id AND a.retry_count = :retry_count AND a.worker_id = :worker_id
-  AND a.holds_slot = 1 AND t.tenant_id = :tenant_id
-  AND NOT (t.status = 'running' AND t.retry_count = a.retry_count);
-
--- name: attempts_holding
--- Every attempt holding slot units (rebuilds slot accounting after a restart).
-SELECT a.task_id AS id, a.worker_id, a.retry_count, t.slot_requests, 0 AS slot_released
-FROM task_attempts a JOIN tasks t ON t.id = a.task_id
-WHERE a.holds_slot = 1;
-
--- name: worker_drop_attempts
--- The worker is gone: nothing it ran holds a slot any more.
-UPDATE task_attempts SET holds_slot = 0, finished_at = coalesce(finished_at, :now)
-WHERE worker_id = :worker_id AND holds_slot = 1;
-
--- name: attempt_started
-UPDATE task_attempts SET started_at = coalesce(started_at, :now)
-WHERE task_id = :task_id AND retry_count = :retry_count AND worker_id = :worker_id;
-
--- name: attempt_finish
-UPDATE task_attempts SET finished_at = :now, outcome = :outcome
-WHERE task_id = :task_id AND retry_count = :retry_count;
-
--- name: attempt_stop
--- The engine ended the attempt (cancelled, timed out) but its worker may still run it.
-UPDATE task_attempts SET outcome = :outcome
-WHERE task_id = :task_id AND retry_count = :retry_count;
-
--- name: run_for_dispatch
-SELECT r.input, r.additional_metadata, r.workflow_id, w.version_id
-FROM runs r JOIN workflows w ON w.id = r.workflow_id WHERE r.id = :run_id;
-
--- name: run_task_outputs
-SELECT readable_id, output FROM tasks WHERE run_id = :run_id AND status = 'completed';
-
--- name: task_live
--- The live attempt of a task, if (task, attempt, worker) still owns it.
-SELECT run_id, readable_id, retry_count, app_retries, max_retries, backoff_factor, backoff_max,
-       slot_requests, slot_released, worker_id, tenant_id
-FROM tasks
-WHERE id = :task_id AND tenant_id = :tenant_id AND status = 'running'
-  AND retry_count = :retry_count AND worker_id = :worker_id;
-
--- name: task_complete
-UPDATE tasks SET status = 'completed', output = :output, finished_at = :now
-WHERE id = :task_id;
-
--- name: task_fail
-UPDATE tasks SET status = 'failed', error = :error, finished_at = :now
-WHERE id = :task_id;
-
--- name: task_held
--- The live attempt, if (task, attempt, worker) still owns it.
-SELECT id, run_id, worker_id, retry_count, reassignments, slot_requests, slot_released
-FROM tasks
-WHERE id = :task_id AND status = 'running' AND retry_count = :retry_count
-  AND worker_id = :worker_id;
-
--- name: task_requeue
--- A new attempt: later reports carrying the old retry_count are fenced off.
-UPDATE tasks SET status = 'queued', retry_count = retry_count + 1,
-                 app_retries = app_retries + :app_failure,
-                 reassignments = reassignments + :lost,
-                 worker_id = NULL, slot_released = 0, queued_at = :now,
-                 available_at = :available_at, error = :error, started_at = NULL,
-                 timeout_at = NULL
-WHERE id = :task_id AND status = 'running' AND retry_count = :retry_count
-  AND worker_id = :worker_id
-RETURNING tenant_id, run_id, action_id, priority, seq, retry_count, slot_requests,
-          schedule_timeout_s, desired_labels, desired_worker_id, concurrency, rate_limits;
-
--- name: run_tasks
-SELECT id, readable_id, status, parents, output, error, retry_count, priority, action_id,
-       slot_requests, seq, schedule_timeout_s, worker_id, slot_released, desired_labels,
-       concurrency, rate_limits
-FROM tasks WHERE run_id = :run_id ORDER BY seq;
-
--- name: task_mark_queued
-UPDATE tasks SET status = 'queued', queued_at = :now WHERE id = :task_id AND status = 'pending';
-
--- name: task_mark_skipped
-UPDATE tasks SET status = 'skipped', finished_at = :now, error = :error
-WHERE id = :task_id AND status IN ('pending', 'queued');
-
--- name: task_mark_cancelled
-UPDATE tasks SET status = 'cancelled', finished_at = :now, error = :error
-WHERE id = :task_id AND status IN ('pending', 'queued', 'running');
-
--- name: run_set_status
-UPDATE runs SET status = :status, finished_at = :finished_at WHERE id = :run_id;
+-- name: attempt_update
+UPDATE task_attempts SET finished_at = ?, outcome = ?, holds_slot = ?
+WHERE task_id = ? AND retry_count = ?;
 
 -- name: run_get
-SELECT id, tenant_id, workflow_name, status, input, additional_metadata
-FROM runs WHERE id = :run_id AND tenant_id = :tenant_id;
+SELECT {run} FROM runs WHERE id = :run_id AND tenant_id = :tenant_id;
 
--- name: task_tenant_lookup
-SELECT run_id, status, worker_id, retry_count, slot_requests, slot_released, timeout_at
-FROM tasks WHERE id = :task_id AND tenant_id = :tenant_id;
+-- name: runs_get
+SELECT {run} FROM runs
+WHERE tenant_id = :tenant_id AND id IN (SELECT value FROM json_each(:ids));
 
--- name: task_release_slot
-UPDATE tasks SET slot_released = 1
-WHERE id = :task_id AND tenant_id = :tenant_id AND status = 'running' AND slot_released = 0
-RETURNING worker_id, retry_count, slot_requests;
-
--- name: task_refresh_timeout
-UPDATE tasks SET timeout_at = max(coalesce(timeout_at, :now), :now) + :seconds
-WHERE id = :task_id AND tenant_id = :tenant_id AND status = 'running'
-RETURNING timeout_at;
-
--- name: tasks_by_run_ids
-SELECT id FROM tasks WHERE tenant_id = :tenant_id AND run_id = :run_id;
-
--- name: worker_insert
-INSERT INTO workers (id, tenant_id, name, actions, slot_config, labels, runtime_info, status,
-                     status_reason, status_changed_at, last_heartbeat_at, created_at)
-VALUES (:id, :tenant_id, :name, :actions, :slot_config, :labels, :runtime_info, :status,
-        :status_reason, :status_changed_at, :last_heartbeat_at, :created_at);
-
--- name: worker_get
-SELECT id, tenant_id, name, actions, slot_config, labels, runtime_info, status, status_reason,
-       status_changed_at, last_heartbeat_at, created_at
-FROM workers WHERE id = :id;
-
--- name: workers_list
-SELECT id, tenant_id, name, actions, slot_config, labels, runtime_info, status, status_reason,
-       status_changed_at, last_heartbeat_at, created_at
-FROM workers ORDER BY created_at;
-
--- name: worker_set_status
-UPDATE workers SET status = :status, status_reason = :reason, status_changed_at = :now
-WHERE id = :id AND status != :status;
-
--- name: worker_heartbeat
-UPDATE workers SET last_heartbeat_at = :now WHERE id = :id;
-
--- name: worker_set_labels
-UPDATE workers SET labels = :labels WHERE id = :id;
-
--- name: log_insert
-INSERT INTO task_logs (tenant_id, task_id, created_at, level, message, retry_count)
-VALUES (:tenant_id, :task_id, :created_at, :level, :message, :retry_count);
-
--- name: logs_list
-SELECT task_id, created_at, message, level, retry_count FROM task_logs
-WHERE tenant_id = :tenant_id AND task_id = :task_id ORDER BY id LIMIT :limit;
-
--- name: run_mark_running
-UPDATE runs SET status = 'running' WHERE id = :run_id AND status = 'queued';
-
--- name: run_pin_worker
--- A sticky run is pinned to the worker of its first assigned task.
-UPDATE runs SET sticky_worker_id = :worker_id
-WHERE id = :run_id AND sticky IS NOT NULL AND sticky_worker_id IS NULL;
-
--- name: run_sticky
-SELECT sticky, sticky_worker_id FROM runs WHERE id = :run_id;
-
--- name: task_set_desired_worker
-UPDATE tasks SET desired_worker_id = :worker_id WHERE id = :task_id;
-
--- name: run_tenant
-SELECT tenant_id FROM runs WHERE id = :run_id;
+-- name: run_tasks
+SELECT {task} FROM tasks WHERE run_id = :run_id ORDER BY seq;
 
 -- name: task_run_id
 SELECT run_id FROM tasks WHERE id = :task_id AND tenant_id = :tenant_id;
 
--- name: tasks_timed_out
--- Running attempts past their execution deadline.
-SELECT id, tenant_id, worker_id, retry_count, slot_requests, slot_released, timeout_at
-FROM tasks WHERE status = 'running' AND timeout_at IS NOT NULL AND timeout_at <= :now
-ORDER BY timeout_at LIMIT :limit;
-
--- name: tasks_unstarted
--- Attempts assigned before :cutoff that no worker has acknowledged (lost on the way).
-SELECT t.id, t.worker_id, t.retry_count, t.slot_requests, t.slot_released
-FROM tasks t JOIN task_attempts a ON a.task_id = t.id AND a.retry_count = t.retry_count
-WHERE t.status = 'running' AND a.started_at IS NULL AND a.assigned_at < :cutoff
-LIMIT :limit;
-
 -- name: runs_in_window
 -- Candidate runs for a filter, newest first; the rest of the filter is applied in Python.
-SELECT r.id, r.status, r.workflow_id, r.workflow_name, r.additional_metadata
+-- started: whether any of its tasks left the queue (a queued run that started is RUNNING).
+SELECT r.id, r.status, r.workflow_id, r.workflow_name, r.additional_metadata,
+       EXISTS (SELECT 1 FROM tasks t WHERE t.run_id = r.id
+               AND t.status NOT IN ('queued', 'pending')) AS started
 FROM runs r
 WHERE r.tenant_id = :tenant_id
   AND r.created_at >= coalesce(:since, r.created_at)
   AND r.created_at <= coalesce(:until, r.created_at)
 ORDER BY r.created_at DESC;
 
--- name: tasks_schedule_expired
--- Queued tasks no worker took within their schedule timeout.
-SELECT id, tenant_id, schedule_timeout_s FROM tasks
-WHERE status = 'queued' AND max(queued_at, available_at) + schedule_timeout_s <= :now
+-- name: queue_keys
+SELECT DISTINCT tenant_id, action_id FROM tasks WHERE status = 'queued';
+
+-- name: tasks_queued_page
+-- One queue in the scheduler's order, after a position (priority, seq).
+SELECT {task_t}, r.version_id, r.sticky, r.sticky_worker_id, r.desired_labels
+FROM tasks t JOIN runs r ON r.id = t.run_id
+WHERE t.status = 'queued' AND t.tenant_id = :tenant_id AND t.action_id = :action_id
+  AND (t.priority < :priority OR (t.priority = :priority AND t.seq > :seq))
+ORDER BY t.priority DESC, t.seq
 LIMIT :limit;
 
+-- name: tasks_running
+SELECT {task_t}, r.version_id FROM tasks t JOIN runs r ON r.id = t.run_id
+WHERE t.status = 'running';
+
+-- name: attempts_holding
+SELECT {attempt_a}, {task_t}, r.version_id
+FROM task_attempts a JOIN tasks t ON t.id = a.task_id JOIN runs r ON r.id = t.run_id
+WHERE a.holds_slot = 1;
+
+-- name: attempts_list
+SELECT {attempt_a} FROM task_attempts a JOIN tasks t ON t.id = a.task_id
+WHERE coalesce(:tenant_id, t.tenant_id) = t.tenant_id ORDER BY a.task_id, a.retry_count;
+
+-- name: tasks_list
+SELECT {task} FROM tasks WHERE coalesce(:tenant_id, tenant_id) = tenant_id ORDER BY seq;
+
+-- name: runs_list
+SELECT {run} FROM runs WHERE coalesce(:tenant_id, tenant_id) = tenant_id ORDER BY created_at;
+
+-- name: tasks_timed_out
+SELECT {task} FROM tasks
+WHERE status = 'running' AND timeout_at IS NOT NULL AND timeout_at <= :now
+ORDER BY timeout_at LIMIT :limit;
+
+-- name: tasks_unacked
+SELECT {task} FROM tasks
+WHERE status = 'running' AND acked = 0 AND assigned_at < :cutoff
+ORDER BY assigned_at LIMIT :limit;
+
+-- name: tasks_schedule_expired
+SELECT {task} FROM tasks
+WHERE status = 'queued' AND schedule_deadline <= :now
+ORDER BY schedule_deadline LIMIT :limit;
+
 -- name: gates_held
--- Concurrency claims held now (rebuilds the gates after a restart): a running task holds
--- its task-level claims; a running run holds its run-level claims, whatever its tasks do.
-SELECT t.status, t.concurrency
-FROM tasks t JOIN runs r ON r.id = t.run_id
-WHERE t.concurrency != '[]' AND (t.status = 'running' OR r.status = 'running')
+-- Claims of running tasks, and of the unfinished tasks of started, unfinished runs; holders
+-- come back oldest first (CANCEL_IN_PROGRESS cancels the oldest).
+SELECT t.status, t.claims FROM tasks t JOIN runs r ON r.id = t.run_id
+WHERE t.claims IS NOT NULL AND r.status = 'queued'
   AND t.status NOT IN ('completed', 'failed', 'cancelled', 'skipped')
-ORDER BY r.created_at, t.seq;  -- holders come back oldest first (CANCEL_IN_PROGRESS)
+  AND (t.status = 'running' OR EXISTS (SELECT 1 FROM tasks s WHERE s.run_id = r.id
+                                       AND s.status NOT IN ('queued', 'pending')))
+ORDER BY r.created_at, t.seq;
 
 -- name: rate_limit_put
 INSERT INTO rate_limits (tenant_id, key, limit_value, duration_s, updated_at)
@@ -323,12 +198,35 @@ ON CONFLICT (tenant_id, key) DO UPDATE SET
 -- name: rate_limits_list
 SELECT tenant_id, key, limit_value, duration_s FROM rate_limits;
 
--- name: task_slot_requests
-SELECT slot_requests FROM tasks WHERE id = :task_id;
+-- name: worker_insert
+INSERT INTO workers (id, tenant_id, name, actions, slot_config, labels, runtime_info, status,
+                     status_reason, status_changed_at, last_heartbeat_at, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
--- name: attempts_recall
--- A worker declared lost is back: the attempts taken from it when it was (those that ended
--- as lost since :since) may still be running there.
-UPDATE task_attempts SET holds_slot = :hold
-WHERE worker_id = :worker_id AND outcome = 'lost' AND finished_at >= :since
-RETURNING task_id, retry_count;
+-- name: worker_get
+SELECT id, tenant_id, name, actions, slot_config, labels, runtime_info, status, status_reason,
+       status_changed_at, last_heartbeat_at, created_at
+FROM workers WHERE id = :id AND tenant_id = :tenant_id;
+
+-- name: workers_list
+SELECT id, tenant_id, name, actions, slot_config, labels, runtime_info, status, status_reason,
+       status_changed_at, last_heartbeat_at, created_at
+FROM workers WHERE coalesce(:tenant_id, tenant_id) = tenant_id ORDER BY created_at;
+
+-- name: worker_set_status
+UPDATE workers SET status = ?, status_reason = ?, status_changed_at = ?
+WHERE id = ? AND status != ?;
+
+-- name: worker_heartbeat
+UPDATE workers SET last_heartbeat_at = ? WHERE id = ?;
+
+-- name: worker_set_labels
+UPDATE workers SET labels = ? WHERE id = ?;
+
+-- name: log_insert
+INSERT INTO task_logs (tenant_id, task_id, created_at, level, message, retry_count)
+VALUES (?, ?, ?, ?, ?, ?);
+
+-- name: logs_list
+SELECT task_id, created_at, message, level, retry_count FROM task_logs
+WHERE tenant_id = :tenant_id AND task_id = :task_id ORDER BY id LIMIT :limit;

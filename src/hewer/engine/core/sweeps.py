@@ -1,0 +1,105 @@
+"""Time-based endings, swept from the store in pages, each fenced on the attempt it judged:
+
+- an attempt past its execution timeout fails (retried if retries remain) and its worker is
+  told to cancel it;
+- a start no worker acknowledged within the liveness window was lost on the way and gets a
+  new attempt;
+- a queued task no worker took within its schedule timeout is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from hewer.engine.core.clock import Clock
+from hewer.engine.core.loop import EngineLoop
+from hewer.engine.core.sessions import Sessions
+from hewer.engine.core.transitions import Judged, Requeue, TimeOut
+from hewer.store import Store
+
+logger = logging.getLogger(__name__)
+
+SWEEP_BATCH = 500
+MAX_SWEEPS = 20  # pages per kind and tick
+
+CancelFn = Callable[[str, Sequence[str], str], Awaitable[list[str]]]
+
+
+class Sweeps:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        loop: EngineLoop,
+        sessions: Sessions,
+        cancel: CancelFn,
+        *,
+        inactive_after: float,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.loop = loop
+        self.sessions = sessions
+        self.cancel = cancel
+        self.inactive_after = inactive_after
+        self.started_at = clock.monotonic()
+
+    async def expire(self) -> int:
+        """One sweep of every kind; returns how many tasks or attempts ended."""
+        now = self.clock.now()
+        ended = 0
+        for _ in range(MAX_SWEEPS):
+            batch = await self.store.tasks_timed_out(now, SWEEP_BATCH)
+            if batch:
+                judged = [
+                    Judged(t.tenant_id, t.id, t.retry_count, t.worker_id or "") for t in batch
+                ]
+                ended += len((await self.loop.run(TimeOut(judged))).stop)
+            if len(batch) < SWEEP_BATCH:
+                break
+        self.sessions.prune_sent()
+        # Starts are judged only after a full window of this engine's life: one sent before
+        # a restart gets the same fresh window as its worker.
+        if self.clock.monotonic() - self.started_at > self.inactive_after:
+            lost = [
+                Judged(t.tenant_id, t.id, t.retry_count, t.worker_id or "")
+                for t in await self.store.tasks_unacked(now - self.inactive_after, SWEEP_BATCH)
+                if not self.sessions.still_on_open_stream(t.id, t.retry_count, t.worker_id or "")
+            ]
+            for j in lost:
+                self.sessions.forget_sent(j.task_id, j.retry_count)
+            if lost:
+                reason = "start never acknowledged by the worker"
+                outcome = await self.loop.run(Requeue(reason, attempts=lost))
+                ended += len(outcome.queued) + len(outcome.failed)
+                if outcome.queued or outcome.failed:
+                    logger.warning(
+                        "re-queued %d task(s), failed %d at the reassignment cap: %s",
+                        len(outcome.queued),
+                        len(outcome.failed),
+                        reason,
+                    )
+        for _ in range(MAX_SWEEPS):
+            expired = await self.store.tasks_schedule_expired(now, SWEEP_BATCH)
+            by_tenant: dict[str, list[str]] = {}
+            for t in expired:
+                by_tenant.setdefault(t.tenant_id, []).append(t.id)
+            for tenant_id, task_ids in by_tenant.items():
+                reason = "schedule timeout: no worker took the task in time"
+                ended += len(await self.cancel(tenant_id, task_ids, reason))
+            if len(expired) < SWEEP_BATCH:
+                break
+        return ended
+
+    async def forever(self, interval: float, reap: Callable[[], Awaitable[object]]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            for step in (reap, self.expire):
+                try:
+                    await step()
+                except Exception:
+                    logger.exception(
+                        "%s pass failed; retrying next tick", getattr(step, "__name__", step)
+                    )

@@ -1,0 +1,96 @@
+"""Services ``hewer.v1.Worker`` and ``hewer.v1.Runs``: Hewer's batched calls for its own SDK
+(the Hatchet surface stays complete beside them)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from hewer._proto.hewer.v1 import worker_pb2 as pb
+from hewer._proto.hewer.v1 import worker_pb2_grpc as pb_grpc
+from hewer.engine.grpc._common import Servicer, abort_for, unary
+from hewer.engine.grpc.dispatcher import ENGINE_VERSION, assigned_action, task_event, watch_runs
+from hewer.errors import InvalidInput
+
+MAX_ACTIONS_PER_BATCH = 256
+MAX_REPORTS_PER_CALL = 1000
+MAX_RUNS_PER_WAIT = 1000
+# What an ActionBatch may hold besides its actions (tags, lengths).
+_BATCH_OVERHEAD = 16
+
+
+class WorkerServicer(Servicer, pb_grpc.WorkerServicer):  # type: ignore[misc]
+    max_message_bytes = 4 * 1024 * 1024
+
+    @unary
+    async def Hello(self, tenant_id: str, request: Any, context: Any) -> Any:
+        return pb.HelloResponse(
+            version=ENGINE_VERSION,
+            max_actions_per_batch=MAX_ACTIONS_PER_BATCH,
+            max_reports_per_call=MAX_REPORTS_PER_CALL,
+            max_runs_per_wait=MAX_RUNS_PER_WAIT,
+        )
+
+    async def Listen(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            tenant_id = await self.tenant(context)
+            session = await self.core.open_session(tenant_id, request.worker_id)
+        except Exception as exc:
+            await abort_for(exc, context, "Listen")
+            return
+        limit = min(request.max_batch or MAX_ACTIONS_PER_BATCH, MAX_ACTIONS_PER_BATCH)
+        budget = self.max_message_bytes - _BATCH_OVERHEAD
+        try:
+            await context.send_initial_metadata(())
+            while True:
+                actions = await session.next_batch(limit)
+                if actions is None:
+                    return
+                batch = pb.ActionBatch()
+                size = 0
+                for action in actions:
+                    msg = assigned_action(tenant_id, action)
+                    n = msg.ByteSize() + 8
+                    if batch.actions and size + n > budget:
+                        # Bounded messages: what does not fit goes in the next one.
+                        yield batch
+                        batch = pb.ActionBatch()
+                        size = 0
+                    batch.actions.append(msg)
+                    size += n
+                yield batch
+        finally:
+            self.core.close_session(session)
+
+    @unary
+    async def Report(self, tenant_id: str, request: Any, context: Any) -> Any:
+        if len(request.events) > MAX_REPORTS_PER_CALL:
+            raise InvalidInput(f"at most {MAX_REPORTS_PER_CALL} events per report call")
+        events = [task_event(tenant_id, e) for e in request.events]
+        outcomes = iter(await self.core.task_events([e for e in events if e is not None]))
+        response = pb.ReportResults()
+        for event in events:
+            if event is None:
+                response.results.add(applied=False, reason="informational event")
+            else:
+                outcome = next(outcomes)
+                response.results.add(applied=outcome.applied, reason=outcome.reason)
+        return response
+
+
+class RunsServicer(Servicer, pb_grpc.RunsServicer):  # type: ignore[misc]
+    async def Wait(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        try:
+            tenant_id = await self.tenant(context)
+        except Exception as exc:
+            await abort_for(exc, context, "Wait")
+            return
+
+        async def run_ids() -> AsyncIterator[list[str]]:
+            async for req in request_iterator:
+                if len(req.run_ids) > MAX_RUNS_PER_WAIT:
+                    raise InvalidInput(f"at most {MAX_RUNS_PER_WAIT} run ids per wait request")
+                yield list(req.run_ids)
+
+        async for events in watch_runs(self.core, tenant_id, run_ids(), batch=MAX_RUNS_PER_WAIT):
+            yield pb.WaitResponse(events=events)
