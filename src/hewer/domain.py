@@ -653,6 +653,26 @@ class AttemptRow:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class QueuePage:
+    """A page of one queue in queue order (priority high to low, then seq), starting after
+    the position ``after`` = (priority, seq), or at the head."""
+
+    tenant_id: str
+    action_id: str
+    after: tuple[int, int] | None
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogQuery:
+    """The log lines of one task of a tenant, oldest first."""
+
+    tenant_id: str
+    task_id: str
+    limit: int = 1000
+
+
 @dataclass(slots=True)
 class Keys:
     """What a batch of operations needs loaded before the core can decide it."""

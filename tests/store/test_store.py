@@ -17,6 +17,8 @@ from hewer.domain import (
     GateClaim,
     Keys,
     LogLine,
+    LogQuery,
+    QueuePage,
     RateLimitRecord,
     RunFilter,
     RunStatus,
@@ -134,12 +136,13 @@ async def test_queue_pages_in_queue_order(store: Store, machine: Machine) -> Non
     high = await machine.run(wf, priority=3)
     low2 = await machine.run(wf, priority=1)
     assert await store.queue_keys() == [(tid, "one:t")]
-    page = await store.tasks_queued_page(tid, "one:t", None, 2)
+    page = await store.tasks_queued_page(QueuePage(tid, "one:t", None, 2))
     assert [r.task.id for r in page] == [high.id, low1.id]
     assert all(r.version_id == wf.version_id for r in page)
     after = (page[-1].task.priority, page[-1].task.seq)
-    assert [r.task.id for r in await store.tasks_queued_page(tid, "one:t", after, 10)] == [low2.id]
-    assert await store.tasks_queued_page(tid, "other:t", None, 10) == []
+    rest = await store.tasks_queued_page(QueuePage(tid, "one:t", after, 10))
+    assert [r.task.id for r in rest] == [low2.id]
+    assert await store.tasks_queued_page(QueuePage(tid, "other:t", None, 10)) == []
 
 
 async def test_gates_held_by_running_tasks_and_started_runs(store: Store, machine: Machine) -> None:
@@ -208,8 +211,8 @@ async def test_logs_are_tenant_scoped(store: Store) -> None:
     other = await tenant(store, "other")
     async with store.write() as tx:
         tx.stage(Changes(logs=[(tid, LogLine("t1", NOW, "hello", "INFO", 0))]))
-    assert [line.message for line in await store.logs_list(tid, "t1")] == ["hello"]
-    assert await store.logs_list(other, "t1") == []
+    assert [line.message for line in await store.logs_list(LogQuery(tid, "t1"))] == ["hello"]
+    assert await store.logs_list(LogQuery(other, "t1")) == []
 
 
 async def test_a_failed_transaction_writes_nothing(store: Store, machine: Machine) -> None:

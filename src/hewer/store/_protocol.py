@@ -25,6 +25,8 @@ from hewer.domain import (
     GateClaim,
     Keys,
     LogLine,
+    LogQuery,
+    QueuePage,
     RateLimitRecord,
     RunFilter,
     RunRow,
@@ -120,15 +122,8 @@ class Store(Protocol):
     async def queue_keys(self) -> list[tuple[str, str]]:
         """(tenant id, action id) of every queue with queued tasks."""
 
-    async def tasks_queued_page(
-        self,
-        tenant_id: str,
-        action_id: str,
-        after: tuple[int, int] | None,
-        limit: int,
-    ) -> list[QueuedRow]:
-        """Queued tasks of one queue in queue order (priority high to low, then seq),
-        starting after the position ``after`` = (priority, seq)."""
+    async def tasks_queued_page(self, page: QueuePage) -> list[QueuedRow]:
+        """Queued tasks of one queue, in queue order (see :class:`QueuePage`)."""
 
     async def tasks_running(self) -> list[tuple[TaskRow, str]]:
         """Every running task with its run's version id (rebuilds slot accounting)."""
@@ -168,4 +163,4 @@ class Store(Protocol):
     async def workers_list(self, tenant_id: str | None = None) -> list[WorkerRecord]: ...
 
     # logs (writes go through StoreTx.stage)
-    async def logs_list(self, tenant_id: str, task_id: str, limit: int = 1000) -> list[LogLine]: ...
+    async def logs_list(self, query: LogQuery) -> list[LogLine]: ...

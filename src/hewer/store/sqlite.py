@@ -29,6 +29,8 @@ from hewer.domain import (
     GateClaim,
     Keys,
     LogLine,
+    LogQuery,
+    QueuePage,
     RateLimitRecord,
     RunFilter,
     RunRow,
@@ -126,6 +128,12 @@ def _ids(values: Iterable[str]) -> str:
     return json.dumps(list(values))
 
 
+BUSY_TIMEOUT_MS = 10_000
+MAX_PLACEHOLDERS = 64
+_JSON_IDS = "(SELECT value FROM json_each(:ids))"
+_IN_CACHE: dict[tuple[str, int], str] = {}
+
+
 class _Tx:
     """One write transaction (see :class:`hewer.store.StoreTx`)."""
 
@@ -137,7 +145,19 @@ class _Tx:
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         if not self._begun:
+            _begin_waiting(conn)
+            self._begun = True
+
+    async def _ensure_begun(self, conn: sqlite3.Connection) -> None:
+        """BEGIN on the loop's thread if the write lock is free (the usual case), else
+        wait for it on the writer's thread."""
+        if self._begun:
+            return
+        try:
             conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            await self._store._writer_call(self._begin)
+        else:
             self._begun = True
 
     async def load(self, keys: Keys, known_versions: Collection[str], seqs: int = 0) -> WorkingSet:
@@ -148,16 +168,20 @@ class _Tx:
     async def load_more(
         self, ws: WorkingSet, keys: Keys, known_versions: Collection[str], seqs: int = 0
     ) -> None:
-        def body(conn: sqlite3.Connection) -> None:
-            self._begin(conn)
+        # Loads run on the loop's thread: they are short, never wait for a lock once the
+        # transaction holds it, and a hop to the writer's thread would cost more than they
+        # do. Only waiting for the lock and the commit (fsync) go to that thread.
+        conn = self._store._writer_conn()
+        try:
+            await self._ensure_begun(conn)
             _load(conn, ws, keys, known_versions)
             if seqs:
                 if self._next_seq is None:
                     self._next_seq = int(conn.execute(Q["max_seq"]).fetchone()[0]) + 1
                 ws.next_seq = self._next_seq
                 self._next_seq += seqs
-
-        await self._store._writer_call(body)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
 
     def stage(self, changes: Changes) -> None:
         if changes:
@@ -176,6 +200,34 @@ class _Tx:
             conn.execute("ROLLBACK")
 
 
+def _begin_waiting(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, waiting up to the busy timeout for another writer (the connection
+    itself never waits: it is also used from the loop's thread)."""
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    finally:
+        conn.execute("PRAGMA busy_timeout=0")
+
+
+def _in(name: str, n: int) -> str:
+    """A query taking ``:ids`` (a JSON array), as one with ``n`` positional placeholders:
+    cheaper for the short lists of the hot path."""
+    key = (name, n)
+    text = _IN_CACHE.get(key)
+    if text is None:
+        text = Q[name].replace(_JSON_IDS, "(" + ",".join("?" * n) + ")")
+        if len(_IN_CACHE) < 4096:
+            _IN_CACHE[key] = text
+    return text
+
+
+def _select(conn: sqlite3.Connection, name: str, ids: Collection[str]) -> sqlite3.Cursor:
+    if len(ids) <= MAX_PLACEHOLDERS:
+        return conn.execute(_in(name, len(ids)), tuple(ids))
+    return conn.execute(Q[name], {"ids": _ids(ids)})
+
+
 def _load(
     conn: sqlite3.Connection, ws: WorkingSet, keys: Keys, known_versions: Collection[str]
 ) -> None:
@@ -192,29 +244,29 @@ def _load(
 
     wanted = [i for i in keys.task_ids if i not in tasks]
     if wanted:
-        add(conn.execute(Q["tasks_by_ids"], {"ids": _ids(wanted)}))
+        add(_select(conn, "tasks_by_ids", wanted))
     workers = [w for w in keys.running_on if w not in ws.running_on]
     if workers:
         for w in workers:
             ws.running_on[w] = []
-        for t in add(conn.execute(Q["tasks_running_on"], {"ids": _ids(workers)})):
+        for t in add(_select(conn, "tasks_running_on", workers)):
             ws.running_on[t.worker_id or ""].append(t)
     workers = [w for w in keys.attempts_of if w not in ws.attempts_of]
     if workers:
         for w in workers:
             ws.attempts_of[w] = []
         missing: set[str] = set()
-        for r in conn.execute(Q["attempts_of_workers"], {"ids": _ids(workers)}):
+        for r in _select(conn, "attempts_of_workers", workers):
             a = _attempt(r)
             a = ws.attempts.setdefault((a.task_id, a.retry_count), a)
             ws.attempts_of[a.worker_id].append(a)
             if a.task_id not in tasks:
                 missing.add(a.task_id)
         if missing:
-            add(conn.execute(Q["tasks_by_ids"], {"ids": _ids(missing)}))
+            add(_select(conn, "tasks_by_ids", missing))
     run_ids = (keys.run_ids | {t.run_id for t in tasks.values()}) - ws.runs.keys()
     if run_ids:
-        for r in conn.execute(Q["runs_by_ids"], {"ids": _ids(run_ids)}):
+        for r in _select(conn, "runs_by_ids", run_ids):
             run = _run(r)
             ws.runs[run.id] = run
     whole = [
@@ -225,7 +277,7 @@ def _load(
     if whole:
         for rid in whole:
             ws.run_tasks[rid] = []
-        for t in add(conn.execute(Q["tasks_by_runs"], {"ids": _ids(whole)})):
+        for t in add(_select(conn, "tasks_by_runs", whole)):
             ws.run_tasks[t.run_id].append(t)
     for t in tasks.values():
         one = ws.runs.get(t.run_id)
@@ -234,7 +286,7 @@ def _load(
     checked = {key[0] for key in ws.attempts}
     unchecked = [i for i in tasks if i not in checked]
     if unchecked:
-        for r in conn.execute(Q["attempts_holding_of_tasks"], {"ids": _ids(unchecked)}):
+        for r in _select(conn, "attempts_holding_of_tasks", unchecked):
             a = _attempt(r)
             ws.attempts.setdefault((a.task_id, a.retry_count), a)
     versions = {r.version_id for r in ws.runs.values()}
@@ -364,7 +416,7 @@ class SqliteStore:
     def _connect(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode=WAL")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the database {self._path}: {exc}") from exc
@@ -378,6 +430,8 @@ class SqliteStore:
         conn.execute("PRAGMA foreign_keys=ON")
         self._wconn = conn
         _migrate(conn)
+        # From now on it waits for a lock only where it asks to (see _begin_waiting).
+        conn.execute("PRAGMA busy_timeout=0")
 
     def _open_reader(self) -> None:
         if self._path == ":memory:":
@@ -407,6 +461,11 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from exc
 
+    def _writer_conn(self) -> sqlite3.Connection:
+        if self._wconn is None:
+            raise StoreError("store is not open")
+        return self._wconn
+
     async def _writer_call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._call(self._writer, lambda: self._wconn, fn)
 
@@ -432,7 +491,7 @@ class SqliteStore:
         """A rare write in a transaction of its own."""
 
         def body(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
+            _begin_waiting(conn)
             try:
                 result = fn(conn)
                 conn.execute("COMMIT")
@@ -619,16 +678,14 @@ class SqliteStore:
             lambda conn: [(r[0], r[1]) for r in conn.execute(Q["queue_keys"])]
         )
 
-    async def tasks_queued_page(
-        self, tenant_id: str, action_id: str, after: tuple[int, int] | None, limit: int
-    ) -> list[QueuedRow]:
-        priority, seq = after if after is not None else (2**31, 0)
+    async def tasks_queued_page(self, page: QueuePage) -> list[QueuedRow]:
+        priority, seq = page.after if page.after is not None else (2**31, 0)
         params = {
-            "tenant_id": tenant_id,
-            "action_id": action_id,
+            "tenant_id": page.tenant_id,
+            "action_id": page.action_id,
             "priority": priority,
             "seq": seq,
-            "limit": limit,
+            "limit": page.limit,
         }
 
         def body(conn: sqlite3.Connection) -> list[QueuedRow]:
@@ -742,8 +799,8 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ logs
 
-    async def logs_list(self, tenant_id: str, task_id: str, limit: int = 1000) -> list[LogLine]:
-        params = {"tenant_id": tenant_id, "task_id": task_id, "limit": limit}
+    async def logs_list(self, query: LogQuery) -> list[LogLine]:
+        params = {"tenant_id": query.tenant_id, "task_id": query.task_id, "limit": query.limit}
         return await self._reader_call(
             lambda conn: [LogLine(*r) for r in conn.execute(Q["logs_list"], params)]
         )

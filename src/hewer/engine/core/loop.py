@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 from hewer.domain import DispatchInfo, Keys, WorkingSet
 from hewer.engine.core.clock import Clock
+from hewer.engine.core.component import Component
 from hewer.engine.core.scheduler import Scheduler
 from hewer.engine.core.transitions import Assign, Context, Op, queued_item
 from hewer.engine.core.versions import Versions
@@ -55,7 +56,7 @@ class Hooks(Protocol):
         """Rebuild the scheduler from the store (after a failed commit)."""
 
 
-class EngineLoop:
+class EngineLoop(Component):
     def __init__(
         self,
         store: Store,
@@ -105,7 +106,7 @@ class EngineLoop:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
         if self._task is None:
             self._stopping = False
             self._task = asyncio.create_task(self._forever(), name="hewer-engine-loop")
@@ -292,14 +293,11 @@ class EngineLoop:
     async def _refill(self) -> None:
         """Bring queues that run low back up from the store (reads, before the write)."""
         for refill in self.scheduler.refills():
-            after = refill.after
             try:
-                rows = await self.store.tasks_queued_page(
-                    refill.key[0], refill.key[1], after, refill.limit
-                )
+                rows = await self.store.tasks_queued_page(refill)
                 await self.versions.ensure(self.store, {r.version_id for r in rows})
             except StoreError as exc:
-                logger.warning("could not refill queue %s: %s", refill.key, exc)
+                logger.warning("could not refill queue %s: %s", refill.action_id, exc)
                 return
             items = [
                 queued_item(

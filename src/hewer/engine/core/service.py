@@ -19,7 +19,6 @@ import asyncio
 import logging
 import math
 from collections.abc import Coroutine, Sequence
-from types import TracebackType
 from typing import Any, TypeVar
 
 from hewer import defaults
@@ -40,6 +39,7 @@ from hewer.domain import (
     Workflow,
 )
 from hewer.engine.core.clock import Clock
+from hewer.engine.core.component import Component
 from hewer.engine.core.ingest import Ingest, TriggerSpec, check_rate_limit_put
 from hewer.engine.core.loop import EngineLoop, holder_target
 from hewer.engine.core.scheduler import Scheduler
@@ -86,7 +86,7 @@ __all__ = [
 ]
 
 
-class EngineCore:
+class EngineCore(Component):
     """Domain operations; one instance per engine process."""
 
     def __init__(
@@ -125,7 +125,6 @@ class EngineCore:
             store, clock, self.loop, self.sessions, self.cancel, inactive_after=inactive_after
         )
         self._background: set[asyncio.Task[Any]] = set()
-        self._reaper: asyncio.Task[None] | None = None
         self._started = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -134,12 +133,11 @@ class EngineCore:
         if self._started:
             return
         self._started = True
-        self.sweeps.started_at = self.clock.monotonic()
-        self.sessions.load(await self.store.workers_list())
+        await self.sessions.start()
         for limit in await self.store.rate_limits_list():
             self._rate_limits[(limit.tenant_id, limit.key)] = limit
         await self.rebuild()
-        self.loop.start()
+        await self.loop.start()
         # Tasks held by workers that were already gone when we stopped: give them back.
         running = await self.store.tasks_running()
         orphans = [
@@ -156,9 +154,8 @@ class EngineCore:
         }
         for worker_id in gone:
             await self.loop.run(DropAttempts(worker_id))
-        self._reaper = asyncio.create_task(
-            self.sweeps.forever(self.reaper_interval, self.reap), name="hewer-reaper"
-        )
+        self.sweeps.every(self.reaper_interval, self.reap)
+        await self.sweeps.start()
 
     async def rebuild(self) -> None:
         """Build the scheduler's state from the store and the workers in memory (at start,
@@ -190,28 +187,18 @@ class EngineCore:
         s.mark_backlog(await self.store.queue_keys())
 
     async def stop(self, grace: float = 5.0) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            await asyncio.gather(self._reaper, return_exceptions=True)
-            self._reaper = None
-        self.sessions.close_all()
+        """Stop the sweeps, close the streams, then write what is pending (for at most
+        ``grace`` seconds) and stop the loop."""
+        if not self._started:
+            return
+        self._started = False
+        await self.sweeps.stop()
+        await self.sessions.stop()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.loop.stop(grace)
-        self._started = False
-
-    async def __aenter__(self) -> EngineCore:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        await self.subscriptions.stop()
 
     def _spawn(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
         task = asyncio.create_task(coro, name=name)

@@ -17,6 +17,7 @@ from enum import Enum
 
 from hewer.domain import DispatchInfo, RunningTask, WorkerRecord, WorkerStatus
 from hewer.engine.core.clock import Clock
+from hewer.engine.core.component import Component
 from hewer.engine.core.loop import EngineLoop
 from hewer.engine.core.scheduler import Scheduler, worker_slots
 from hewer.engine.core.transitions import (
@@ -139,7 +140,7 @@ class WorkerView:
         return self.record.status
 
 
-class Sessions:
+class Sessions(Component):
     """Every live worker of this engine, its stream, and what was sent on it."""
 
     def __init__(
@@ -165,10 +166,10 @@ class Sessions:
 
     # -- start --------------------------------------------------------------------------
 
-    def load(self, records: Iterable[WorkerRecord]) -> None:
+    async def start(self) -> None:
         """Workers known at start: each gets a fresh liveness window."""
         fresh = self.clock.monotonic()
-        for record in records:
+        for record in await self.store.workers_list():
             if record.status in (WorkerStatus.ACTIVE, WorkerStatus.PAUSED):
                 self.workers[record.id] = WorkerState(record, record.status, last_seen=fresh)
         self._keepers_changed()
@@ -486,7 +487,8 @@ class Sessions:
             connected=state is not None and state.session is not None,
         )
 
-    def close_all(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Close every stream (the workers reconnect to the next engine)."""
         for state in self.workers.values():
             if state.session is not None:
                 state.session.close()

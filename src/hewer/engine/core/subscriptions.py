@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from hewer.domain import RunDetails
+from hewer.engine.core.component import Component
 from hewer.engine.core.transitions import details
 from hewer.errors import NotFound, StoreError
 from hewer.store import Store
@@ -58,7 +59,7 @@ class _ByRun(Generic[V]):
         return run_id in self._by_run
 
 
-class Subscriptions:
+class Subscriptions(Component):
     def __init__(self, store: Store, spawn: Callable[..., asyncio.Task[object]]) -> None:
         self.store = store
         self._spawn = spawn
@@ -68,6 +69,12 @@ class Subscriptions:
         self._streams: _ByRun[asyncio.Queue[StreamEvent | None]] = _ByRun()
         self._checks: dict[str, set[str]] = {}
         self._checking: asyncio.Task[object] | None = None
+
+    async def stop(self, grace: float = 0.0) -> None:
+        task, self._checking = self._checking, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     def watch(
         self,

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from hewer.engine.core.clock import Clock
+from hewer.engine.core.component import Component
 from hewer.engine.core.loop import EngineLoop
 from hewer.engine.core.sessions import Sessions
 from hewer.engine.core.transitions import Judged, Requeue, TimeOut
@@ -27,7 +28,7 @@ MAX_SWEEPS = 20  # pages per kind and tick
 CancelFn = Callable[[str, Sequence[str], str], Awaitable[list[str]]]
 
 
-class Sweeps:
+class Sweeps(Component):
     def __init__(
         self,
         store: Store,
@@ -45,6 +46,9 @@ class Sweeps:
         self.cancel = cancel
         self.inactive_after = inactive_after
         self.started_at = clock.monotonic()
+        self._interval = 1.0
+        self._reap: Callable[[], Awaitable[object]] | None = None
+        self._task: asyncio.Task[None] | None = None
 
     async def expire(self) -> int:
         """One sweep of every kind; returns how many tasks or attempts ended."""
@@ -93,10 +97,27 @@ class Sweeps:
                 break
         return ended
 
-    async def forever(self, interval: float, reap: Callable[[], Awaitable[object]]) -> None:
+    def every(self, interval: float, reap: Callable[[], Awaitable[object]]) -> None:
+        """Sweep (and ``reap`` silent workers) every ``interval`` seconds once started."""
+        self._interval = interval
+        self._reap = reap
+
+    async def start(self) -> None:
+        self.started_at = self.clock.monotonic()
+        if self._task is None and self._reap is not None:
+            self._task = asyncio.create_task(self._forever(), name="hewer-reaper")
+
+    async def stop(self, grace: float = 0.0) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _forever(self) -> None:
+        assert self._reap is not None
         while True:
-            await asyncio.sleep(interval)
-            for step in (reap, self.expire):
+            await asyncio.sleep(self._interval)
+            for step in (self._reap, self.expire):
                 try:
                     await step()
                 except Exception:

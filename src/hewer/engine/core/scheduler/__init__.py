@@ -4,6 +4,6 @@
 from __future__ import annotations
 
 from hewer.engine.core.scheduler.pools import WorkerSlots, worker_slots
-from hewer.engine.core.scheduler.scheduler import MAX_BATCH, Refill, Scheduler
+from hewer.engine.core.scheduler.scheduler import MAX_BATCH, Scheduler
 
-__all__ = ["MAX_BATCH", "Refill", "Scheduler", "WorkerSlots", "worker_slots"]
+__all__ = ["MAX_BATCH", "Scheduler", "WorkerSlots", "worker_slots"]

@@ -21,7 +21,14 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from hewer.domain import Assignment, GateClaim, QueueItem, RunningTask, StickyStrategy
+from hewer.domain import (
+    Assignment,
+    GateClaim,
+    QueueItem,
+    QueuePage,
+    RunningTask,
+    StickyStrategy,
+)
 from hewer.engine.core.clock import Clock
 from hewer.engine.core.scheduler.gates import CancelFn, GateId, Gates
 from hewer.engine.core.scheduler.pools import CapacityIndex, QueueKey, WorkerSlots
@@ -57,15 +64,6 @@ class Window:
     def beyond(self, item: QueueItem) -> bool:
         """Whether the item lies after the part of the queue kept in memory."""
         return self.more and (self.mark is None or position(item) > self.mark)
-
-
-@dataclass(frozen=True, slots=True)
-class Refill:
-    """A page the store should read for a queue: ``after`` is (priority, seq) or None."""
-
-    key: QueueKey
-    after: tuple[int, int] | None
-    limit: int
 
 
 class Scheduler:
@@ -213,7 +211,7 @@ class Scheduler:
             window.mark = None
         self._changed()
 
-    def refills(self) -> list[Refill]:
+    def refills(self) -> list[QueuePage]:
         """Pages to read: queues that run low, have workers, and have more in the store."""
         out = []
         for key, window in self._windows.items():
@@ -223,12 +221,12 @@ class Scheduler:
             if held >= REFILL_BELOW or not self._has_workers(key):
                 continue
             after = None if window.mark is None else (-window.mark[0], window.mark[1])
-            out.append(Refill(key, after, WINDOW))
+            out.append(QueuePage(key[0], key[1], after, WINDOW))
         return out
 
-    def refilled(self, refill: Refill, items: list[QueueItem]) -> None:
+    def refilled(self, refill: QueuePage, items: list[QueueItem]) -> None:
         """A page read for ``refill`` (in queue order)."""
-        window = self._windows.setdefault(refill.key, Window())
+        window = self._windows.setdefault((refill.tenant_id, refill.action_id), Window())
         expected = None if refill.after is None else (-refill.after[0], refill.after[1])
         if window.mark != expected or not window.more:
             return  # the window moved meanwhile; the next pass asks again
