@@ -629,6 +629,7 @@ class RunRow:
     additional_metadata: str | None
     priority: int
     task_count: int
+    first_seq: int  # its tasks are the rows first_seq .. first_seq + task_count - 1
     sticky: StickyStrategy | None = None
     sticky_worker_id: str | None = None
     desired_labels: str | None = None  # the trigger's, as JSON; they win over the tasks'

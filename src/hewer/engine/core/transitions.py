@@ -401,6 +401,7 @@ class CreateRuns(Op[list[str]]):
         for new in self.runs:
             wf = new.workflow
             run = RunRow(
+                first_seq=seq,
                 id=new.id,
                 tenant_id=wf.tenant_id,
                 workflow_id=wf.id,

@@ -1,7 +1,9 @@
 -- 0002: workflow versions are immutable rows of their own; a task row keeps its state only
 -- (its definition lives in the run's version), and an attempt gets a row of its own only
--- once it has ended while its task went on (or while its body may still run). No foreign
--- keys on the hot tables: every insert would pay for a lookup the engine already made.
+-- once it has ended while its task went on (or while its body may still run). A run's
+-- tasks are consecutive rows (first_seq onwards), so no index on tasks.run_id is needed.
+-- No foreign keys on the hot tables: every insert would pay for a lookup the engine
+-- already made.
 
 CREATE TABLE workflow_versions (
     id          TEXT PRIMARY KEY,
@@ -38,6 +40,7 @@ CREATE TABLE runs_v2 (
     additional_metadata TEXT,
     priority            INTEGER NOT NULL,
     task_count          INTEGER NOT NULL,
+    first_seq           INTEGER NOT NULL,    -- its tasks: first_seq .. + task_count - 1
     sticky              TEXT,            -- soft | hard: later tasks go to sticky_worker_id
     sticky_worker_id    TEXT,
     desired_labels      TEXT,            -- the trigger's, JSON; win over the tasks' own
@@ -45,12 +48,14 @@ CREATE TABLE runs_v2 (
     finished_at         REAL
 );
 INSERT INTO runs_v2 (id, tenant_id, workflow_id, workflow_name, version_id, status, input,
-                     additional_metadata, priority, task_count, sticky, sticky_worker_id,
+                     additional_metadata, priority, task_count, first_seq, sticky,
+                     sticky_worker_id,
                      desired_labels, created_at, finished_at)
 SELECT r.id, r.tenant_id, r.workflow_id, r.workflow_name, w.version_id,
        CASE r.status WHEN 'running' THEN 'queued' ELSE r.status END,
        r.input, r.additional_metadata, r.priority,
        (SELECT count(*) FROM tasks t WHERE t.run_id = r.id),
+       coalesce((SELECT min(seq) FROM tasks t WHERE t.run_id = r.id), 0),
        r.sticky, r.sticky_worker_id, NULL, r.created_at, r.finished_at
 FROM runs r JOIN workflows w ON w.id = r.workflow_id;
 
@@ -132,7 +137,6 @@ ALTER TABLE task_attempts_v2 RENAME TO task_attempts;
 
 CREATE INDEX workflow_versions_workflow ON workflow_versions (workflow_id);
 CREATE INDEX runs_tenant_created ON runs (tenant_id, created_at);
-CREATE INDEX tasks_run ON tasks (run_id);
 -- The queues, in the scheduler's order.
 CREATE INDEX tasks_queue ON tasks (tenant_id, action_id, priority DESC, seq)
     WHERE status = 'queued';

@@ -61,7 +61,10 @@ SELECT coalesce(max(seq), 0) FROM tasks;
 SELECT {task} FROM tasks WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: tasks_by_runs
-SELECT {task} FROM tasks WHERE run_id IN (SELECT value FROM json_each(:ids)) ORDER BY seq;
+-- A run's tasks are the consecutive rows from its first_seq.
+SELECT {task_t} FROM runs r JOIN tasks t
+  ON t.seq >= r.first_seq AND t.seq < r.first_seq + r.task_count
+WHERE r.id IN (SELECT value FROM json_each(:ids)) ORDER BY t.seq;
 
 -- name: tasks_running_on
 -- Running tasks are few (at most every worker's slots), so they are scanned.
@@ -115,7 +118,9 @@ SELECT {run} FROM runs
 WHERE tenant_id = :tenant_id AND id IN (SELECT value FROM json_each(:ids));
 
 -- name: run_tasks
-SELECT {task} FROM tasks WHERE run_id = :run_id ORDER BY seq;
+SELECT {task_t} FROM runs r JOIN tasks t
+  ON t.seq >= r.first_seq AND t.seq < r.first_seq + r.task_count
+WHERE r.id = :run_id ORDER BY t.seq;
 
 -- name: task_run_id
 SELECT run_id FROM tasks WHERE id = :task_id AND tenant_id = :tenant_id;
@@ -124,7 +129,8 @@ SELECT run_id FROM tasks WHERE id = :task_id AND tenant_id = :tenant_id;
 -- Candidate runs for a filter, newest first; the rest of the filter is applied in Python.
 -- started: whether any of its tasks left the queue (a queued run that started is RUNNING).
 SELECT r.id, r.status, r.workflow_id, r.workflow_name, r.additional_metadata,
-       EXISTS (SELECT 1 FROM tasks t WHERE t.run_id = r.id
+       EXISTS (SELECT 1 FROM tasks t
+               WHERE t.seq >= r.first_seq AND t.seq < r.first_seq + r.task_count
                AND t.status NOT IN ('queued', 'pending')) AS started
 FROM runs r
 WHERE r.tenant_id = :tenant_id
@@ -184,8 +190,9 @@ ORDER BY schedule_deadline LIMIT :limit;
 SELECT t.status, t.claims FROM tasks t JOIN runs r ON r.id = t.run_id
 WHERE t.claims IS NOT NULL AND r.status = 'queued'
   AND t.status NOT IN ('completed', 'failed', 'cancelled', 'skipped')
-  AND (t.status = 'running' OR EXISTS (SELECT 1 FROM tasks s WHERE s.run_id = r.id
-                                       AND s.status NOT IN ('queued', 'pending')))
+  AND (t.status = 'running' OR EXISTS (
+      SELECT 1 FROM tasks s WHERE s.seq >= r.first_seq AND s.seq < r.first_seq + r.task_count
+      AND s.status NOT IN ('queued', 'pending')))
 ORDER BY r.created_at, t.seq;
 
 -- name: rate_limit_put
