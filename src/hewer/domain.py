@@ -754,6 +754,8 @@ class WorkingSet:
     versions: dict[str, Workflow] = field(default_factory=dict)  # loaded for these runs
     next_seq: int = 0  # the first queue position reserved for new tasks
     changes: Changes = field(default_factory=Changes)
+    # Tasks whose slot-holding attempts are in ``attempts`` (all of them, if any).
+    attempts_known: set[str] = field(default_factory=set)
 
     def add_run(self, run: RunRow, tasks: list[TaskRow]) -> None:
         """A run created in this batch."""
@@ -763,3 +765,4 @@ class WorkingSet:
         for t in tasks:
             self.tasks[t.id] = t
             self.changes.new_tasks[t.id] = t
+            self.attempts_known.add(t.id)  # new: no attempts yet

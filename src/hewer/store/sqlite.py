@@ -283,12 +283,13 @@ def _load(
         one = ws.runs.get(t.run_id)
         if one is not None and one.task_count == 1 and one.id not in ws.run_tasks:
             ws.run_tasks[one.id] = [t]
-    checked = {key[0] for key in ws.attempts}
-    unchecked = [i for i in tasks if i not in checked]
+    known = ws.attempts_known
+    unchecked = [i for i in tasks if i not in known]
     if unchecked:
         for r in _select(conn, "attempts_holding_of_tasks", unchecked):
             a = _attempt(r)
             ws.attempts.setdefault((a.task_id, a.retry_count), a)
+        known.update(unchecked)
     versions = {r.version_id for r in ws.runs.values()}
     versions = {v for v in versions if v not in known_versions and v not in ws.versions}
     if versions:
