@@ -19,7 +19,7 @@ import heapq
 import itertools
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from hewer.domain import (
     Assignment,
@@ -79,7 +79,7 @@ class Scheduler:
         self._workers: dict[str, WorkerSlots] = {}
         self._index = CapacityIndex()
         self._windows: dict[QueueKey, Window] = {}
-        self._delayed: list[tuple[float, int, QueueItem]] = []
+        self._delayed: list[tuple[float, int, int, QueueItem]] = []
         self._queued: dict[str, int] = {}  # task id -> retry_count waiting in memory
         self._pending: dict[str, tuple[Assignment, QueueItem]] = {}  # decided, uncommitted
         self._gates = Gates(self._cancel_holders, self._is_live)
@@ -168,12 +168,17 @@ class Scheduler:
             window = self._windows[key] = Window()
         return window
 
-    def _place(self, item: QueueItem, window: Window, now: float) -> None:
+    def _place(
+        self, item: QueueItem, window: Window, now: float, seq: int | None = None
+    ) -> None:
+        """Into the ready heap (or the delayed one), at the item's place in line, or at
+        ``seq`` if given."""
+        place = item.seq if seq is None else seq
         if item.available_at > now:
             window.delayed += 1
-            heapq.heappush(self._delayed, (item.available_at, next(self._tiebreak), item))
+            heapq.heappush(self._delayed, (item.available_at, next(self._tiebreak), place, item))
         else:
-            heapq.heappush(window.ready, (-item.priority, item.seq, next(self._tiebreak), item))
+            heapq.heappush(window.ready, (-item.priority, place, next(self._tiebreak), item))
 
     def _trim(self) -> None:
         """Keep each queue's window at most TRIM_ABOVE items: the worst plain items go back
@@ -196,7 +201,8 @@ class Scheduler:
             window.ready = keep
             # Everything evicted lies after the cut; what was beyond the old mark may be
             # missing too.
-            cut = position(live[WINDOW - 1][3])
+            last = live[WINDOW - 1]
+            cut = (last[0], last[1])
             if not window.more:
                 window.mark = cut
             elif window.mark is not None:
@@ -298,17 +304,17 @@ class Scheduler:
 
     def _promote_delayed(self, now: float) -> None:
         while self._delayed and self._delayed[0][0] <= now:
-            _, _, item = heapq.heappop(self._delayed)
+            _, _, place, item = heapq.heappop(self._delayed)
             window = self._window(item)
             window.delayed -= 1
             if self._is_live(item):
-                heapq.heappush(window.ready, (-item.priority, item.seq, next(self._tiebreak), item))
+                heapq.heappush(window.ready, (-item.priority, place, next(self._tiebreak), item))
 
     def _release_admitted(self, item: QueueItem) -> None:
         # An item let in after waiting for its key joins the back of the line, as if it had
         # just arrived; its old place would let one key's backlog starve the others.
         self._max_seq += 1
-        self._place(replace(item, seq=self._max_seq), self._window(item), self._clock.now())
+        self._place(item, self._window(item), self._clock.now(), self._max_seq)
 
     def _has_workers(self, key: QueueKey) -> bool:
         tenant, action = key
