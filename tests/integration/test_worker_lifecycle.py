@@ -204,3 +204,22 @@ def test_tasks_left_at_the_end_of_the_grace_period_are_requeued_at_once(
     wait_for(requeued, timeout=INACTIVE_AFTER / 3, what="task re-queued at once")
     heir = spawn_worker("heir", slots=1)
     assert ref.result() == {"pid": heir.pid, "retry_count": 1}
+
+
+def test_a_killed_worker_is_declared_inactive_within_its_window_plus_a_second(
+    app: Any, spawn_worker: WorkerFactory, engine: EngineThread
+) -> None:
+    worker = spawn_worker("doomed", slots=1)
+    wait_for(lambda: worker_status(engine, "doomed") == "active", what="ACTIVE")
+    killed_at = time.monotonic()
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=10)
+    wait_for(
+        lambda: worker_status(engine, "doomed") == "inactive",
+        timeout=INACTIVE_AFTER + 5,
+        interval=0.01,
+        what="INACTIVE",
+    )
+    # Silent since at most one heartbeat before the kill, declared lost within a second
+    # of its window.
+    assert time.monotonic() - killed_at <= INACTIVE_AFTER + 1.0
