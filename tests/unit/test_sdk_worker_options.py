@@ -14,6 +14,7 @@ import pytest
 
 from hewer import ClientSettings, ConfigurationError, Context, Hewer, HewerError
 from hewer._proto import dispatcher_pb2
+from hewer._proto.hewer.v1 import worker_pb2
 from hewer.sdk import _wire
 from hewer.sdk._connection import Connection
 from hewer.sdk._context import TaskServices
@@ -285,14 +286,25 @@ class RegisterServices:
         self.sent: list[tuple[str, dict[str, str | int]]] = []
         self.aio_admin = self
         self.aio_dispatcher = self
+        self.aio_hewer_worker = self
+        self.calls: list[str] = []
 
     async def PutWorkflow(self, request: Any, **kwargs: Any) -> Any:
+        self.calls.append("PutWorkflow")
         return None
 
     async def GetVersion(self, request: Any, **kwargs: Any) -> Any:
+        self.calls.append("GetVersion")
         return dispatcher_pb2.GetVersionResponse(version="v0.0.0")
 
+    async def Hello(self, request: Any, **kwargs: Any) -> Any:
+        self.calls.append("Hello")
+        return worker_pb2.HelloResponse(
+            version="v0.0.0", max_actions_per_batch=7, max_reports_per_call=9, max_runs_per_wait=11
+        )
+
     async def Register(self, request: Any, **kwargs: Any) -> Any:
+        self.calls.append("Register")
         self.registered.append(request)
         if len(self.registered) == 1:
             await asyncio.to_thread(self.worker.upsert_labels, {"late": "yes"})
@@ -312,6 +324,9 @@ async def test_registration_sends_pools_and_labels_and_catches_up() -> None:
 
     await worker._register_all(cast(WorkerServices, services))
     (request,) = services.registered
+    assert services.calls == ["PutWorkflow", "GetVersion", "Hello", "Register"]
+    assert worker.engine_limits is not None
+    assert worker.engine_limits.max_reports_per_call == 9
     assert dict(request.slot_config) == {"default": 4, "gpu": 2}
     assert {k: v.str_value for k, v in request.labels.items()} == {"zone": "eu"}
     # The upsert that landed during Register goes out once the worker has its id.

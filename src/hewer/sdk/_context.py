@@ -118,8 +118,19 @@ class Context:
         self._stream_lock = threading.Lock()
         self._child_index = 0
         self._child_lock = threading.Lock()
-        self.cancelled = threading.Event()
+        # Made on first use: most tasks never look at it (an Event costs a Condition).
+        self._cancelled: threading.Event | None = None
+
+    @property
+    def cancelled(self) -> threading.Event:
         """Set when the engine cancels this task; long-running code should check it."""
+        event = self._cancelled
+        if event is None:
+            with self._child_lock:
+                if self._cancelled is None:
+                    self._cancelled = threading.Event()
+                event = self._cancelled
+        return event
 
     # --- identity ------------------------------------------------------------------------
 
@@ -183,12 +194,13 @@ class Context:
     @property
     def is_cancelled(self) -> bool:
         """True once the engine has cancelled this task."""
-        return self.cancelled.is_set()
+        event = self._cancelled
+        return event is not None and event.is_set()
 
     @property
     def exit_flag(self) -> bool:
         """Alias of ``is_cancelled``."""
-        return self.cancelled.is_set()
+        return self.is_cancelled
 
     # --- data from parents ---------------------------------------------------------------
 

@@ -1,4 +1,8 @@
-"""The worker's action stream (``Dispatcher/ListenV2``), kept open for as long as the worker runs.
+"""The worker's action stream, kept open for as long as the worker runs.
+
+It is ``hewer.v1.Worker/Listen`` (actions in batches) when the engine answered Hello at the
+last registration, otherwise ``Dispatcher/ListenV2`` (one action per message); both mean
+the same, and so do their errors.
 
 Whatever ends a stream (EOF, an error, the engine restarting, or the heartbeat thread saying
 the engine lost it), the listener opens a fresh one on a fresh channel after a short jittered
@@ -39,6 +43,7 @@ class ActionListener:
         connection: Connection,
         *,
         worker_id: Callable[[], str],
+        engine: Callable[[], _wire.EngineLimits | None] = lambda: None,
         reregister: Callable[[], Awaitable[None]],
         on_action: Callable[[_wire.Action], None],
         on_listening: Callable[[str, bool], None],
@@ -49,6 +54,7 @@ class ActionListener:
     ) -> None:
         self._connection = connection
         self._worker_id = worker_id
+        self._engine = engine
         self._reregister = reregister
         self._on_action = on_action
         self._on_listening = on_listening
@@ -89,6 +95,7 @@ class ActionListener:
     async def _listen_once(self) -> bool:
         """One stream, start to end; True if it delivered anything."""
         worker_id = self._worker_id()
+        limits = self._engine()
         channel = self._connection.aio_channel()
         delivered = False
         try:
@@ -101,17 +108,31 @@ class ActionListener:
                 return False
             # The engine need not answer anything until it has work, so the stream counts
             # as open once the request is on a ready connection.
-            call = _wire.dispatcher_stub(channel).ListenV2(
-                _wire.listen_request(worker_id), metadata=self._connection.metadata
-            )
+            if limits is not None:
+                call = _wire.hewer_worker_stub(channel).Listen(
+                    _wire.batch_listen_request(worker_id, limits.max_actions_per_batch),
+                    metadata=self._connection.metadata,
+                )
+            else:
+                call = _wire.dispatcher_stub(channel).ListenV2(
+                    _wire.listen_request(worker_id), metadata=self._connection.metadata
+                )
             self._call = call
             self._opened_at = self._clock.monotonic()
             self._interrupted = False
             self.connections += 1
             self._on_listening(worker_id, self.connections > 1)
-            async for message in call:
-                delivered = True
-                self._on_action(_wire.Action.from_proto(message, worker_id))
+            on_action = self._on_action
+            from_proto = _wire.Action.from_proto
+            if limits is not None:
+                async for batch in call:
+                    delivered = True
+                    for message in batch.actions:
+                        on_action(from_proto(message, worker_id))
+            else:
+                async for message in call:
+                    delivered = True
+                    on_action(from_proto(message, worker_id))
             logger.info("received EOF from engine on the action stream; reconnecting")
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -119,7 +140,7 @@ class ActionListener:
                 raise
             logger.info("action stream dropped on the engine's word; reconnecting")
         except grpc.RpcError as exc:
-            await self._on_error(exc, worker_id)
+            await self._on_error(exc, worker_id, batched=limits is not None)
         except Exception:
             logger.exception("action listener broke; reconnecting")
         finally:
@@ -127,9 +148,12 @@ class ActionListener:
             await channel.close(None)
         return delivered
 
-    async def _on_error(self, exc: grpc.RpcError, worker_id: str) -> None:
+    async def _on_error(self, exc: grpc.RpcError, worker_id: str, *, batched: bool) -> None:
         code = status_code(exc)
-        if code in REREGISTER_CODES:
+        # An engine without hewer.v1 now (it was replaced by an older one): registering
+        # again asks Hello again, and the next stream is ListenV2.
+        gone = batched and code == grpc.StatusCode.UNIMPLEMENTED
+        if code in REREGISTER_CODES or gone:
             logger.warning(
                 "engine does not know worker %s (%s: %s); registering again",
                 worker_id,

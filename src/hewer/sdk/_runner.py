@@ -3,13 +3,16 @@
 Async task functions run as named tasks on the worker's loop; sync ones run in a pool of
 daemon threads, one per slot unit of the worker (so a stuck function cannot keep the
 process from exiting).
-Reports go out under ``asyncio.shield`` and are retried through engine restarts for up to
-``REPORT_GIVE_UP_SECONDS``: a finished task's result is the one thing not to lose.
+Reports outlive the task that made them (a cancelled wait does not take them back) and are
+retried through engine restarts for up to ``REPORT_GIVE_UP_SECONDS``: a finished task's
+result is the one thing not to lose. With an engine offering ``hewer.v1`` they go in
+batches (``BatchReporter``), otherwise one call each (``EventReporter``); see ``_reporter``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import json
@@ -22,17 +25,14 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
-import grpc
 import pydantic
 
 from hewer.errors import NonRetryableError, RetryAfter
 from hewer.sdk import _serde, _wire
-from hewer.sdk._connection import TRANSIENT_CODES, status_code, status_details
 from hewer.sdk._context import Context, enter_task
-from hewer.sdk._retry import aio_call_with_retry
+from hewer.sdk._reporter import REPORT_GIVE_UP_SECONDS, BatchReporter, EventReporter
 from hewer.sdk._services import WorkerServices
 from hewer.sdk._task import Task
-from hewer.sdk._time import CALL_BACKOFF
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,6 @@ STARTED_WAIT_SECONDS = 2.0
 P = ParamSpec("P")
 T = TypeVar("T")
 
-REPORT_GIVE_UP_SECONDS = 60.0
-REPORT_TIMEOUT_SECONDS = 10.0
 # Leave room for the rest of the StepActionEvent around the payload.
 _MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
@@ -104,6 +102,30 @@ class DaemonThreadPool(Executor):
             else:
                 future.set_result(result)
 
+        self._put(work)
+        return future
+
+    def run_soon(
+        self, loop: asyncio.AbstractEventLoop, fn: Callable[..., T], /, *args: Any
+    ) -> asyncio.Future[T]:
+        """``loop.run_in_executor(self, fn, *args)`` without its concurrent Future in the
+        middle: the thread hands the result straight to an asyncio future on ``loop``."""
+        future: asyncio.Future[T] = loop.create_future()
+
+        def work() -> None:
+            if future.cancelled():
+                return
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                _hand_back(loop, _set_exception, future, exc)
+            else:
+                _hand_back(loop, _set_result, future, result)
+
+        self._put(work)
+        return future
+
+    def _put(self, work: Callable[[], None]) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("thread pool is shut down")
@@ -116,7 +138,6 @@ class DaemonThreadPool(Executor):
                 thread.start()
             elif self._idle:
                 self._idle -= 1  # an idle thread will take this item
-        return future
 
     def _loop(self) -> None:
         while (work := self._work.get()) is not None:
@@ -135,6 +156,22 @@ class DaemonThreadPool(Executor):
                 thread.join()
 
 
+def _hand_back(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    # A closed loop: the worker is gone, and so is whoever waited.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
+
+
+def _set_result(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
 @dataclass
 class _Run:
     action: _wire.Action
@@ -142,7 +179,7 @@ class _Run:
     is_async: bool
     task: asyncio.Task[None] | None = None
     returned: bool = False
-    started_report: asyncio.Task[None] | None = field(default=None, repr=False)
+    started_report: asyncio.Future[None] | None = field(default=None, repr=False)
 
 
 class Runner:
@@ -155,14 +192,22 @@ class Runner:
         services: WorkerServices,
         slots: int,
         max_message_bytes: int,
+        engine: Callable[[], _wire.EngineLimits | None] = lambda: None,
     ) -> None:
+        """``engine()`` says what the engine answered to ``Hello`` at the last registration
+        (None: it offers no ``hewer.v1``, so reports use the Hatchet calls)."""
         self._registry = registry
         self._services = services
         self._pool = DaemonThreadPool(slots, "hewer-task")
         services.on_slot_released = self._pool.grow
+        self._max_message_bytes = max_message_bytes
         self._max_payload = max(1024, max_message_bytes - _MESSAGE_OVERHEAD_BYTES)
         self._runs: dict[str, _Run] = {}
-        self._reports: set[asyncio.Task[None]] = set()
+        self._engine = engine
+        self._events = EventReporter(
+            lambda: services.aio_dispatcher, lambda: services.metadata, services.clock
+        )
+        self._batch: BatchReporter | None = None
 
     @property
     def running(self) -> int:
@@ -201,7 +246,7 @@ class Runner:
         task = self._registry.get(action.action_id)
         run = _Run(action, ctx, is_async=task is not None and task.is_async)
         self._runs[key] = run
-        logger.info(
+        logger.debug(
             "starting %s (task run %s, attempt %d)",
             action.action_id,
             key,
@@ -235,9 +280,8 @@ class Runner:
 
     async def _execute(self, run: _Run, task: Task[Any, Any] | None, raw_input: Any) -> None:
         action = run.action
-        run.started_report = self._report(
-            _wire.step_event(action, _wire.EventKind.STARTED, self._now())
-        )
+        reporter = self._reporter()
+        run.started_report = reporter.report_start(action, self._now())
         try:
             if task is None:
                 raise LookupError(
@@ -249,14 +293,18 @@ class Runner:
             # run; a sync body gets a copy of it below.
             enter_task(run.ctx)
             if task.is_async:
-                # An async body that blocks the loop would also hold back STARTED, and the
-                # engine re-queues starts it never hears about; so let STARTED go out first.
-                await asyncio.wait({run.started_report}, timeout=STARTED_WAIT_SECONDS)
+                if not reporter.ordered:
+                    # An async body that blocks the loop would also hold back STARTED, and
+                    # an engine without hewer.v1 re-queues starts it never hears about; so
+                    # let STARTED go out first. (Engines with hewer.v1 never re-send a start
+                    # that went out on a stream still open, and their reports keep order:
+                    # there STARTED just goes in the next call, or with the outcome.)
+                    await asyncio.wait({run.started_report}, timeout=STARTED_WAIT_SECONDS)
                 result = await task.fn(fn_input, run.ctx)
             else:
                 loop = asyncio.get_running_loop()
                 call = contextvars.copy_context().run
-                result = await loop.run_in_executor(self._pool, call, task.fn, fn_input, run.ctx)
+                result = await self._pool.run_soon(loop, call, task.fn, fn_input, run.ctx)
             run.returned = True
             if run.ctx.is_cancelled:
                 logger.info("%s finished after being cancelled; result dropped", action.action_id)
@@ -265,7 +313,7 @@ class Runner:
                 event = _wire.step_event(
                     action, _wire.EventKind.COMPLETED, self._now(), payload=self._output(result)
                 )
-                logger.info("%s completed", action.action_id)
+                logger.debug("%s completed", action.action_id)
         except asyncio.CancelledError:
             if not run.ctx.is_cancelled:
                 raise
@@ -287,9 +335,17 @@ class Runner:
                     should_not_retry=should_not_retry,
                     retry_after_ms=retry_after_ms,
                 )
-        # STARTED first, so the engine never sees the outcome before the start.
-        await asyncio.shield(run.started_report)
-        await asyncio.shield(self._report(event))
+        # STARTED first, so the engine never sees the outcome before the start: a batching
+        # reporter keeps the order itself (dropping a STARTED still queued), otherwise the
+        # outcome waits until STARTED was sent.
+        outcome = self._reporter()
+        if outcome.ordered and outcome is reporter:
+            # Cancelling this wait would not take the report back out of the queue: no
+            # shield needed.
+            await outcome.report(event)
+        else:
+            await asyncio.shield(run.started_report)
+            await asyncio.shield(outcome.report(event))
 
     def _cancelled(self, action: _wire.Action) -> Any:
         """CANCELLED once a cancelled body has really returned: until then the engine keeps
@@ -298,9 +354,10 @@ class Runner:
 
     def _output(self, result: Any) -> str:
         text = _serde.output_json(result)
-        if len(text.encode()) > self._max_payload:
+        # A character is at most 4 bytes in UTF-8: short texts need no encoding to check.
+        if len(text) * 4 > self._max_payload and (size := len(text.encode())) > self._max_payload:
             raise _serde.IllegalOutput(
-                f"task output is {len(text.encode())} bytes; the limit is {self._max_payload}"
+                f"task output is {size} bytes; the limit is {self._max_payload}"
             )
         return text
 
@@ -313,39 +370,27 @@ class Runner:
     def _now(self) -> Any:
         return self._services.clock.now()
 
-    def _report(self, event: Any) -> asyncio.Task[None]:
-        report = asyncio.create_task(self._send(event), name="hewer-report")
-        self._reports.add(report)
-        report.add_done_callback(self._reports.discard)
-        return report
-
-    async def _send(self, event: Any) -> None:
-        stub = self._services.aio_dispatcher
-        what = (
-            f"report {_wire.EventKind(event.event_type).name} "
-            f"of {event.action_id} (run {event.task_run_external_id})"
-        )
-        try:
-            await aio_call_with_retry(
-                lambda: stub.SendStepActionEvent(
-                    event, metadata=self._services.metadata, timeout=REPORT_TIMEOUT_SECONDS
-                ),
-                what=what,
-                retry_codes=TRANSIENT_CODES,
-                attempts=None,
-                give_up_after=REPORT_GIVE_UP_SECONDS,
-                backoff=CALL_BACKOFF,
+    def _reporter(self) -> EventReporter | BatchReporter:
+        """Where reports go now: batched if the engine answered Hello at the last
+        registration (and still has the call), else one Hatchet call each."""
+        limits = self._engine()
+        if limits is None:
+            return self._events
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = BatchReporter(
+                self._services.report,
+                max_per_call=limits.max_reports_per_call,
+                max_bytes=self._max_message_bytes - _MESSAGE_OVERHEAD_BYTES // 2,
                 clock=self._services.clock,
+                fallback=self._events,
             )
-        except grpc.RpcError as exc:
-            code = status_code(exc)
-            log = logger.error if code in TRANSIENT_CODES else logger.warning
-            log(
-                "could not %s (%s: %s); the engine will time the task out",
-                what,
-                code.name if code else "?",
-                status_details(exc),
-            )
+        else:
+            batch.max_per_call = limits.max_reports_per_call
+        return self._events if batch.unimplemented else batch
+
+    def _report(self, event: Any) -> asyncio.Future[None]:
+        return self._reporter().report(event)
 
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for running tasks, then abandon the rest."""
@@ -368,8 +413,11 @@ class Runner:
 
     async def flush(self, limit_seconds: float) -> None:
         """Wait (at most ``limit_seconds``) for reports still in flight."""
-        if self._reports:
-            await asyncio.wait(set(self._reports), timeout=limit_seconds)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_seconds
+        if self._batch is not None:
+            await self._batch.flush(limit_seconds)
+        await self._events.flush(max(0.0, deadline - loop.time()))
 
     def shutdown(self) -> None:
         """Let go of the thread pool (threads of abandoned sync tasks are daemons)."""

@@ -23,9 +23,13 @@ class IllegalOutput(InvalidInput):
     """A task returned something that is not a JSON object (dict, pydantic model, None)."""
 
 
+# One encoder for every call: json.dumps with options builds a new one each time.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=to_jsonable_python)
+
+
 def dumps(value: Any) -> str:
     """Compact JSON, with pydantic's encoders for datetimes, UUIDs, models and the like."""
-    return json.dumps(value, separators=(",", ":"), default=to_jsonable_python)
+    return _ENCODER.encode(value)
 
 
 def _model_in(hint: Any) -> type[BaseModel] | None:

@@ -43,6 +43,9 @@ class WorkerServices:
         self.metadata = connection.metadata
         self._sync_channel: grpc.Channel | None = None
         self._aio_channel: grpc.aio.Channel | None = None
+        # Stubs on the asyncio channel, made once (building one per call costs more than
+        # the call's own Python overhead).
+        self._aio_stubs: dict[str, Any] = {}
         self._logs: queue.Queue[Any] = queue.Queue(maxsize=LOG_QUEUE_SIZE)
         self._log_thread: threading.Thread | None = None
         self._dropped_logs = 0
@@ -53,27 +56,51 @@ class WorkerServices:
     def open(self) -> None:
         """Create the channels (inside the worker's running loop) and the log sender."""
         self._aio_channel = self.connection.aio_channel()
+        self._aio_stubs = {
+            "dispatcher": _wire.dispatcher_stub(self._aio_channel),
+            "admin": _wire.admin_stub(self._aio_channel),
+            "events": _wire.events_stub(self._aio_channel),
+            "hewer_worker": _wire.hewer_worker_stub(self._aio_channel),
+        }
         self._sync_channel = self.connection.sync_channel()
         self._log_thread = threading.Thread(target=self._send_logs, name="hewer-logs", daemon=True)
         self._log_thread.start()
 
+    def _aio_stub(self, name: str) -> Any:
+        assert self._aio_channel is not None, "services not open"
+        return self._aio_stubs[name]
+
     @property
     def aio_dispatcher(self) -> Any:
         """``Dispatcher`` stub on the worker's asyncio channel."""
-        assert self._aio_channel is not None, "services not open"
-        return _wire.dispatcher_stub(self._aio_channel)
+        return self._aio_stub("dispatcher")
 
     @property
     def aio_admin(self) -> Any:
         """``v1.AdminService`` stub on the worker's asyncio channel."""
-        assert self._aio_channel is not None, "services not open"
-        return _wire.admin_stub(self._aio_channel)
+        return self._aio_stub("admin")
 
     @property
     def aio_events(self) -> Any:
         """``EventsService`` stub on the worker's asyncio channel."""
-        assert self._aio_channel is not None, "services not open"
-        return _wire.events_stub(self._aio_channel)
+        return self._aio_stub("events")
+
+    @property
+    def aio_hewer_worker(self) -> Any:
+        """``hewer.v1.Worker`` stub on the worker's asyncio channel."""
+        return self._aio_stub("hewer_worker")
+
+    async def report(self, request: Any, deadline: float) -> Any:
+        """One ``hewer.v1.Worker/Report`` call (a ``ReportBatch``), with a deadline of
+        ``deadline`` seconds; returns its results.
+
+        Uncompressed: a batch of reports is small next to what gzip costs per message."""
+        return await self.aio_hewer_worker.Report(
+            request,
+            metadata=self.metadata,
+            timeout=deadline,
+            compression=grpc.Compression.NoCompression,
+        )
 
     @property
     def _sync(self) -> grpc.Channel:
@@ -96,6 +123,7 @@ class WorkerServices:
         if self._aio_channel is not None:
             await self._aio_channel.close(None)
             self._aio_channel = None
+            self._aio_stubs = {}
         if self._sync_channel is not None:
             self._sync_channel.close()
             self._sync_channel = None

@@ -1,9 +1,11 @@
 """``Worker``: registers workflows, listens for assignments, runs them, stops gracefully.
 
-Lifecycle of ``async_start``: PutWorkflow for each workflow, GetVersion, Register, then the
-action listener (a task on the loop) and heartbeats (a thread). It returns after a graceful
-stop: stop listening, let running tasks finish within the grace period and report, stop
-heartbeats, Unsubscribe.
+Lifecycle of ``async_start``: PutWorkflow for each workflow, GetVersion, Hello (does the
+engine offer Hewer's batched ``hewer.v1`` calls?), Register, then the action listener (a
+task on the loop) and heartbeats (a thread). With ``hewer.v1`` the listener reads batches
+of actions and reports go out in batches; without it, the Hatchet calls (ListenV2, one
+SendStepActionEvent per report). It returns after a graceful stop: stop listening, let
+running tasks finish within the grace period and report, stop heartbeats, Unsubscribe.
 """
 
 from __future__ import annotations
@@ -133,6 +135,9 @@ class Worker:
         check_slot_requests(self._registry, self.slot_config)
         self.id: str | None = None
         """Engine id of this worker once registered (changes if it has to register again)."""
+        self.engine_limits: _wire.EngineLimits | None = None
+        """What the engine answered to ``Hello`` at the last registration; None if it offers
+        no ``hewer.v1`` (then the worker uses the Hatchet calls only)."""
         self.ready = threading.Event()
         """Set once the worker listens for assignments; cleared when it stops."""
         self._stop_requested = threading.Event()
@@ -240,11 +245,13 @@ class Worker:
             # One thread per slot unit of every pool: a task never waits for a thread.
             slots=sum(self.slot_config.values()),
             max_message_bytes=settings.max_message_bytes,
+            engine=lambda: self.engine_limits,
         )
         loop = asyncio.get_running_loop()
         listener = ActionListener(
             connection,
             worker_id=self._current_id,
+            engine=lambda: self.engine_limits,
             reregister=lambda: self._register_all(services),
             on_action=runner.handle,
             on_listening=lambda worker_id, again: self._on_listening(worker_id, again, beats),
@@ -347,6 +354,7 @@ class Worker:
 
         await asyncio.gather(*(put(w) for w in self.workflows))
         await self._engine_version(services)
+        self.engine_limits = await self._hello(services)
         worker_name = self._client.namespaced(self.name)
         labels, version = self._labels.snapshot()
         request = _wire.register_request(worker_name, self.actions, self.slot_config, labels)
@@ -398,6 +406,32 @@ class Worker:
         version = str(response.version)
         logger.debug("engine version %s", version)
         return version
+
+    async def _hello(self, services: WorkerServices) -> _wire.EngineLimits | None:
+        """``hewer.v1.Worker/Hello``: the engine's batch limits, or None if it does not answer
+        (an engine without ``hewer.v1`` says UNIMPLEMENTED): then the Hatchet calls."""
+        try:
+            response = await aio_call_with_retry(
+                lambda: services.aio_hewer_worker.Hello(
+                    _wire.hello_request(),
+                    metadata=services.metadata,
+                    timeout=REGISTER_TIMEOUT_SECONDS,
+                ),
+                what="hello",
+                retry_codes=TRANSIENT_CODES,
+                attempts=3,
+                clock=services.clock,
+            )
+        except grpc.RpcError as exc:
+            code = status_code(exc)
+            logger.info(
+                "engine offers no batched calls (%s); using the Hatchet calls",
+                code.name if code else "?",
+            )
+            return None
+        limits = _wire.EngineLimits.from_proto(response)
+        logger.debug("engine offers hewer.v1: %s", limits)
+        return limits
 
     async def _unsubscribe(self, services: WorkerServices) -> None:
         assert self.id is not None
