@@ -152,7 +152,7 @@ class BatchReporter:
         backoff: Backoff = CALL_BACKOFF,
         give_up_after: float = REPORT_GIVE_UP_SECONDS,
     ) -> None:
-        """``send(request, timeout)`` makes one Report call. ``fallback`` takes over, for
+        """``send(request, deadline)`` makes one Report call. ``fallback`` takes over, for
         good, if the engine answers UNIMPLEMENTED (it no longer offers ``hewer.v1``)."""
         self._send = send
         self.max_per_call = max(1, max_per_call)
