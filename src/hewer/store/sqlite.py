@@ -129,6 +129,8 @@ def _ids(values: Iterable[str]) -> str:
 
 
 BUSY_TIMEOUT_MS = 10_000
+# Transactions writing at most this many rows commit on the loop's thread (see write()).
+INLINE_COMMIT_ROWS = 256
 MAX_PLACEHOLDERS = 64
 _JSON_IDS = "(SELECT value FROM json_each(:ids))"
 _IN_CACHE: dict[tuple[str, int], str] = {}
@@ -186,6 +188,15 @@ class _Tx:
     def stage(self, changes: Changes) -> None:
         if changes:
             self._staged.append(changes)
+
+    def rows(self) -> int:
+        """How many rows the staged changes write."""
+        n = 0
+        for c in self._staged:
+            n += len(c.new_runs) + len(c.new_tasks) + len(c.tasks) + len(c.runs)
+            n += len(c.new_attempts) + len(c.attempts) + len(c.new_workers) + len(c.logs)
+            n += len(c.worker_status) + len(c.heartbeats) + len(c.worker_labels)
+        return n
 
     def _commit(self, conn: sqlite3.Connection) -> None:
         if not self._staged and not self._begun:
@@ -481,7 +492,16 @@ class SqliteStore:
             tx = _Tx(self)
             try:
                 yield tx
-                await self._writer_call(tx._commit)
+                if tx.rows() <= INLINE_COMMIT_ROWS and tx._begun:
+                    # A small commit runs on the loop's thread: its fsync blocks the loop
+                    # for a fraction of a millisecond, while a hop to the writer's thread
+                    # waits for the GIL behind a busy loop, often for milliseconds.
+                    try:
+                        tx._commit(self._writer_conn())
+                    except sqlite3.Error as exc:
+                        raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+                else:
+                    await self._writer_call(tx._commit)
             except BaseException:
                 with contextlib.suppress(StoreError):
                     # Shielded: a cancelled caller must not leave the transaction open.
