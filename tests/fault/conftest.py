@@ -18,7 +18,8 @@ import pytest
 
 from hewer.testing import EngineThread
 from tests.conftest import HEARTBEAT
-from tests.fault.history import History, Processes, runs_terminal
+from tests.fault.history import History, Processes
+from tests.fault.snapshot import TERMINAL_RUN
 from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -213,8 +214,11 @@ def history(engine: EngineThread, fleet: Fleet, accepted: list[str], **kw: objec
 
 
 def runs_done(engine: EngineThread, run_ids: list[str]) -> bool:
-    """All runs terminal, read straight from the database."""
-    return runs_terminal(engine.settings.database, run_ids) == len(run_ids)
+    """All runs terminal, read through the engine's own store."""
+    tenant = engine.engine.default_tenant_id
+    found = engine.call(engine.engine.store.runs_get(tenant, run_ids))
+    done = sum(1 for run, _ in found if run.status in TERMINAL_RUN)
+    return done == len(run_ids)
 
 
 def dead_workers_marked(engine: EngineThread, fleet: Fleet, timeout: float) -> bool:

@@ -168,9 +168,7 @@ class Scheduler:
             window = self._windows[key] = Window()
         return window
 
-    def _place(
-        self, item: QueueItem, window: Window, now: float, seq: int | None = None
-    ) -> None:
+    def _place(self, item: QueueItem, window: Window, now: float, seq: int | None = None) -> None:
         """Into the ready heap (or the delayed one), at the item's place in line, or at
         ``seq`` if given."""
         place = item.seq if seq is None else seq
