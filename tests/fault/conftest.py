@@ -257,23 +257,24 @@ class EventSpy:
     def __init__(self, engine: EngineThread) -> None:
         self.events: list[tuple[float, str, str, int, str, bool]] = []
         core = engine.engine.core
-        original = core.task_event
+        original = core.task_events  # every report goes through it, batched or not
 
-        async def spy(event: Any) -> Any:
-            outcome = await original(event)
-            self.events.append(
-                (
-                    time.time(),
-                    str(event.type),
-                    event.task_id,
-                    event.retry_count,
-                    event.worker_id,
-                    bool(outcome.applied),
+        async def spy(events: Any) -> Any:
+            outcomes = await original(events)
+            for event, outcome in zip(events, outcomes, strict=True):
+                self.events.append(
+                    (
+                        time.time(),
+                        str(event.type),
+                        event.task_id,
+                        event.retry_count,
+                        event.worker_id,
+                        bool(outcome.applied),
+                    )
                 )
-            )
-            return outcome
+            return outcomes
 
-        core.task_event = spy  # type: ignore[method-assign]
+        core.task_events = spy  # type: ignore[method-assign]
 
     def rejected(self, kind: str | None = None) -> list[tuple[float, str, str, int, str, bool]]:
         return [e for e in self.events if not e[5] and (kind is None or e[1] == kind)]

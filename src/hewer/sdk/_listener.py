@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -48,6 +48,7 @@ class ActionListener:
         on_action: Callable[[_wire.Action], None],
         on_listening: Callable[[str, bool], None],
         clock: Clock,
+        running: Callable[[], Sequence[tuple[str, int]]] = lambda: (),
         settle_seconds: float = 1.0,
         backoff: Backoff = LISTEN_BACKOFF,
         rng: Callable[[], float] = random.random,
@@ -58,6 +59,7 @@ class ActionListener:
         self._reregister = reregister
         self._on_action = on_action
         self._on_listening = on_listening
+        self._running = running
         self._clock = clock
         self._settle = settle_seconds
         self._backoff = backoff
@@ -65,8 +67,16 @@ class ActionListener:
         self._call: Any = None
         self._opened_at = 0.0
         self._interrupted = False
+        self._stopping = False
         self.connections = 0
         """Streams opened so far (1 + reconnects)."""
+
+    def stop_listening(self) -> None:
+        """Close the stream at once (the worker is stopping): the engine stops offering work
+        as soon as it sees the stream go, before the rest of the shutdown has begun."""
+        self._stopping = True
+        if self._call is not None:
+            self._call.cancel()
 
     def request_reconnect(self, since: float) -> None:
         """Drop the current stream if it was open well before ``since`` (monotonic seconds).
@@ -83,6 +93,9 @@ class ActionListener:
         """Listen until cancelled."""
         attempt = 0
         while True:
+            if self._stopping:
+                # Stopped on purpose: no new stream; wait for the worker to cancel us.
+                await asyncio.get_running_loop().create_future()
             opened = self._clock.monotonic()
             healthy = await self._listen_once()
             if healthy or self._clock.monotonic() - opened >= HEALTHY_STREAM_SECONDS:
@@ -110,7 +123,9 @@ class ActionListener:
             # as open once the request is on a ready connection.
             if limits is not None:
                 call = _wire.hewer_worker_stub(channel).Listen(
-                    _wire.batch_listen_request(worker_id, limits.max_actions_per_batch),
+                    _wire.batch_listen_request(
+                        worker_id, limits.max_actions_per_batch, self._running()
+                    ),
                     metadata=self._connection.metadata,
                 )
             else:

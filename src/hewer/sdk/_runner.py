@@ -214,6 +214,11 @@ class Runner:
         """Tasks currently in flight."""
         return len(self._runs)
 
+    def attempts(self) -> list[tuple[str, int]]:
+        """``(task run id, retry count)`` of every attempt in flight here (a reconnecting
+        listener tells the engine, which may have restarted meanwhile)."""
+        return [(key, run.action.retry_count) for key, run in self._runs.items()]
+
     def handle(self, action: _wire.Action) -> None:
         """Act on one assigned action (never blocks, never raises)."""
         try:

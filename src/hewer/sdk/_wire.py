@@ -345,9 +345,19 @@ def hello_request() -> Any:
     return hewer_v1_pb2.HelloRequest()
 
 
-def batch_listen_request(worker_id: str, max_batch: int) -> Any:
-    """``ListenRequest`` for ``hewer.v1.Worker/Listen``."""
-    return hewer_v1_pb2.ListenRequest(worker_id=worker_id, max_batch=max_batch)
+def batch_listen_request(
+    worker_id: str, max_batch: int, running: Sequence[tuple[str, int]] = ()
+) -> Any:
+    """``ListenRequest`` for ``hewer.v1.Worker/Listen``, naming the attempts the worker runs
+    (``(task run id, retry count)``)."""
+    return hewer_v1_pb2.ListenRequest(
+        worker_id=worker_id,
+        max_batch=max_batch,
+        running=[
+            hewer_v1_pb2.RunningAttempt(task_run_external_id=task, retry_count=retry)
+            for task, retry in running
+        ],
+    )
 
 
 def report_batch(events: Sequence[Any]) -> Any:

@@ -146,6 +146,7 @@ class Worker:
         self._draining = False
         self._signalled = False
         self._running = False
+        self._listener: ActionListener | None = None
 
     @property
     def actions(self) -> list[str]:
@@ -195,6 +196,7 @@ class Worker:
             self.ready.clear()
             self._loop = None
             self._stop_event = None
+            self._listener = None
             self._running = False
 
     def stop(self) -> None:
@@ -204,6 +206,9 @@ class Worker:
         if loop is not None and event is not None:
             # A closed loop means the worker is done anyway.
             with contextlib.suppress(RuntimeError):
+                if self._listener is not None:
+                    # The stream goes first, so that the engine offers nothing more.
+                    loop.call_soon_threadsafe(self._listener.stop_listening)
                 loop.call_soon_threadsafe(event.set)
 
     # --- signals -------------------------------------------------------------------------
@@ -248,7 +253,7 @@ class Worker:
             engine=lambda: self.engine_limits,
         )
         loop = asyncio.get_running_loop()
-        listener = ActionListener(
+        listener = self._listener = ActionListener(
             connection,
             worker_id=self._current_id,
             engine=lambda: self.engine_limits,
@@ -256,6 +261,7 @@ class Worker:
             on_action=runner.handle,
             on_listening=lambda worker_id, again: self._on_listening(worker_id, again, beats),
             clock=self._client.clock,
+            running=runner.attempts,
             settle_seconds=min(1.0, settings.heartbeat_interval.total_seconds()),
         )
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from hewer._proto.hewer.v1 import worker_pb2 as pb
 from hewer._proto.hewer.v1 import worker_pb2_grpc as pb_grpc
+from hewer.domain import EventType, TaskEvent
 from hewer.engine.grpc._common import Servicer, abort_for, unary
 from hewer.engine.grpc.dispatcher import ENGINE_VERSION, assigned_action, task_event, watch_runs
 from hewer.errors import InvalidInput
@@ -41,6 +42,18 @@ class WorkerServicer(Servicer, pb_grpc.WorkerServicer):  # type: ignore[misc]
         limit = min(request.max_batch or MAX_ACTIONS_PER_BATCH, MAX_ACTIONS_PER_BATCH)
         budget = self.max_message_bytes - _BATCH_OVERHEAD
         try:
+            if request.running:
+                started = [
+                    TaskEvent(
+                        tenant_id,
+                        a.task_run_external_id,
+                        a.retry_count,
+                        request.worker_id,
+                        EventType.STARTED,
+                    )
+                    for a in request.running[:MAX_REPORTS_PER_CALL]
+                ]
+                await self.core.task_events(started)
             await context.send_initial_metadata(())
             while True:
                 actions = await session.next_batch(limit)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from hewer._proto import dispatcher_pb2 as dispatcher__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hewer/v1/worker.proto\x12\x08hewer.v1\x1a\x10\x64ispatcher.proto\"\x0e\n\x0cHelloRequest\"x\n\rHelloResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x1d\n\x15max_actions_per_batch\x18\x02 \x01(\r\x12\x1c\n\x14max_reports_per_call\x18\x03 \x01(\r\x12\x19\n\x11max_runs_per_wait\x18\x04 \x01(\r\"5\n\rListenRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x11\n\tmax_batch\x18\x02 \x01(\r\"/\n\x0b\x41\x63tionBatch\x12 \n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x0f.AssignedAction\"/\n\x0bReportBatch\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.StepActionEvent\"/\n\x0cReportResult\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"8\n\rReportResults\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.hewer.v1.ReportResult\"\x1e\n\x0bWaitRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\"1\n\x0cWaitResponse\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.WorkflowRunEvent2\xb8\x01\n\x06Worker\x12\x38\n\x05Hello\x12\x16.hewer.v1.HelloRequest\x1a\x17.hewer.v1.HelloResponse\x12:\n\x06Listen\x12\x17.hewer.v1.ListenRequest\x1a\x15.hewer.v1.ActionBatch0\x01\x12\x38\n\x06Report\x12\x15.hewer.v1.ReportBatch\x1a\x17.hewer.v1.ReportResults2A\n\x04Runs\x12\x39\n\x04Wait\x12\x15.hewer.v1.WaitRequest\x1a\x16.hewer.v1.WaitResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hewer/v1/worker.proto\x12\x08hewer.v1\x1a\x10\x64ispatcher.proto\"\x0e\n\x0cHelloRequest\"x\n\rHelloResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x1d\n\x15max_actions_per_batch\x18\x02 \x01(\r\x12\x1c\n\x14max_reports_per_call\x18\x03 \x01(\r\x12\x19\n\x11max_runs_per_wait\x18\x04 \x01(\r\"`\n\rListenRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x11\n\tmax_batch\x18\x02 \x01(\r\x12)\n\x07running\x18\x03 \x03(\x0b\x32\x18.hewer.v1.RunningAttempt\"C\n\x0eRunningAttempt\x12\x1c\n\x14task_run_external_id\x18\x01 \x01(\t\x12\x13\n\x0bretry_count\x18\x02 \x01(\x05\"/\n\x0b\x41\x63tionBatch\x12 \n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x0f.AssignedAction\"/\n\x0bReportBatch\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.StepActionEvent\"/\n\x0cReportResult\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"8\n\rReportResults\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.hewer.v1.ReportResult\"\x1e\n\x0bWaitRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\"1\n\x0cWaitResponse\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.WorkflowRunEvent2\xb8\x01\n\x06Worker\x12\x38\n\x05Hello\x12\x16.hewer.v1.HelloRequest\x1a\x17.hewer.v1.HelloResponse\x12:\n\x06Listen\x12\x17.hewer.v1.ListenRequest\x1a\x15.hewer.v1.ActionBatch0\x01\x12\x38\n\x06Report\x12\x15.hewer.v1.ReportBatch\x1a\x17.hewer.v1.ReportResults2A\n\x04Runs\x12\x39\n\x04Wait\x12\x15.hewer.v1.WaitRequest\x1a\x16.hewer.v1.WaitResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,21 +37,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLORESPONSE']._serialized_start=69
   _globals['_HELLORESPONSE']._serialized_end=189
   _globals['_LISTENREQUEST']._serialized_start=191
-  _globals['_LISTENREQUEST']._serialized_end=244
-  _globals['_ACTIONBATCH']._serialized_start=246
-  _globals['_ACTIONBATCH']._serialized_end=293
-  _globals['_REPORTBATCH']._serialized_start=295
-  _globals['_REPORTBATCH']._serialized_end=342
-  _globals['_REPORTRESULT']._serialized_start=344
-  _globals['_REPORTRESULT']._serialized_end=391
-  _globals['_REPORTRESULTS']._serialized_start=393
-  _globals['_REPORTRESULTS']._serialized_end=449
-  _globals['_WAITREQUEST']._serialized_start=451
-  _globals['_WAITREQUEST']._serialized_end=481
-  _globals['_WAITRESPONSE']._serialized_start=483
-  _globals['_WAITRESPONSE']._serialized_end=532
-  _globals['_WORKER']._serialized_start=535
-  _globals['_WORKER']._serialized_end=719
-  _globals['_RUNS']._serialized_start=721
-  _globals['_RUNS']._serialized_end=786
+  _globals['_LISTENREQUEST']._serialized_end=287
+  _globals['_RUNNINGATTEMPT']._serialized_start=289
+  _globals['_RUNNINGATTEMPT']._serialized_end=356
+  _globals['_ACTIONBATCH']._serialized_start=358
+  _globals['_ACTIONBATCH']._serialized_end=405
+  _globals['_REPORTBATCH']._serialized_start=407
+  _globals['_REPORTBATCH']._serialized_end=454
+  _globals['_REPORTRESULT']._serialized_start=456
+  _globals['_REPORTRESULT']._serialized_end=503
+  _globals['_REPORTRESULTS']._serialized_start=505
+  _globals['_REPORTRESULTS']._serialized_end=561
+  _globals['_WAITREQUEST']._serialized_start=563
+  _globals['_WAITREQUEST']._serialized_end=593
+  _globals['_WAITRESPONSE']._serialized_start=595
+  _globals['_WAITRESPONSE']._serialized_end=644
+  _globals['_WORKER']._serialized_start=647
+  _globals['_WORKER']._serialized_end=831
+  _globals['_RUNS']._serialized_start=833
+  _globals['_RUNS']._serialized_end=898
 # @@protoc_insertion_point(module_scope)

@@ -24,12 +24,22 @@ class HelloResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., max_actions_per_batch: _Optional[int] = ..., max_reports_per_call: _Optional[int] = ..., max_runs_per_wait: _Optional[int] = ...) -> None: ...
 
 class ListenRequest(_message.Message):
-    __slots__ = ("worker_id", "max_batch")
+    __slots__ = ("worker_id", "max_batch", "running")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     max_batch: int
-    def __init__(self, worker_id: _Optional[str] = ..., max_batch: _Optional[int] = ...) -> None: ...
+    running: _containers.RepeatedCompositeFieldContainer[RunningAttempt]
+    def __init__(self, worker_id: _Optional[str] = ..., max_batch: _Optional[int] = ..., running: _Optional[_Iterable[_Union[RunningAttempt, _Mapping]]] = ...) -> None: ...
+
+class RunningAttempt(_message.Message):
+    __slots__ = ("task_run_external_id", "retry_count")
+    TASK_RUN_EXTERNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    RETRY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    task_run_external_id: str
+    retry_count: int
+    def __init__(self, task_run_external_id: _Optional[str] = ..., retry_count: _Optional[int] = ...) -> None: ...
 
 class ActionBatch(_message.Message):
     __slots__ = ("actions",)
