@@ -19,16 +19,27 @@ from hewer.domain import Assignment, Keys, NewRun, TaskDef, Workflow
 from hewer.engine.core.transitions import Assign, Context, CreateRuns, Op
 from hewer.engine.core.versions import Versions
 from hewer.store import SqliteStore, Store
+from hewer.store.postgres import PostgresStore
+from tests.pg import fresh_database
 
 NOW = 1_700_000_000.0
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    backend: Store = SqliteStore(tmp_path / "store.db")
-    await backend.open()
-    yield backend
-    await backend.close()
+    if request.param == "sqlite":
+        backend: Store = SqliteStore(tmp_path / "store.db")
+        await backend.open()
+        yield backend
+        await backend.close()
+        return
+    async with fresh_database() as url:
+        backend = PostgresStore(url)
+        await backend.open()
+        try:
+            yield backend
+        finally:
+            await backend.close()
 
 
 class Machine:

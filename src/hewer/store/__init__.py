@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from hewer.errors import StoreError
 from hewer.store._protocol import Store
 from hewer.store.sqlite import SqliteStore
 
-__all__ = ["SqliteStore", "Store", "StoreError", "open_store"]
+if TYPE_CHECKING:
+    from hewer.store.postgres import PostgresStore
+
+__all__ = ["PostgresStore", "SqliteStore", "Store", "StoreError", "open_store"]
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+_SQLITE_SCHEME = "sqlite:///"
+
+
+def is_postgres(database: str) -> bool:
+    """Whether a database setting names a PostgreSQL server (else a SQLite file)."""
+    return database.lower().startswith(_POSTGRES_SCHEMES)
 
 
 def open_store(database: str) -> Store:
-    """The store for a database setting: a SQLite file path (PostgreSQL comes later)."""
+    """The store for a database setting, not opened yet: a ``postgresql://`` (or
+    ``postgres://``) URL, or a SQLite file as a plain path or a ``sqlite:///`` URL (as in
+    SQLAlchemy: ``sqlite:///rel/x.db`` is relative, ``sqlite:////abs/x.db`` absolute)."""
+    if is_postgres(database):
+        # Imported here: SQLite users need not have the PostgreSQL driver installed.
+        from hewer.store.postgres import PostgresStore
+
+        return PostgresStore(database)
+    if database.lower().startswith(_SQLITE_SCHEME):
+        database = database[len(_SQLITE_SCHEME) :]
     return SqliteStore(database)
+
+
+def __getattr__(name: str) -> Any:
+    # ``hewer.store.PostgresStore`` without importing the driver until it is asked for.
+    if name == "PostgresStore":
+        from hewer.store.postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

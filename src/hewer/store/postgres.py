@@ -1,0 +1,801 @@
+"""PostgreSQL store: production, and the one several engine replicas can share.
+
+Driver: asyncpg (binary protocol, prepared statements cached per connection), chosen over
+psycopg 3 by ``bench/pg_driver.py``: about half the client CPU per hot-path transaction.
+
+One connection is the writer: write transactions take turns on it behind an asyncio lock,
+as in the SQLite store, so a store never interleaves its own transactions. Other stores
+(replicas) may write at the same time: the loads of a write transaction lock the rows they
+return (``FOR NO KEY UPDATE``) until it commits, so no two transactions decide on the same
+rows at once. Reads and rare writes use a pool of other connections and never wait for the
+writer. Batched writes are one statement per table, not per row: ``COPY`` for new runs,
+tasks and log lines, ``UPDATE ... FROM unnest(...)`` with one array per column otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import operator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from hewer.domain import (
+    ApiToken,
+    AttemptRow,
+    Changes,
+    GateClaim,
+    Keys,
+    LogLine,
+    LogQuery,
+    QueuePage,
+    RateLimitRecord,
+    RunFilter,
+    RunRow,
+    RunStatus,
+    StickyStrategy,
+    TaskRow,
+    TaskStatus,
+    Tenant,
+    WorkerRecord,
+    WorkerStatus,
+    Workflow,
+    WorkingSet,
+)
+from hewer.errors import StoreError
+from hewer.store import _queries
+from hewer.store._protocol import QueuedRow
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Conn = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+    Row = asyncpg.Record | Sequence[Any]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_TASK = [f.name for f in fields(TaskRow)]
+_RUN = [f.name for f in fields(RunRow)]
+_ATTEMPT = [f.name for f in fields(AttemptRow)]
+_TASK_MUTABLE = [
+    "status",
+    "retry_count",
+    "app_retries",
+    "reassignments",
+    "worker_id",
+    "acked",
+    "slot_released",
+    "desired_worker_id",
+    "available_at",
+    "queued_at",
+    "schedule_deadline",
+    "assigned_at",
+    "started_at",
+    "timeout_at",
+    "finished_at",
+    "output",
+    "error",
+]
+_LOG = ["tenant_id", "task_id", "created_at", "level", "message", "retry_count"]
+
+Q = _queries.load(
+    "postgres",
+    {
+        "task": ", ".join(_TASK),
+        "task_t": ", ".join(f"t.{c}" for c in _TASK),
+        "run": ", ".join(_RUN),
+        "attempt": ", ".join(_ATTEMPT),
+        "attempt_a": ", ".join(f"a.{c}" for c in _ATTEMPT),
+    },
+)
+
+_task_values = operator.attrgetter(*_TASK)
+_task_update_values = operator.attrgetter("seq", *_TASK_MUTABLE)
+_run_values = operator.attrgetter(*_RUN)
+_run_update_values = operator.attrgetter("id", "status", "sticky_worker_id", "finished_at")
+_attempt_values = operator.attrgetter(*_ATTEMPT)
+_attempt_update_values = operator.attrgetter(
+    "task_id", "retry_count", "finished_at", "outcome", "holds_slot"
+)
+_TASK_STATUS = {s.value: s for s in TaskStatus}
+_RUN_STATUS = {s.value: s for s in RunStatus}
+_N_TASK = len(_TASK)
+_N_ATTEMPT = len(_ATTEMPT)
+_I_STATUS = _TASK.index("status")
+
+# Key of the advisory lock that serializes migrations between engines opening at once.
+MIGRATION_LOCK = 0x6865776572  # "hewer"
+CONNECT_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 5.0
+STATEMENT_CACHE = 256
+
+# Every exception the driver raises for a failed or unreachable database.
+_DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+
+
+def _task(r: Row) -> TaskRow:
+    row = TaskRow(*r[:_N_TASK])
+    row.status = _TASK_STATUS[r[_I_STATUS]]
+    return row
+
+
+def _run(r: Row) -> RunRow:
+    row = RunRow(*r)
+    row.status = _RUN_STATUS[row.status]
+    if row.sticky is not None:
+        row.sticky = StickyStrategy(row.sticky)
+    return row
+
+
+def _attempt(r: Row) -> AttemptRow:
+    return AttemptRow(*r[:_N_ATTEMPT])
+
+
+def _worker(row: Row) -> WorkerRecord:
+    return WorkerRecord(
+        id=row[0],
+        tenant_id=row[1],
+        name=row[2],
+        actions=tuple(json.loads(row[3])),
+        slot_config=json.loads(row[4]),
+        labels=json.loads(row[5]),
+        runtime_info=json.loads(row[6]),
+        status=WorkerStatus(row[7]),
+        status_reason=row[8],
+        status_changed_at=row[9],
+        last_heartbeat_at=row[10],
+        created_at=row[11],
+    )
+
+
+def _columns(rows: Iterable[Sequence[Any]]) -> list[Sequence[Any]]:
+    """Rows as one sequence per column: the arrays an unnest statement takes."""
+    return list(zip(*rows, strict=True))
+
+
+def _error(exc: BaseException) -> StoreError:
+    return StoreError(f"{type(exc).__name__}: {exc}")
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable database url>"
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+async def _keep_session(conn: Any) -> None:
+    """Pool reset: nothing to undo (no session state is ever changed), and the default
+    reset query would cost a round trip on every release. Open transactions are still
+    rolled back by the pool itself."""
+
+
+class _Tx:
+    """One write transaction (see :class:`hewer.store.StoreTx`)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+        self._begun = False
+        self._staged: list[Changes] = []
+
+    async def _begin(self) -> None:
+        if not self._begun:
+            await self._conn.execute("BEGIN")
+            self._begun = True
+
+    async def load(self, keys: Keys, known_versions: Collection[str], seqs: int = 0) -> WorkingSet:
+        ws = WorkingSet()
+        await self.load_more(ws, keys, known_versions, seqs)
+        return ws
+
+    async def load_more(
+        self, ws: WorkingSet, keys: Keys, known_versions: Collection[str], seqs: int = 0
+    ) -> None:
+        try:
+            await self._begin()
+            if seqs:
+                # Before any row lock: a transaction holding the counter never waits for
+                # rows another holds while that one waits for the counter.
+                ws.next_seq = int(await self._conn.fetchval(Q["seq_reserve"], seqs))
+            await _load(self._conn, ws, keys, known_versions)
+        except _DRIVER_ERRORS as exc:
+            raise _error(exc) from exc
+
+    def stage(self, changes: Changes) -> None:
+        if changes:
+            self._staged.append(changes)
+
+    async def _commit(self) -> None:
+        if not self._staged and not self._begun:
+            return
+        try:
+            await self._begin()
+            for changes in self._staged:
+                await _write(self._conn, changes)
+            await self._conn.execute("COMMIT")
+        except _DRIVER_ERRORS as exc:
+            raise _error(exc) from exc
+        self._begun = False
+
+    async def _rollback(self) -> None:
+        conn = self._conn
+        if not self._begun or conn.is_closed():
+            return
+        try:
+            await conn.execute("ROLLBACK")
+        except BaseException:
+            # A connection left mid-statement (a cancelled caller) or broken: drop it; the
+            # next transaction connects anew and the server rolls this one back.
+            conn.terminate()
+            raise
+
+
+async def _load(conn: Conn, ws: WorkingSet, keys: Keys, known_versions: Collection[str]) -> None:
+    tasks = ws.tasks
+
+    def add(rows: Iterable[Row]) -> list[TaskRow]:
+        out = []
+        for r in rows:
+            t = tasks.get(r[1])
+            if t is None:
+                t = tasks[r[1]] = _task(r)
+            out.append(t)
+        return out
+
+    wanted = [i for i in keys.task_ids if i not in tasks]
+    if wanted:
+        add(await conn.fetch(Q["lock_tasks_by_ids"], wanted))
+    workers = [w for w in keys.running_on if w not in ws.running_on]
+    if workers:
+        for w in workers:
+            ws.running_on[w] = []
+        for t in add(await conn.fetch(Q["lock_tasks_running_on"], workers)):
+            ws.running_on[t.worker_id or ""].append(t)
+    workers = [w for w in keys.attempts_of if w not in ws.attempts_of]
+    if workers:
+        for w in workers:
+            ws.attempts_of[w] = []
+        missing: set[str] = set()
+        for r in await conn.fetch(Q["lock_attempts_of_workers"], workers):
+            a = _attempt(r)
+            a = ws.attempts.setdefault((a.task_id, a.retry_count), a)
+            ws.attempts_of[a.worker_id].append(a)
+            if a.task_id not in tasks:
+                missing.add(a.task_id)
+        if missing:
+            add(await conn.fetch(Q["lock_tasks_by_ids"], list(missing)))
+    run_ids = (keys.run_ids | {t.run_id for t in tasks.values()}) - ws.runs.keys()
+    if run_ids:
+        for r in await conn.fetch(Q["lock_runs_by_ids"], list(run_ids)):
+            run = _run(r)
+            ws.runs[run.id] = run
+    whole = [
+        run.id
+        for run in ws.runs.values()
+        if run.id not in ws.run_tasks and (run.task_count > 1 or run.id in keys.run_ids)
+    ]
+    if whole:
+        for rid in whole:
+            ws.run_tasks[rid] = []
+        for t in add(await conn.fetch(Q["lock_tasks_by_runs"], whole)):
+            ws.run_tasks[t.run_id].append(t)
+    for t in tasks.values():
+        one = ws.runs.get(t.run_id)
+        if one is not None and one.task_count == 1 and one.id not in ws.run_tasks:
+            ws.run_tasks[one.id] = [t]
+    known = ws.attempts_known
+    unchecked = [i for i in tasks if i not in known]
+    if unchecked:
+        for r in await conn.fetch(Q["lock_attempts_holding_of_tasks"], unchecked):
+            a = _attempt(r)
+            ws.attempts.setdefault((a.task_id, a.retry_count), a)
+        known.update(unchecked)
+    versions = {r.version_id for r in ws.runs.values()}
+    versions = {v for v in versions if v not in known_versions and v not in ws.versions}
+    if versions:
+        for version in await _versions(conn, versions):
+            ws.versions[version.version_id] = version
+
+
+async def _versions(conn: Conn, ids: Collection[str]) -> list[Workflow]:
+    return [
+        Workflow.from_definition(r[0], r[1], r[2], r[3], json.loads(r[4]))
+        for r in await conn.fetch(Q["workflow_versions"], list(ids))
+    ]
+
+
+async def _write(conn: Conn, c: Changes) -> None:
+    if c.new_runs:
+        await conn.copy_records_to_table(
+            "runs", records=[_run_values(r) for r in c.new_runs.values()], columns=_RUN
+        )
+    if c.new_tasks:
+        await conn.copy_records_to_table(
+            "tasks", records=[_task_values(t) for t in c.new_tasks.values()], columns=_TASK
+        )
+    if c.tasks:
+        await conn.execute(Q["task_update"], *_columns(map(_task_update_values, c.tasks.values())))
+    if c.runs:
+        await conn.execute(Q["run_update"], *_columns(map(_run_update_values, c.runs.values())))
+    if c.new_attempts:
+        await conn.execute(
+            Q["attempt_insert"], *_columns(map(_attempt_values, c.new_attempts.values()))
+        )
+    if c.attempts:
+        await conn.execute(
+            Q["attempt_update"], *_columns(map(_attempt_update_values, c.attempts.values()))
+        )
+    if c.new_workers:
+        await conn.execute(
+            Q["worker_insert"],
+            *_columns(
+                (
+                    w.id,
+                    w.tenant_id,
+                    w.name,
+                    json.dumps(list(w.actions)),
+                    json.dumps(w.slot_config),
+                    json.dumps(w.labels),
+                    json.dumps(w.runtime_info),
+                    w.status,
+                    w.status_reason,
+                    w.status_changed_at,
+                    w.last_heartbeat_at,
+                    w.created_at,
+                )
+                for w in c.new_workers
+            ),
+        )
+    if c.worker_status:
+        await conn.execute(
+            Q["worker_set_status"],
+            *_columns((wid, st, reason, at) for wid, (st, reason, at) in c.worker_status.items()),
+        )
+    if c.heartbeats:
+        await conn.execute(Q["worker_heartbeat"], *_columns(c.heartbeats.items()))
+    if c.worker_labels:
+        await conn.execute(
+            Q["worker_set_labels"],
+            *_columns((wid, json.dumps(labels)) for wid, labels in c.worker_labels.items()),
+        )
+    if c.logs:
+        await conn.copy_records_to_table(
+            "task_logs",
+            records=[
+                (tenant, ln.task_id, ln.created_at, ln.level, ln.message, ln.retry_count)
+                for tenant, ln in c.logs
+            ],
+            columns=_LOG,
+        )
+
+
+async def _migrate(conn: Conn) -> None:
+    async with conn.transaction():
+        # Held until this transaction ends: an engine opening at the same time waits here,
+        # then finds every migration applied.
+        await conn.execute(Q["migrate_lock"], MIGRATION_LOCK)
+        await conn.execute(Q["migrations_create"])
+        done = {r[0] for r in await conn.fetch(Q["migrations_done"])}
+        for version, name, sql in _queries.migrations("postgres"):
+            if version in done:
+                continue
+            logger.info("applying migration %04d_%s", version, name)
+            for statement in _queries.split_statements(sql):
+                await conn.execute(statement)
+            await conn.execute(Q["migration_record"], version)
+
+
+class PostgresStore:
+    """The :class:`~hewer.store.Store` for one PostgreSQL database, given by a
+    ``postgresql://`` URL. ``pool_size``: connections for reads (the writer has one of its
+    own); ``connect_timeout``: how long a connection attempt may take before the store gives
+    up with :class:`~hewer.errors.StoreError`."""
+
+    def __init__(
+        self, url: str, *, pool_size: int = 4, connect_timeout: float = CONNECT_TIMEOUT_S
+    ) -> None:
+        self._url = url
+        self._pool_size = max(1, pool_size)
+        self._connect_timeout = connect_timeout
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._wconn: asyncpg.Connection[asyncpg.Record] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def url(self) -> str:
+        """The database URL without its password."""
+        return redact(self._url)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _connect_options(self) -> dict[str, Any]:
+        return {
+            "timeout": self._connect_timeout,
+            "statement_cache_size": STATEMENT_CACHE,
+            "server_settings": {"application_name": "hewer"},
+        }
+
+    async def _connect(self) -> asyncpg.Connection[asyncpg.Record]:
+        # asyncpg bounds each attempt, but may try several addresses: bound the whole.
+        async with asyncio.timeout(self._connect_timeout * 2):
+            return await asyncpg.connect(self._url, **self._connect_options())
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        conn: asyncpg.Connection[asyncpg.Record] | None = None
+        try:
+            conn = await self._connect()
+            await _migrate(conn)
+            async with asyncio.timeout(self._connect_timeout * 2):
+                pool = await asyncpg.create_pool(
+                    self._url,
+                    min_size=1,
+                    max_size=self._pool_size,
+                    reset=_keep_session,
+                    **self._connect_options(),
+                )
+        except _DRIVER_ERRORS as exc:
+            if conn is not None:
+                conn.terminate()
+            raise StoreError(f"cannot open the database {self.url}: {exc}") from exc
+        except BaseException:
+            if conn is not None:
+                conn.terminate()
+            raise
+        self._wconn, self._pool = conn, pool
+
+    async def close(self) -> None:
+        pool, conn = self._pool, self._wconn
+        self._pool = self._wconn = None
+        if conn is not None:
+            try:
+                await conn.close(timeout=CLOSE_TIMEOUT_S)
+            except _DRIVER_ERRORS:
+                conn.terminate()
+            except BaseException:
+                conn.terminate()
+                raise
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+            except _DRIVER_ERRORS:
+                pool.terminate()
+
+    def _readers(self) -> asyncpg.Pool[asyncpg.Record]:
+        if self._pool is None:
+            raise StoreError("store is not open")
+        return self._pool
+
+    async def _writer(self) -> asyncpg.Connection[asyncpg.Record]:
+        if self._pool is None:
+            raise StoreError("store is not open")
+        conn = self._wconn
+        if conn is None or conn.is_closed():
+            try:
+                conn = self._wconn = await self._connect()
+            except _DRIVER_ERRORS as exc:
+                raise StoreError(f"cannot reconnect to the database {self.url}: {exc}") from exc
+        return conn
+
+    async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
+        try:
+            return await self._readers().fetch(Q[name], *args)
+        except _DRIVER_ERRORS as exc:
+            raise _error(exc) from exc
+
+    async def _fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
+        try:
+            return await self._readers().fetchrow(Q[name], *args)
+        except _DRIVER_ERRORS as exc:
+            raise _error(exc) from exc
+
+    async def _read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """Several reads on one pool connection."""
+        try:
+            async with self._readers().acquire() as conn:
+                return await fn(conn)
+        except _DRIVER_ERRORS as exc:
+            raise _error(exc) from exc
+
+    async def _tx(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """A rare write in a transaction of its own, on a pool connection: it needs no turn
+        on the writer, the database keeps it apart from concurrent ones."""
+        try:
+            async with self._readers().acquire() as conn, conn.transaction():
+                return await fn(conn)
+        except _DRIVER_ERRORS as exc:
+            raise _error(exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[_Tx]:
+        async with self._lock:
+            tx = _Tx(await self._writer())
+            try:
+                yield tx
+                await tx._commit()
+            except BaseException:
+                with contextlib.suppress(*_DRIVER_ERRORS, asyncio.CancelledError):
+                    # Shielded: a cancelled caller must not leave the transaction open.
+                    await asyncio.shield(tx._rollback())
+                raise
+
+    # ------------------------------------------------------------------ settings
+
+    async def meta_get_or_set(self, key: str, default: str) -> str:
+        async def body(conn: Conn) -> str:
+            await conn.execute(Q["meta_insert_default"], key, default)
+            return str(await conn.fetchval(Q["meta_get"], key))
+
+        return await self._tx(body)
+
+    # ------------------------------------------------------------------ tenants and tokens
+
+    async def tenant_ensure(self, name: str, now: float) -> Tenant:
+        async def body(conn: Conn) -> Tenant:
+            await conn.execute(Q["tenant_insert"], str(uuid.uuid4()), name, now)
+            row = await conn.fetchrow(Q["tenant_get_by_name"], name)
+            if row is None:  # only if deleted meanwhile: nothing ever deletes tenants
+                raise StoreError(f"tenant {name!r} vanished")
+            return Tenant(*row)
+
+        return await self._tx(body)
+
+    async def tenant_get(self, tenant_id: str) -> Tenant | None:
+        row = await self._fetchrow("tenant_get", tenant_id)
+        return Tenant(*row) if row else None
+
+    async def token_insert(self, token: ApiToken) -> None:
+        async def body(conn: Conn) -> None:
+            await conn.execute(
+                Q["token_insert"],
+                token.id,
+                token.tenant_id,
+                token.name,
+                token.created_at,
+                token.expires_at,
+            )
+
+        await self._tx(body)
+
+    async def token_get(self, token_id: str) -> ApiToken | None:
+        row = await self._fetchrow("token_get", token_id)
+        return ApiToken(*row) if row else None
+
+    async def token_revoke(self, token_id: str, now: float) -> bool:
+        async def body(conn: Conn) -> bool:
+            return _rowcount(await conn.execute(Q["token_revoke"], token_id, now)) > 0
+
+        return await self._tx(body)
+
+    # ------------------------------------------------------------------ workflows
+
+    async def workflow_put(self, workflow: Workflow, checksum: str, now: float) -> Workflow:
+        definition = json.dumps(workflow.definition_json())
+
+        async def body(conn: Conn) -> Workflow:
+            tenant_id, name = workflow.tenant_id, workflow.name
+            await conn.execute(Q["workflow_lock"], tenant_id, name)
+            current = await conn.fetchrow(Q["workflow_current"], tenant_id, name)
+            if current is not None and current[2] == checksum:
+                workflow_id, version_id = current[0], current[1]
+            else:
+                workflow_id = current[0] if current else str(uuid.uuid4())
+                version_id = str(uuid.uuid4())
+                await conn.execute(
+                    Q["workflow_version_insert"],
+                    version_id,
+                    workflow_id,
+                    tenant_id,
+                    name,
+                    definition,
+                    checksum,
+                    now,
+                )
+                if current is None:
+                    await conn.execute(
+                        Q["workflow_insert"], workflow_id, tenant_id, name, version_id, now
+                    )
+                else:
+                    await conn.execute(Q["workflow_set_version"], workflow_id, version_id, now)
+            return Workflow(
+                workflow_id,
+                tenant_id,
+                name,
+                version_id,
+                workflow.tasks,
+                workflow.default_priority,
+                workflow.sticky,
+                workflow.concurrency,
+            )
+
+        return await self._tx(body)
+
+    async def workflow_get_by_name(self, tenant_id: str, name: str) -> Workflow | None:
+        r = await self._fetchrow("workflow_get_by_name", tenant_id, name)
+        return Workflow.from_definition(r[0], r[1], r[2], r[3], json.loads(r[4])) if r else None
+
+    async def workflow_versions(self, version_ids: Collection[str]) -> list[Workflow]:
+        return await self._read(lambda conn: _versions(conn, version_ids))
+
+    # ------------------------------------------------------------------ runs and tasks
+
+    async def run_get(self, tenant_id: str, run_id: str) -> tuple[RunRow, list[TaskRow]] | None:
+        async def body(conn: Conn) -> tuple[RunRow, list[TaskRow]] | None:
+            r = await conn.fetchrow(Q["run_get"], tenant_id, run_id)
+            if r is None:
+                return None
+            return _run(r), [_task(t) for t in await conn.fetch(Q["run_tasks"], run_id)]
+
+        return await self._read(body)
+
+    async def runs_get(
+        self, tenant_id: str, run_ids: Collection[str]
+    ) -> list[tuple[RunRow, list[TaskRow]]]:
+        async def body(conn: Conn) -> list[tuple[RunRow, list[TaskRow]]]:
+            rows = await conn.fetch(Q["runs_get"], tenant_id, list(run_ids))
+            runs: dict[str, tuple[RunRow, list[TaskRow]]] = {r.id: (r, []) for r in map(_run, rows)}
+            if runs:
+                for t in await conn.fetch(Q["runs_tasks"], list(runs)):
+                    runs[t[3]][1].append(_task(t))
+            return list(runs.values())
+
+        return await self._read(body)
+
+    async def runs_find(self, tenant_id: str, match: RunFilter) -> list[str]:
+        args = (
+            tenant_id,
+            match.since,
+            match.until,
+            sorted({str(st) for st in match.statuses}) or None,
+            list(match.workflows) or None,
+        )
+        if not match.additional_metadata:
+            return [r[0] for r in await self._fetch("runs_in_window", *args, match.limit)]
+
+        async def body(conn: Conn) -> list[str]:
+            # Metadata is matched in Python (on str() of each value, as SQLite does): scan
+            # the candidates with a cursor and stop at the limit.
+            found: list[str] = []
+            async with conn.transaction():
+                async for run_id, meta_text in conn.cursor(Q["runs_in_window"], *args, None):
+                    meta = _json_or_empty(meta_text)
+                    if any(str(meta.get(k)) != v for k, v in match.additional_metadata):
+                        continue
+                    found.append(run_id)
+                    if len(found) >= match.limit:
+                        break
+            return found
+
+        return await self._read(body)
+
+    async def task_run_id(self, tenant_id: str, task_id: str) -> str | None:
+        row = await self._fetchrow("task_run_id", tenant_id, task_id)
+        return str(row[0]) if row else None
+
+    async def queue_keys(self) -> list[tuple[str, str]]:
+        return [(r[0], r[1]) for r in await self._fetch("queue_keys")]
+
+    async def tasks_queued_page(self, page: QueuePage) -> list[QueuedRow]:
+        priority, seq = page.after if page.after is not None else (2**31, 0)
+        rows = await self._fetch(
+            "tasks_queued_page", page.tenant_id, page.action_id, priority, seq, page.limit
+        )
+        out = []
+        for r in rows:
+            sticky = r[_N_TASK + 1]
+            out.append(
+                QueuedRow(
+                    _task(r),
+                    r[_N_TASK],
+                    StickyStrategy(sticky) if sticky else None,
+                    r[_N_TASK + 2],
+                    r[_N_TASK + 3],
+                )
+            )
+        return out
+
+    async def tasks_running(self) -> list[tuple[TaskRow, str]]:
+        return [(_task(r), r[_N_TASK]) for r in await self._fetch("tasks_running")]
+
+    async def attempts_holding(self) -> list[tuple[AttemptRow, TaskRow, str]]:
+        return [
+            (_attempt(r), _task(r[_N_ATTEMPT:]), r[_N_ATTEMPT + _N_TASK])
+            for r in await self._fetch("attempts_holding")
+        ]
+
+    async def attempts_list(self, tenant_id: str | None = None) -> list[AttemptRow]:
+        return [_attempt(r) for r in await self._fetch("attempts_list", tenant_id)]
+
+    async def tasks_list(self, tenant_id: str | None = None) -> list[TaskRow]:
+        return [_task(r) for r in await self._fetch("tasks_list", tenant_id)]
+
+    async def runs_list(self, tenant_id: str | None = None) -> list[RunRow]:
+        return [_run(r) for r in await self._fetch("runs_list", tenant_id)]
+
+    async def tasks_timed_out(self, now: float, limit: int) -> list[TaskRow]:
+        return [_task(r) for r in await self._fetch("tasks_timed_out", now, limit)]
+
+    async def tasks_unacked(self, cutoff: float, limit: int) -> list[TaskRow]:
+        return [_task(r) for r in await self._fetch("tasks_unacked", cutoff, limit)]
+
+    async def tasks_schedule_expired(self, now: float, limit: int) -> list[TaskRow]:
+        return [_task(r) for r in await self._fetch("tasks_schedule_expired", now, limit)]
+
+    async def gates_held(self) -> list[GateClaim]:
+        held: list[GateClaim] = []
+        for status, claims in await self._fetch("gates_held"):
+            for data in json.loads(claims).get("gates", ()):
+                claim = GateClaim.from_json(data)
+                if claim.per_run or status == TaskStatus.RUNNING:
+                    held.append(claim)
+        return held
+
+    # ------------------------------------------------------------------ rate limits
+
+    async def rate_limit_put(self, record: RateLimitRecord, now: float) -> None:
+        async def body(conn: Conn) -> None:
+            await conn.execute(
+                Q["rate_limit_put"],
+                record.tenant_id,
+                record.key,
+                record.limit,
+                record.duration_s,
+                now,
+            )
+
+        await self._tx(body)
+
+    async def rate_limits_list(self) -> list[RateLimitRecord]:
+        return [RateLimitRecord(*r) for r in await self._fetch("rate_limits_list")]
+
+    # ------------------------------------------------------------------ workers
+
+    async def worker_get(self, tenant_id: str, worker_id: str) -> WorkerRecord | None:
+        row = await self._fetchrow("worker_get", worker_id, tenant_id)
+        return _worker(row) if row else None
+
+    async def workers_list(self, tenant_id: str | None = None) -> list[WorkerRecord]:
+        return [_worker(r) for r in await self._fetch("workers_list", tenant_id)]
+
+    # ------------------------------------------------------------------ logs
+
+    async def logs_list(self, query: LogQuery) -> list[LogLine]:
+        rows = await self._fetch("logs_list", query.tenant_id, query.task_id, query.limit)
+        return [LogLine(*r) for r in rows]
+
+
+def _rowcount(status: str) -> int:
+    """The row count of a command status such as ``UPDATE 3``."""
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _json_or_empty(text: str | None) -> Any:
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {}
