@@ -18,6 +18,7 @@ from hewer.domain import (
     Keys,
     LogLine,
     LogQuery,
+    NewRun,
     QueuePage,
     RateLimitRecord,
     RunFilter,
@@ -28,6 +29,7 @@ from hewer.domain import (
     WorkerStatus,
     Workflow,
 )
+from hewer.engine.core.transitions import CreateRuns
 from hewer.errors import StoreError
 from hewer.store import Store
 from tests.store.conftest import NOW, Machine, tenant
@@ -127,6 +129,29 @@ async def test_runs_find_filters(store: Store, machine: Machine) -> None:
     assert await store.runs_find(tid, RunFilter(until=NOW + 5)) == [queued.id]
     assert await store.runs_find(tid, RunFilter(workflows=("one",), limit=1)) == [started.id]
     assert await store.runs_find(tid, RunFilter(workflows=("other",))) == []
+
+
+async def test_runs_find_matches_additional_metadata(store: Store, machine: Machine) -> None:
+    tid = await tenant(store)
+    wf = await machine.workflow(tid, "one", [TaskDef("t", "one:t")])
+    ids = []
+    for meta in (
+        '{"customer": "42", "n": 1}',
+        '{"customer": "7"}',
+        None,
+        "not json",
+        '{"customer": "42"}',
+    ):
+        rid = str(uuid.uuid4())
+        await machine.one(CreateRuns([NewRun(rid, wf, "{}", meta, 1, (rid,))]))
+        ids.append(rid)
+        machine.now += 1
+    customer = (("customer", "42"),)
+    assert await store.runs_find(tid, RunFilter(additional_metadata=customer)) == [ids[4], ids[0]]
+    assert await store.runs_find(tid, RunFilter(additional_metadata=customer, limit=1)) == [ids[4]]
+    both = (("customer", "42"), ("n", "1"))
+    assert await store.runs_find(tid, RunFilter(additional_metadata=both)) == [ids[0]]
+    assert await store.runs_find(tid, RunFilter(additional_metadata=(("x", "1"),))) == []
 
 
 async def test_queue_pages_in_queue_order(store: Store, machine: Machine) -> None:

@@ -298,7 +298,7 @@ async def _load(conn: Conn, ws: WorkingSet, keys: Keys, known_versions: Collecti
     if whole:
         for rid in whole:
             ws.run_tasks[rid] = []
-        for t in add(await conn.fetch(Q["lock_tasks_by_runs"], whole)):
+        for t in add(await conn.fetch(Q["lock_tasks_by_seqs"], _seqs(ws.runs[i] for i in whole))):
             ws.run_tasks[t.run_id].append(t)
     for t in tasks.values():
         one = ws.runs.get(t.run_id)
@@ -316,6 +316,11 @@ async def _load(conn: Conn, ws: WorkingSet, keys: Keys, known_versions: Collecti
     if versions:
         for version in await _versions(conn, versions):
             ws.versions[version.version_id] = version
+
+
+def _seqs(runs: Iterable[RunRow]) -> list[int]:
+    """The queue positions of the tasks of ``runs``: a run's tasks are consecutive rows."""
+    return [seq for r in runs for seq in range(r.first_seq, r.first_seq + r.task_count)]
 
 
 async def _versions(conn: Conn, ids: Collection[str]) -> list[Workflow]:
@@ -646,7 +651,11 @@ class PostgresStore:
             r = await conn.fetchrow(Q["run_get"], tenant_id, run_id)
             if r is None:
                 return None
-            return _run(r), [_task(t) for t in await conn.fetch(Q["run_tasks"], run_id)]
+            run = _run(r)
+            end = run.first_seq + run.task_count
+            return run, [
+                _task(t) for t in await conn.fetch(Q["tasks_in_range"], run.first_seq, end)
+            ]
 
         return await self._read(body)
 
@@ -657,7 +666,8 @@ class PostgresStore:
             rows = await conn.fetch(Q["runs_get"], tenant_id, list(run_ids))
             runs: dict[str, tuple[RunRow, list[TaskRow]]] = {r.id: (r, []) for r in map(_run, rows)}
             if runs:
-                for t in await conn.fetch(Q["runs_tasks"], list(runs)):
+                seqs = _seqs(run for run, _ in runs.values())
+                for t in await conn.fetch(Q["tasks_by_seqs"], seqs):
                     runs[t[3]][1].append(_task(t))
             return list(runs.values())
 
@@ -698,10 +708,15 @@ class PostgresStore:
         return [(r[0], r[1]) for r in await self._fetch("queue_keys")]
 
     async def tasks_queued_page(self, page: QueuePage) -> list[QueuedRow]:
-        priority, seq = page.after if page.after is not None else (2**31, 0)
-        rows = await self._fetch(
-            "tasks_queued_page", page.tenant_id, page.action_id, priority, seq, page.limit
-        )
+        if page.after is None:
+            rows = await self._fetch(
+                "tasks_queued_head", page.tenant_id, page.action_id, page.limit
+            )
+        else:
+            priority, seq = page.after
+            rows = await self._fetch(
+                "tasks_queued_page", page.tenant_id, page.action_id, priority, seq, page.limit
+            )
         out = []
         for r in rows:
             sticky = r[_N_TASK + 1]

@@ -74,7 +74,7 @@ CREATE TABLE runs (
     created_at          double precision NOT NULL,
     finished_at         double precision
 );
-CREATE INDEX runs_tenant_created ON runs (tenant_id, created_at);
+CREATE INDEX runs_tenant_created ON runs (tenant_id, created_at, first_seq);
 
 -- One row per task of a run; all attempts share it (retry_count is the live attempt).
 -- A run's tasks are consecutive rows (first_seq onwards): found by primary key range.

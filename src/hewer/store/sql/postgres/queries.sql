@@ -79,11 +79,10 @@ UPDATE task_seq SET last = last + $1 RETURNING last - $1 + 1;
 -- name: lock_tasks_by_ids
 SELECT {task} FROM tasks WHERE id = ANY($1::text[]) ORDER BY seq FOR NO KEY UPDATE;
 
--- name: lock_tasks_by_runs
--- A run's tasks are the consecutive rows from its first_seq.
-SELECT {task_t} FROM runs r JOIN tasks t
-  ON t.seq >= r.first_seq AND t.seq < r.first_seq + r.task_count
-WHERE r.id = ANY($1::text[]) ORDER BY t.seq FOR NO KEY UPDATE OF t;
+-- name: lock_tasks_by_seqs
+-- The tasks of runs already loaded: a run's tasks are the rows first_seq onwards. (Joining
+-- runs to tasks on that range instead, the planner may scan the whole tasks table.)
+SELECT {task} FROM tasks WHERE seq = ANY($1::bigint[]) ORDER BY seq FOR NO KEY UPDATE;
 
 -- name: lock_tasks_running_on
 SELECT {task} FROM tasks
@@ -180,15 +179,11 @@ SELECT {run} FROM runs WHERE id = $2 AND tenant_id = $1;
 -- name: runs_get
 SELECT {run} FROM runs WHERE tenant_id = $1 AND id = ANY($2::text[]);
 
--- name: run_tasks
-SELECT {task_t} FROM runs r JOIN tasks t
-  ON t.seq >= r.first_seq AND t.seq < r.first_seq + r.task_count
-WHERE r.id = $1 ORDER BY t.seq;
+-- name: tasks_in_range
+SELECT {task} FROM tasks WHERE seq >= $1 AND seq < $2 ORDER BY seq;
 
--- name: runs_tasks
-SELECT {task_t} FROM runs r JOIN tasks t
-  ON t.seq >= r.first_seq AND t.seq < r.first_seq + r.task_count
-WHERE r.id = ANY($1::text[]) ORDER BY t.seq;
+-- name: tasks_by_seqs
+SELECT {task} FROM tasks WHERE seq = ANY($1::bigint[]) ORDER BY seq;
 
 -- name: task_run_id
 SELECT run_id FROM tasks WHERE id = $2 AND tenant_id = $1;
@@ -216,21 +211,41 @@ ORDER BY m.created_at DESC, m.first_seq DESC
 LIMIT $6;
 
 -- name: queue_keys
-SELECT DISTINCT tenant_id, action_id FROM tasks WHERE status = 'queued';
+-- The distinct (tenant, action) prefixes of the queue index, one index probe each (a
+-- DISTINCT would read every queued task).
+WITH RECURSIVE k (tenant_id, action_id) AS (
+    (SELECT tenant_id, action_id FROM tasks WHERE status = 'queued'
+     ORDER BY tenant_id, action_id LIMIT 1)
+    UNION ALL
+    SELECT n.tenant_id, n.action_id FROM k CROSS JOIN LATERAL (
+        SELECT tenant_id, action_id FROM tasks
+        WHERE status = 'queued' AND (tenant_id, action_id) > (k.tenant_id, k.action_id)
+        ORDER BY tenant_id, action_id LIMIT 1) n
+)
+SELECT tenant_id, action_id FROM k;
+
+-- name: tasks_queued_head
+-- The head of one queue in the scheduler's order.
+SELECT {task_t}, r.version_id, r.sticky, r.sticky_worker_id, r.desired_labels
+FROM (SELECT * FROM tasks
+      WHERE status = 'queued' AND tenant_id = $1 AND action_id = $2
+      ORDER BY priority DESC, seq LIMIT $3) t
+JOIN runs r ON r.id = t.run_id
+ORDER BY t.priority DESC, t.seq;
 
 -- name: tasks_queued_page
--- One queue in the scheduler's order, after a position (priority, seq): the rest of its
+-- One queue in the scheduler's order after a position (priority, seq): the rest of its
 -- priority, then the lower priorities, each an ordered range of the queue index (an OR of
 -- the two would scan the queue from its head on every page).
 SELECT {task_t}, r.version_id, r.sticky, r.sticky_worker_id, r.desired_labels
 FROM (
     (SELECT * FROM tasks
      WHERE status = 'queued' AND tenant_id = $1 AND action_id = $2
-       AND priority = $3::bigint AND seq > $4
+       AND priority = $3 AND seq > $4
      ORDER BY priority DESC, seq LIMIT $5)
     UNION ALL
     (SELECT * FROM tasks
-     WHERE status = 'queued' AND tenant_id = $1 AND action_id = $2 AND priority < $3::bigint
+     WHERE status = 'queued' AND tenant_id = $1 AND action_id = $2 AND priority < $3
      ORDER BY priority DESC, seq LIMIT $5)
 ) t JOIN runs r ON r.id = t.run_id
 ORDER BY t.priority DESC, t.seq
