@@ -225,12 +225,15 @@ WITH RECURSIVE k (tenant_id, action_id) AS (
 SELECT tenant_id, action_id FROM k;
 
 -- name: tasks_queued_head
--- The head of one queue in the scheduler's order.
+-- The head of one queue in the scheduler's order. Each task's run is looked up by its key
+-- (LIMIT 1 keeps it a per-row probe: a generic plan, not knowing the page size, would
+-- otherwise hash-join the whole runs table).
 SELECT {task_t}, r.version_id, r.sticky, r.sticky_worker_id, r.desired_labels
 FROM (SELECT * FROM tasks
       WHERE status = 'queued' AND tenant_id = $1 AND action_id = $2
       ORDER BY priority DESC, seq LIMIT $3) t
-JOIN runs r ON r.id = t.run_id
+CROSS JOIN LATERAL (SELECT version_id, sticky, sticky_worker_id, desired_labels FROM runs
+                    WHERE id = t.run_id LIMIT 1) r
 ORDER BY t.priority DESC, t.seq;
 
 -- name: tasks_queued_page
@@ -247,17 +250,22 @@ FROM (
     (SELECT * FROM tasks
      WHERE status = 'queued' AND tenant_id = $1 AND action_id = $2 AND priority < $3
      ORDER BY priority DESC, seq LIMIT $5)
-) t JOIN runs r ON r.id = t.run_id
+) t
+CROSS JOIN LATERAL (SELECT version_id, sticky, sticky_worker_id, desired_labels FROM runs
+                    WHERE id = t.run_id LIMIT 1) r
 ORDER BY t.priority DESC, t.seq
 LIMIT $5;
 
 -- name: tasks_running
-SELECT {task_t}, r.version_id FROM tasks t JOIN runs r ON r.id = t.run_id
+-- Running tasks are few; their runs are probed one by one, not joined as a table.
+SELECT {task_t}, r.version_id FROM tasks t
+CROSS JOIN LATERAL (SELECT version_id FROM runs WHERE id = t.run_id LIMIT 1) r
 WHERE t.status = 'running';
 
 -- name: attempts_holding
 SELECT {attempt_a}, {task_t}, r.version_id
-FROM task_attempts a JOIN tasks t ON t.id = a.task_id JOIN runs r ON r.id = t.run_id
+FROM task_attempts a JOIN tasks t ON t.id = a.task_id
+CROSS JOIN LATERAL (SELECT version_id FROM runs WHERE id = t.run_id LIMIT 1) r
 WHERE a.holds_slot;
 
 -- name: attempts_list
