@@ -233,14 +233,16 @@ class _Tx:
             await self._begin()
             for changes in self._staged:
                 await _write(self._conn, changes)
-            await self._conn.execute("COMMIT")
+            status = await self._conn.execute("COMMIT")
         except _DRIVER_ERRORS as exc:
             raise _error(exc) from exc
         self._begun = False
+        if status != "COMMIT":  # the server rolled an aborted transaction back instead
+            raise StoreError(f"transaction was not committed ({status})")
 
     async def _rollback(self) -> None:
         conn = self._conn
-        if not self._begun or conn.is_closed():
+        if conn.is_closed() or not (self._begun or conn.is_in_transaction()):
             return
         try:
             await conn.execute("ROLLBACK")
@@ -497,11 +499,14 @@ class PostgresStore:
         if self._pool is None:
             raise StoreError("store is not open")
         conn = self._wconn
-        if conn is None or conn.is_closed():
-            try:
+        try:
+            if conn is None or conn.is_closed():
                 conn = self._wconn = await self._connect()
-            except _DRIVER_ERRORS as exc:
-                raise StoreError(f"cannot reconnect to the database {self.url}: {exc}") from exc
+            elif conn.is_in_transaction():
+                # Left open by a write cancelled while it began: nothing of it is wanted.
+                await conn.execute("ROLLBACK")
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(f"the database {self.url} is unreachable: {exc}") from exc
         return conn
 
     async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
