@@ -11,6 +11,8 @@ Systems (``--systems``):
   hewer     ``hewer engine`` on SQLite (the embedded default) + a Hewer SDK worker
   hatchet   the same engine + an unmodified hatchet-sdk 1.43.1 worker (triggered and
             awaited with the Hewer SDK client, so the row differs only in the worker)
+  hewer-pg  ``hewer engine --database-url postgresql://...`` (a scratch database on the
+            machine's PostgreSQL) + a Hewer SDK worker
   taskiq    taskiq + taskiq-redis (ListQueueBroker, Redis result backend); no persistence
   pgqueuer  pgqueuer + asyncpg on PostgreSQL (durable tables), in a database of its own
 
@@ -65,6 +67,7 @@ SYSTEMS = {
     # name: (driver module, variant, modules it needs)
     "hewer": ("bench.harness.drive_hewer", "hewer", ["hewer"]),
     "hatchet": ("bench.harness.drive_hewer", "hatchet", ["hewer", "hatchet_sdk"]),
+    "hewer-pg": ("bench.harness.drive_hewer", "hewer-pg", ["hewer", "asyncpg"]),
     "taskiq": ("bench.harness.drive_taskiq", "", ["taskiq", "taskiq_redis", "redis"]),
     "pgqueuer": ("bench.harness.drive_pgqueuer", "", ["pgqueuer", "asyncpg"]),
 }

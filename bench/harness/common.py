@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from bench.harness.marks import read_marks
 
@@ -292,3 +293,26 @@ def own_cpu_seconds() -> float:
 
 def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("inf")
+
+
+def with_database(dsn: str, name: str) -> str:
+    """``dsn`` naming database ``name`` instead."""
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+async def with_scratch_database(admin_dsn: str, prefix: str, go: Any) -> None:
+    """Create ``<prefix>_<pid>``, run ``go(dsn, admin connection)``, drop the database
+    whatever happens."""
+    import asyncpg  # bench-only: the PostgreSQL rows need it, the others do not
+
+    name = f"{prefix}_{os.getpid()}"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            await go(with_database(admin_dsn, name), admin)
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

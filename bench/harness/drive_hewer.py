@@ -1,5 +1,7 @@
 """Driver for the Hewer rows: ``hewer engine`` on SQLite, with a worker of our SDK
-(``--variant hewer``) or of the unmodified hatchet-sdk (``--variant hatchet``).
+(``--variant hewer``) or of the unmodified hatchet-sdk (``--variant hatchet``), or on
+PostgreSQL (a scratch database on ``--pg-dsn``) with a worker of our SDK
+(``--variant hewer-pg``).
 
 Both rows trigger and wait through the Hewer SDK's async client, so they differ only in
 the worker. Run by ``bench/compare.py``; writes an ``Outcome`` as JSON to ``--out``.
@@ -37,6 +39,7 @@ from bench.harness.common import (
     sizes_from,
     version_of,
     wait_until,
+    with_scratch_database,
 )
 
 T = TypeVar("T")
@@ -45,7 +48,14 @@ T = TypeVar("T")
 class Setup:
     """The engine and how to start workers against it."""
 
-    def __init__(self, children: Children, workdir: Path, variant: str, sizes: Sizes) -> None:
+    def __init__(
+        self,
+        children: Children,
+        workdir: Path,
+        variant: str,
+        sizes: Sizes,
+        database_url: str | None = None,
+    ) -> None:
         self.children = children
         self.workdir = workdir
         self.variant = variant
@@ -65,6 +75,8 @@ class Setup:
             BENCH_MARKS=str(self.marks),
             PYTHONUNBUFFERED="1",
         )
+        if database_url:
+            self.env["HEWER_DATABASE_URL"] = database_url
         self.engine: Child | None = None
         self.token = ""
         self.address = ""
@@ -256,29 +268,49 @@ async def w3(setup: Setup, outcome: Outcome, worker: Child) -> None:
         outcome.w3_note = f"no re-run within {setup.sizes.w3_deadline:.0f}s"
 
 
+VARIANTS = {
+    # variant: (row label, store, worker)
+    "hewer": ("Hewer, Hewer SDK worker", "SQLite, durable", "hewer"),
+    "hatchet": ("Hewer, hatchet-sdk worker", "SQLite, durable", "hatchet"),
+    "hewer-pg": ("Hewer on PostgreSQL, Hewer SDK worker", "PostgreSQL, durable", "hewer"),
+}
+
+
 def main() -> None:
     exit_on_sigterm()
     args = driver_args(__doc__.splitlines()[0])
     sizes = sizes_from(args)
     variant = args.variant or "hewer"
-    if variant not in ("hewer", "hatchet"):
+    if variant not in VARIANTS:
         sys.exit(f"unknown variant {variant!r}")
-    label = "Hewer, Hewer SDK worker" if variant == "hewer" else "Hewer, hatchet-sdk worker"
-    outcome = Outcome(system=variant, label=label, store="SQLite, durable")
+    label, store, worker = VARIANTS[variant]
+    outcome = Outcome(system=variant, label=label, store=store)
     worker_kind = (
         "Hewer SDK worker (`hewer worker start`)"
-        if variant == "hewer"
+        if worker == "hewer"
         else "unmodified hatchet-sdk 1.43.1 worker"
     )
+    engine_kind = (
+        "PostgreSQL, a scratch database, server as found"
+        if variant == "hewer-pg"
+        else "SQLite WAL, synchronous=FULL"
+    )
     outcome.settings = [
-        f"engine defaults (SQLite WAL); {worker_kind}, slots={sizes.slots}, async no-op",
+        f"engine defaults ({engine_kind}); {worker_kind}, slots={sizes.slots}, async no-op",
         "client: Hewer SDK, async (aio_run_many_no_wait 1,000 a call, aio_run_no_wait, "
         "aio_run); W1 done = every run's result received over the results stream",
         "W3: killed worker's task re-queued after HEWER_INACTIVE_AFTER (default 30s)",
     ]
-    outcome.versions = version_of("hewer", *(["hatchet-sdk"] if variant == "hatchet" else []))
+    outcome.versions = version_of("hewer", *(["hatchet-sdk"] if worker == "hatchet" else []))
     with recording(outcome, args.out), Children(args.workdir) as children:
-        asyncio.run(run(Setup(children, args.workdir, variant, sizes), outcome))
+        if variant != "hewer-pg":
+            asyncio.run(run(Setup(children, args.workdir, worker, sizes), outcome))
+            return
+
+        async def go(dsn: str, _admin: Any) -> None:
+            await run(Setup(children, args.workdir, worker, sizes, dsn), outcome)
+
+        asyncio.run(with_scratch_database(args.pg_dsn, "bench_hewer", go))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -37,6 +36,7 @@ from bench.harness.common import (
     recording,
     sizes_from,
     version_of,
+    with_scratch_database,
 )
 
 NOOP, SLOW = "bench_noop", "bench_slow"
@@ -44,11 +44,6 @@ NOOP, SLOW = "bench_noop", "bench_slow"
 BATCH_SIZE = 4
 DONE_POLL_SECONDS = 0.05  # queue_size() counts the queue table; not every 10 ms
 WATCH_DEBOUNCE = timedelta(milliseconds=1)  # CompletionWatcher's default is 50 ms
-
-
-def with_database(dsn: str, name: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 class Setup:
@@ -221,21 +216,6 @@ async def w3(setup: Setup, outcome: Outcome, worker: Child, queries: Any) -> Non
         outcome.w3_note = f"no re-run within {setup.sizes.w3_deadline:.0f}s"
 
 
-async def with_scratch_database(admin_dsn: str, go: Any) -> None:
-    """Create ``bench_pgq_<pid>``, run ``go(dsn)``, drop the database whatever happens."""
-    name = f"bench_pgq_{os.getpid()}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            await go(with_database(admin_dsn, name), admin)
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 def main() -> None:
     exit_on_sigterm()
     args = driver_args(__doc__.splitlines()[0])
@@ -270,7 +250,7 @@ def main() -> None:
             finally:
                 children.close()  # the workers hold connections to the database we drop
 
-        asyncio.run(with_scratch_database(args.pg_dsn, go))
+        asyncio.run(with_scratch_database(args.pg_dsn, "bench_pgq", go))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,18 @@ def engine_options(fn: F) -> F:
                 help="SQLite database file [default: ./hewer.db]",
             ),
             _option(
+                "--database-url",
+                "HEWER_DATABASE_URL",
+                help="Database URL, postgresql://user@host:5432/db (production, replicas) or "
+                "sqlite:///path/to/file.db; takes the place of --database",
+            ),
+            _option(
+                "--database-pool-size",
+                "HEWER_DATABASE_POOL_SIZE",
+                type=int,
+                help="Connections kept open to PostgreSQL [default: 10]",
+            ),
+            _option(
                 "--state-dir",
                 "HEWER_STATE_DIR",
                 type=click.Path(path_type=Path),
@@ -138,9 +150,15 @@ def engine(log_level: str, **given: Any) -> None:
 
 async def _serve_engine(settings: EngineSettings) -> None:
     from hewer.engine.app import Engine
+    from hewer.errors import StoreError
 
     engine = Engine(settings)
-    await engine.start()
+    try:
+        await engine.start()
+    except StoreError as exc:
+        raise click.ClickException(
+            f"cannot start the engine: database {settings.store_display}: {exc}"
+        ) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

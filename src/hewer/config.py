@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +52,14 @@ class EngineSettings(BaseSettings):
         "(default: http://<advertised host>:<api port>)",
     )
     database: Path = Field(Path("hewer.db"), description="SQLite database file")
+    database_url: str | None = Field(
+        None,
+        description="database URL: postgresql://user@host:port/db or sqlite:///path "
+        "(default: the SQLite file named by database)",
+    )
+    database_pool_size: int = Field(
+        10, ge=1, description="connections the engine keeps to PostgreSQL (not for SQLite)"
+    )
     state_dir: Path = Field(
         DEFAULT_STATE_DIR, description="directory for local state (the default tenant's token)"
     )
@@ -73,6 +82,27 @@ class EngineSettings(BaseSettings):
     _coerce = field_validator("heartbeat_interval", "inactive_after", "token_ttl", mode="before")(
         _duration
     )
+
+    @property
+    def store_url(self) -> str:
+        """Where the store is: ``database_url`` as given (never normalised as a path, which
+        would fold its ``//``), else the SQLite file."""
+        return self.database_url or str(self.database)
+
+    @property
+    def store_display(self) -> str:
+        """``store_url`` fit for a log line: a password in it is masked."""
+        url = self.store_url
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
 
     @property
     def advertised_address(self) -> str:

@@ -68,11 +68,11 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, database_url: str) -> Iterator[Cluster]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEWER_")}
     env.update(
         HEWER_STATE_DIR=str(tmp_path / "state"),
-        HEWER_DATABASE=str(tmp_path / "hewer.db"),
+        HEWER_DATABASE_URL=database_url,
         HEWER_PORT="0",
         HEWER_API_PORT="0",
         HEWER_HEARTBEAT_INTERVAL="0.2",
@@ -168,6 +168,29 @@ def test_token_create_mints_a_working_token_and_bad_tokens_are_refused(
 
     forged = cluster.hewer("run", "it-noop", env=dict(env, HEWER_TOKEN=token[:-4] + "AAAA"))
     assert forged.returncode != 0 and "invalid auth token" in forged.stderr
+
+
+def test_engine_refuses_to_start_on_an_unreachable_database(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEWER_")}
+    env.update(HEWER_STATE_DIR=str(tmp_path / "state"), HEWER_PORT="0", HEWER_API_PORT="0")
+    url = f"postgresql://postgres:s3cret@127.0.0.1:{port}/hewer"
+    result = subprocess.run(
+        [*HEWER, "engine", "--database-url", url],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "cannot start the engine" in result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
 
 
 def test_help_names_environment_variables() -> None:

@@ -13,6 +13,8 @@ HATCHET_INACTIVE_AFTER = 10.0
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[EngineThread]:
-    with EngineThread(tmp_path, inactive_after=HATCHET_INACTIVE_AFTER) as running:
+def engine(tmp_path: Path, database_url: str) -> Iterator[EngineThread]:
+    with EngineThread(
+        tmp_path, database_url=database_url, inactive_after=HATCHET_INACTIVE_AFTER
+    ) as running:
         yield running

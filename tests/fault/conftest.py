@@ -203,7 +203,7 @@ def engine_snapshot(engine: EngineThread) -> tuple[dict[str, dict[str, int]], se
 def history(engine: EngineThread, fleet: Fleet, accepted: list[str], **kw: object) -> History:
     usage, live = engine_snapshot(engine)
     return History(
-        engine.settings.database,
+        engine.settings.store_url,
         fleet.log_dir,
         processes=fleet.processes,
         accepted=accepted,

@@ -224,7 +224,7 @@ def read_executions(log_dir: Path) -> list[Execution]:
     return out
 
 
-def read_db(db_path: Path) -> dict[str, list[dict[str, Any]]]:
+def read_db(db_path: Path | str) -> dict[str, list[dict[str, Any]]]:
     """The engine's state, read through a store opened on its database."""
     return snapshot.read(db_path)
 
@@ -259,7 +259,7 @@ class History:
 
     def __init__(
         self,
-        db_path: Path,
+        db_path: Path | str,
         log_dir: Path,
         *,
         processes: Processes | None = None,
@@ -666,7 +666,7 @@ class History:
         return Summary(counts, "\n".join(lines))
 
 
-def runs_terminal(db_path: Path, run_ids: Iterable[str]) -> int:
+def runs_terminal(db_path: Path | str, run_ids: Iterable[str]) -> int:
     """How many of ``run_ids`` are terminal (read through the store)."""
     with snapshot.StoreReader(db_path) as reader:
         return reader.runs_terminal(run_ids)
@@ -686,7 +686,9 @@ class TransitionRecorder:
 
     RANK = {"pending": 0, "queued": 1, "running": 2}
 
-    def __init__(self, db_path: Path, task_ids: Iterable[str], interval: float = 0.01) -> None:
+    def __init__(
+        self, db_path: Path | str, task_ids: Iterable[str], interval: float = 0.01
+    ) -> None:
         self._db_path = db_path
         self._ids = list(task_ids)
         self._interval = interval

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from hewer.domain import AttemptRow, TaskRow
 from hewer.engine.core.history import attempts
-from hewer.store import SqliteStore, StoreError
+from hewer.store import Store, StoreError, open_store
 
 T = TypeVar("T")
 
@@ -24,7 +24,7 @@ def _row(obj: Any) -> dict[str, Any]:
     return {k: (str(v) if hasattr(v, "value") else v) for k, v in out.items()}
 
 
-async def read_state(store: SqliteStore) -> dict[str, list[dict[str, Any]]]:
+async def read_state(store: Store) -> dict[str, list[dict[str, Any]]]:
     """``runs``, ``tasks`` (with their definitions' timeouts), ``task_attempts`` (every
     attempt, the live one with outcome None) and ``workers``, as plain dicts."""
     runs = await store.runs_list()
@@ -61,8 +61,8 @@ class StoreReader:
     """A store opened on an engine's database from a thread of its own, for tests that
     run outside the engine's event loop (the engine may be another process)."""
 
-    def __init__(self, path: Path | str) -> None:
-        self._store = SqliteStore(path)
+    def __init__(self, database: Path | str) -> None:
+        self._store = open_store(str(database))
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()

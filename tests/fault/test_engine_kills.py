@@ -44,17 +44,17 @@ def free_port() -> int:
 
 
 class EngineProcess:
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, database_url: str) -> None:
         self.work = work
         self.port = free_port()
         self.api_port = free_port()
-        self.db = work / "hewer.db"
+        self.db = database_url
         self.state = work / "state"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.env = dict(os.environ)
         self.env.update(
-            HEWER_DATABASE=str(self.db),
+            HEWER_DATABASE_URL=database_url,
             HEWER_STATE_DIR=str(self.state),
             HEWER_HOST="127.0.0.1",
             HEWER_PORT=str(self.port),
@@ -146,10 +146,10 @@ class Feeder:
 
 @pytest.mark.slow
 def test_engine_sigkilled_ten_times_loses_no_accepted_task(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
     rng = random.Random(SEED)
-    engine = EngineProcess(tmp_path)
+    engine = EngineProcess(tmp_path, database_url)
     engine.start()
     fleet = Fleet(
         token=engine.token,

@@ -34,7 +34,8 @@ from hewer.domain import EventType, TaskDef, TaskEvent
 from hewer.engine.core.clock import ManualClock
 from hewer.engine.core.service import ActionKind, EngineCore, Session, TriggerSpec
 from hewer.errors import HewerError
-from hewer.store import SqliteStore
+from hewer.store import open_store
+from tests import pg
 from tests.fault.snapshot import read_state
 
 INACTIVE_AFTER = 30.0
@@ -56,13 +57,18 @@ class ModelWorker:
 
 
 class LifecycleMachine(RuleBasedStateMachine):
+    backend = "sqlite"
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.dir = Path(tempfile.mkdtemp(prefix="hewer-machine-"))
-        self.db = self.dir / "machine.db"
         self.clock = ManualClock()
-        self.store = SqliteStore(self.db)
+        if self.backend == "sqlite":
+            self.db = str(self.dir / "machine.db")
+        else:
+            self.db = self.call(pg.create_database())
+        self.store = open_store(self.db)
         self.core = self._new_core()
         self.workers: list[ModelWorker] = []
         self.runs: list[str] = []
@@ -95,6 +101,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         try:
             self.call(self.core.stop())
             self.call(self.store.close())
+            if self.backend == "postgres":
+                self.call(pg.drop_database(self.db))
         finally:
             self.loop.close()
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -397,3 +405,13 @@ LifecycleMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_task_lifecycle = LifecycleMachine.TestCase
+
+
+class PostgresLifecycleMachine(LifecycleMachine):
+    """The same machine over PostgreSQL: a fresh database for each example."""
+
+    backend = "postgres"
+
+
+PostgresLifecycleMachine.TestCase.settings = LifecycleMachine.TestCase.settings
+test_task_lifecycle_postgres = PostgresLifecycleMachine.TestCase

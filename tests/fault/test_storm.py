@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from hewer.testing import EngineThread
-from tests.conftest import HEARTBEAT, INACTIVE_AFTER
+from tests.conftest import BACKENDS, HEARTBEAT, INACTIVE_AFTER, database_for
 from tests.fault.conftest import Fleet, engine_fleet, history, load_app, runs_done, settle_slots
 from tests.fault.history import History, Summary, read_executions
 from tests.helpers import wait_for
@@ -112,12 +112,20 @@ class Canceller:
             self.errors.append(exc)
 
 
-@pytest.fixture(scope="module")
-def storm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Storm]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def storm(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Storm]:
     work = tmp_path_factory.mktemp("storm")
     rng = random.Random(SEED)
     with (
-        EngineThread(work, heartbeat_interval=HEARTBEAT, inactive_after=INACTIVE_AFTER) as engine,
+        database_for(request.param, work) as database_url,
+        EngineThread(
+            work,
+            database_url=database_url,
+            heartbeat_interval=HEARTBEAT,
+            inactive_after=INACTIVE_AFTER,
+        ) as engine,
         pytest.MonkeyPatch.context() as mp,
     ):
         app = load_app(engine.token, engine.address, mp)

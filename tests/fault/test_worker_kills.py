@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from hewer.testing import EngineThread
-from tests.conftest import INACTIVE_AFTER
+from tests.conftest import HEARTBEAT, INACTIVE_AFTER
 from tests.fault.conftest import Fleet, dead_workers_marked, history, runs_done, settle_slots
 from tests.helpers import wait_for
 
@@ -28,6 +30,22 @@ SEED = 20240501
 LATENCY_ALLOWANCE = 1.25
 RECOVERY_P99 = INACTIVE_AFTER * 35 / 30 + LATENCY_ALLOWANCE
 RECOVERY_MAX = INACTIVE_AFTER * 40 / 30 + LATENCY_ALLOWANCE
+
+
+@pytest.fixture
+def engine(tmp_path: Path, database_url: str) -> Iterator[EngineThread]:
+    """The suite's engine, but never giving up on a task its workers keep losing: at this
+    kill rate a few of 10,000 tasks lose four workers in a row, and the reassignment cap
+    (its own test: test_reaper_table) would then fail them on purpose. This test is about
+    loss and duplicates, so every task must end completed."""
+    with EngineThread(
+        tmp_path,
+        database_url=database_url,
+        heartbeat_interval=HEARTBEAT,
+        inactive_after=INACTIVE_AFTER,
+        max_reassignments=-1,
+    ) as running:
+        yield running
 
 
 @pytest.mark.slow

@@ -80,7 +80,7 @@ def test_sigstopped_worker_loses_its_tasks_and_its_late_results_are_rejected(
     stalled = fleet.spawn("stalled", slots=STALL_TASKS)
     refs = [app.short.run_no_wait(app.Work(seconds=STALL_TASK_SECONDS)) for _ in range(STALL_TASKS)]
     ids = [r.run_id for r in refs]
-    recorder = TransitionRecorder(engine.settings.database, ids).start()
+    recorder = TransitionRecorder(engine.settings.store_url, ids).start()
     wait_for(lambda: bodies(fleet, stalled.pid) == STALL_TASKS, what="tasks running")
     stalled_name = fleet.name(stalled)
     (stalled_id,) = worker_ids(engine, stalled_name)

@@ -55,8 +55,8 @@ class Stubs:
 
 
 @pytest.fixture
-def small_engine(tmp_path: Path) -> Iterator[EngineThread]:
-    with EngineThread(tmp_path, max_message_bytes=LIMIT) as running:
+def small_engine(tmp_path: Path, database_url: str) -> Iterator[EngineThread]:
+    with EngineThread(tmp_path, database_url=database_url, max_message_bytes=LIMIT) as running:
         yield running
 
 

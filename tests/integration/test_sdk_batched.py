@@ -79,9 +79,12 @@ def counted(monkeypatch: pytest.MonkeyPatch, calls: Calls) -> Calls:
 
 
 @pytest.fixture
-def engine(tmp_path: Path, counted: Calls) -> Iterator[EngineThread]:
+def engine(tmp_path: Path, counted: Calls, database_url: str) -> Iterator[EngineThread]:
     with EngineThread(
-        tmp_path, heartbeat_interval=HEARTBEAT, inactive_after=INACTIVE_AFTER
+        tmp_path,
+        database_url=database_url,
+        heartbeat_interval=HEARTBEAT,
+        inactive_after=INACTIVE_AFTER,
     ) as running:
         yield running
 
@@ -153,9 +156,11 @@ def test_without_hewer_v1_our_sdk_uses_the_hatchet_calls(
 
 
 def test_waiters_on_wait_get_their_results_across_an_engine_restart(
-    tmp_path: Path, counted: Calls
+    tmp_path: Path, counted: Calls, database_url: str
 ) -> None:
-    first = EngineThread(tmp_path, inactive_after=INACTIVE_AFTER).start()
+    first = EngineThread(
+        tmp_path, database_url=database_url, inactive_after=INACTIVE_AFTER
+    ).start()
     port = first.engine.port
     hw = Hewer(settings=first.client_settings(heartbeat_interval=0.1, grace_period=5))
     gate = threading.Event()
@@ -191,7 +196,9 @@ def test_waiters_on_wait_get_their_results_across_an_engine_restart(
             what="both tasks assigned",
         )
         first.stop()
-        second = EngineThread(tmp_path, port=port, inactive_after=INACTIVE_AFTER).start()
+        second = EngineThread(
+            tmp_path, database_url=database_url, port=port, inactive_after=INACTIVE_AFTER
+        ).start()
         gate.set()  # the tasks finish while everyone reconnects; the results must land
         for waiter in waiters:
             waiter.join(30)

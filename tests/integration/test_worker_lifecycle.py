@@ -85,8 +85,10 @@ def test_execution_timeout_fails_the_attempt_and_cancels_it(
     assert sleepy.run(Nap(seconds=0)) == {"ok": True}
 
 
-def test_worker_reconnects_after_an_engine_restart(tmp_path: Path) -> None:
-    first = EngineThread(tmp_path, inactive_after=INACTIVE_AFTER).start()
+def test_worker_reconnects_after_an_engine_restart(tmp_path: Path, database_url: str) -> None:
+    first = EngineThread(
+        tmp_path, database_url=database_url, inactive_after=INACTIVE_AFTER
+    ).start()
     port = first.engine.port
     hw = Hewer(settings=first.client_settings(heartbeat_interval=0.1, grace_period=5))
     gate = threading.Event()
@@ -109,7 +111,9 @@ def test_worker_reconnects_after_an_engine_restart(tmp_path: Path) -> None:
         in_flight = gated.run_no_wait(Nap(seconds=0))
         wait_for(lambda: first.call(first.engine.store.tasks_running()), what="task assigned")
         first.stop()
-        second = EngineThread(tmp_path, port=port, inactive_after=INACTIVE_AFTER).start()
+        second = EngineThread(
+            tmp_path, database_url=database_url, port=port, inactive_after=INACTIVE_AFTER
+        ).start()
         gate.set()  # the task finishes while its worker reconnects; the result must land
         assert in_flight.result() == {"attempt": 0}
         assert quick.run(Nap(seconds=0)) == {"ok": True}

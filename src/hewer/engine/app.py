@@ -33,7 +33,7 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.store = store or open_store(str(settings.database))
+        self.store = store or open_store(settings.store_url, pool_size=settings.database_pool_size)
         self.core = EngineCore(
             self.store,
             self.clock,
@@ -95,7 +95,7 @@ class Engine:
             "in %s (more with: hewer token create)",
             self.address,
             self.api_url,
-            self.settings.database,
+            self.settings.store_display,
             DEFAULT_TENANT,
             self.settings.token_file,
         )
@@ -164,7 +164,7 @@ def write_private(path: Path, text: str) -> None:
 async def mint_token(settings: EngineSettings, tenant: str, name: str) -> str:
     """Mint a token straight against the database (the engine need not be running)."""
     clock = SystemClock()
-    store = open_store(str(settings.database))
+    store = open_store(settings.store_url, pool_size=settings.database_pool_size)
     await store.open()
     try:
         found = await store.tenant_ensure(tenant, clock.now())
@@ -186,7 +186,7 @@ async def revoke_token(settings: EngineSettings, token_or_id: str) -> bool:
     token_id = token_or_id
     if token_or_id.count(".") == 2:
         token_id = str(unverified_claims(token_or_id).get("token_id", ""))
-    store = open_store(str(settings.database))
+    store = open_store(settings.store_url, pool_size=settings.database_pool_size)
     await store.open()
     try:
         return await store.token_revoke(token_id, SystemClock().now())

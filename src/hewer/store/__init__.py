@@ -22,15 +22,18 @@ def is_postgres(database: str) -> bool:
     return database.lower().startswith(_POSTGRES_SCHEMES)
 
 
-def open_store(database: str) -> Store:
+def open_store(database: str, *, pool_size: int | None = None) -> Store:
     """The store for a database setting, not opened yet: a ``postgresql://`` (or
     ``postgres://``) URL, or a SQLite file as a plain path or a ``sqlite:///`` URL (as in
-    SQLAlchemy: ``sqlite:///rel/x.db`` is relative, ``sqlite:////abs/x.db`` absolute)."""
+    SQLAlchemy: ``sqlite:///rel/x.db`` is relative, ``sqlite:////abs/x.db`` absolute).
+    ``pool_size``: connections a PostgreSQL store keeps (SQLite has its own two)."""
     if is_postgres(database):
         # Imported here: SQLite users need not have the PostgreSQL driver installed.
         from hewer.store.postgres import PostgresStore
 
-        return PostgresStore(database)
+        if pool_size is None:
+            return PostgresStore(database)
+        return PostgresStore(database, pool_size=pool_size)
     if database.lower().startswith(_SQLITE_SCHEME):
         database = database[len(_SQLITE_SCHEME) :]
     return SqliteStore(database)
