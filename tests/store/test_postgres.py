@@ -34,6 +34,7 @@ from hewer.domain import (
 from hewer.engine.core.transitions import CreateRuns
 from hewer.errors import StoreError
 from hewer.store import PostgresStore, SqliteStore, open_store
+from tests.netproxy import proxy
 from tests.pg import fresh_database
 from tests.store.conftest import NOW, Machine, tenant
 from tests.store.test_transitions import ev
@@ -363,3 +364,37 @@ async def test_reads_do_not_wait_for_the_writer(pg: PostgresStore) -> None:
         assert await pg.workflow_get_by_name(tid, "one") == Workflow(
             wf.id, tid, "one", wf.version_id, wf.tasks
         )
+
+
+async def test_a_database_that_stops_answering_fails_fast_and_is_found_again() -> None:
+    """A cut network (bytes held, nothing refused): reads, writes and pings give up within
+    the store's timeouts with StoreError instead of hanging; once the link is back the same
+    store works again, its writer connection replaced."""
+    from hewer.store.postgres import COMMAND_TIMEOUT_S
+
+    async with fresh_database() as url:
+        with proxy("127.0.0.1", int(url.rsplit(":", 1)[1].split("/")[0])) as link:
+            cut_url = url.replace(url.rsplit("@", 1)[1].split("/")[0], f"127.0.0.1:{link.port}")
+            store = PostgresStore(cut_url)
+            await store.open()
+            try:
+                tid = await tenant(store)
+                link.block()
+                for attempt in (store.ping(), store.tenant_get(tid), reserve_seq(store)):
+                    began = time.monotonic()
+                    with pytest.raises(StoreError):
+                        await attempt
+                    assert time.monotonic() - began <= 2 * COMMAND_TIMEOUT_S + 2
+                link.unblock()
+                await store.ping()
+                assert (await store.tenant_get(tid)) is not None
+                await reserve_seq(store)
+            finally:
+                link.unblock()
+                await store.close()
+
+
+async def reserve_seq(store: PostgresStore) -> None:
+    """A write transaction that touches the database (reserves a queue position)."""
+    async with store.write() as tx:
+        await tx.load(Keys(), (), seqs=1)

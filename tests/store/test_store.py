@@ -43,6 +43,11 @@ async def test_close_is_idempotent(store: Store) -> None:
     await store.open()
 
 
+async def test_ping_answers_on_an_open_store(store: Store) -> None:
+    await store.ping()
+    await store.ping()
+
+
 async def test_tenant_ensure_is_idempotent(store: Store) -> None:
     a = await store.tenant_ensure("acme", NOW)
     b = await store.tenant_ensure("acme", NOW + 5)

@@ -41,7 +41,9 @@ from hewer.sdk._time import CALL_BACKOFF, Backoff, Clock
 
 logger = logging.getLogger(__name__)
 
-REPORT_GIVE_UP_SECONDS = 60.0
+# Outlasts an engine restart or a database outage of several minutes (the engine answers
+# UNAVAILABLE meanwhile); given up after that, the task times out and runs again.
+REPORT_GIVE_UP_SECONDS = 300.0
 REPORT_TIMEOUT_SECONDS = 10.0
 # Room a ReportBatch needs per event beside the event itself (tag and length).
 _EVENT_OVERHEAD_BYTES = 16

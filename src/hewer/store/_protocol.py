@@ -80,6 +80,11 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release connections; idempotent."""
 
+    async def ping(self) -> None:
+        """One round trip to the database on the connection writes use (raises
+        StoreError if it does not answer in time): how the engine learns that a database
+        it lost is back."""
+
     def write(self) -> AbstractAsyncContextManager[StoreTx]:
         """A write transaction; committed when the context ends without an exception."""
 

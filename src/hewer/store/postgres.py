@@ -115,6 +115,9 @@ _I_STATUS = _TASK.index("status")
 # Key of the advisory lock that serializes migrations between engines opening at once.
 MIGRATION_LOCK = 0x6865776572  # "hewer"
 CONNECT_TIMEOUT_S = 5.0
+# Longest a statement or a read may take before the store gives up on it and on its
+# connection: a database that stopped answering (a cut network) must not hang the engine.
+COMMAND_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 5.0
 STATEMENT_CACHE = 256
 
@@ -126,6 +129,19 @@ _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+
+
+# Failures after which a connection is given up rather than rolled back.
+_CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+    StoreError,
+)
+
+
+_ROLLBACK_FAILED: tuple[type[BaseException], ...] = (*_DRIVER_ERRORS, asyncio.CancelledError)
 
 
 def _task(r: Row) -> TaskRow:
@@ -439,6 +455,7 @@ class PostgresStore:
     def _connect_options(self) -> dict[str, Any]:
         return {
             "timeout": self._connect_timeout,
+            "command_timeout": COMMAND_TIMEOUT_S,
             "statement_cache_size": STATEMENT_CACHE,
             "server_settings": {"application_name": "hewer"},
         }
@@ -510,22 +527,18 @@ class PostgresStore:
         return conn
 
     async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
-        try:
-            return await self._readers().fetch(Q[name], *args)
-        except _DRIVER_ERRORS as exc:
-            raise _error(exc) from exc
+        return await self._read(lambda conn: conn.fetch(Q[name], *args))
 
     async def _fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
-        try:
-            return await self._readers().fetchrow(Q[name], *args)
-        except _DRIVER_ERRORS as exc:
-            raise _error(exc) from exc
+        return await self._read(lambda conn: conn.fetchrow(Q[name], *args))
 
     async def _read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        """Several reads on one pool connection."""
+        """Reads on one pool connection, bounded in time as a whole (waiting for a free
+        connection included)."""
         try:
-            async with self._readers().acquire() as conn:
-                return await fn(conn)
+            async with asyncio.timeout(COMMAND_TIMEOUT_S * 2):
+                async with self._readers().acquire() as conn:
+                    return await fn(conn)
         except _DRIVER_ERRORS as exc:
             raise _error(exc) from exc
 
@@ -533,10 +546,31 @@ class PostgresStore:
         """A rare write in a transaction of its own, on a pool connection: it needs no turn
         on the writer, the database keeps it apart from concurrent ones."""
         try:
-            async with self._readers().acquire() as conn, conn.transaction():
-                return await fn(conn)
+            async with asyncio.timeout(COMMAND_TIMEOUT_S * 2):
+                async with self._readers().acquire() as conn, conn.transaction():
+                    return await fn(conn)
         except _DRIVER_ERRORS as exc:
             raise _error(exc) from exc
+
+    def _drop_writer(self) -> None:
+        """Give up on the writer connection (it failed or hung); the next write connects
+        anew. Terminated, not closed: a close would wait for a server that may not answer."""
+        conn, self._wconn = self._wconn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
+
+    async def ping(self) -> None:
+        async with self._lock:
+            try:
+                async with asyncio.timeout(COMMAND_TIMEOUT_S):
+                    conn = await self._writer()
+                    await conn.fetchval("SELECT 1")
+            except StoreError:
+                self._drop_writer()
+                raise
+            except _DRIVER_ERRORS as exc:
+                self._drop_writer()
+                raise _error(exc) from exc
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[_Tx]:
@@ -545,10 +579,17 @@ class PostgresStore:
             try:
                 yield tx
                 await tx._commit()
-            except BaseException:
-                with contextlib.suppress(*_DRIVER_ERRORS, asyncio.CancelledError):
+            except BaseException as exc:
+                if isinstance(exc, _CONNECTION_LOST):
+                    # A rollback would wait on a connection that no longer answers.
+                    self._drop_writer()
+                    raise
+                try:
                     # Shielded: a cancelled caller must not leave the transaction open.
-                    await asyncio.shield(tx._rollback())
+                    async with asyncio.timeout(COMMAND_TIMEOUT_S):
+                        await asyncio.shield(tx._rollback())
+                except _ROLLBACK_FAILED:
+                    self._drop_writer()
                 raise
 
     # ------------------------------------------------------------------ settings

@@ -508,6 +508,10 @@ class SqliteStore:
                     await asyncio.shield(self._writer_call(tx._rollback))
                 raise
 
+    async def ping(self) -> None:
+        async with self._lock:
+            await self._writer_call(lambda conn: conn.execute("SELECT 1").fetchone())
+
     async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """A rare write in a transaction of its own."""
 

@@ -49,8 +49,16 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
 )
 
 
+# What a 503 (the database is unreachable) tells clients to wait before trying again.
+RETRY_AFTER_SECONDS = 5
+
+
 def error_response(status: int, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers: dict[str, str] | None = None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return JSONResponse({"errors": [{"description": message}]}, status_code=status, headers=headers)
 
 

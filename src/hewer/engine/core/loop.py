@@ -37,6 +37,10 @@ R = TypeVar("R")
 
 MAX_WEIGHT = 2000  # rows of work per transaction (a bulk trigger of 1,000 is one op)
 RETRY_AFTER_FAILURE = 0.5  # seconds before the loop writes again after a failed commit
+# While the database is unreachable: the first probe comes soon (most failures are short:
+# a deadlock, a dropped connection), the next ones at this pace.
+FIRST_PROBE_AFTER = 0.05
+PROBE_EVERY = 0.5
 
 
 class Internal(HewerError):
@@ -80,6 +84,12 @@ class EngineLoop(Component):
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._retry_at: float | None = None
+        # Set while the database is unreachable: writes are refused at once (callers get
+        # UNAVAILABLE, nobody waits on a hung connection) until a probe gets an answer.
+        self._down: StoreError | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self.back_at: float | None = None
+        """When (monotonic) the database last came back after being unavailable."""
         # Counters, for benchmarks and /metrics.
         self.commits = 0
         self.ops = 0
@@ -91,6 +101,9 @@ class EngineLoop(Component):
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         if self._stopping:
             future.set_exception(StoreError("the engine is stopping"))
+            return future
+        if self._down is not None:
+            future.set_exception(StoreError(f"the database is unavailable ({self._down})"))
             return future
         self._pending.append((op, future))
         self._idle.clear()
@@ -104,6 +117,47 @@ class EngineLoop(Component):
     def wake(self) -> None:
         self._wakeup.set()
 
+    @property
+    def unavailable(self) -> StoreError | None:
+        """Why the database is held to be unreachable now (None: it answers)."""
+        return self._down
+
+    # -- the database going away ------------------------------------------------------
+
+    def _went_down(self, error: StoreError) -> None:
+        """A write failed on the database: refuse what waits and what comes until a probe
+        gets an answer (a retry per op would pile up behind a hung connection)."""
+        if self._down is None:
+            logger.warning("database unavailable (%s); refusing writes until it answers", error)
+        self._down = error
+        while self._pending:
+            _, future = self._pending.popleft()
+            if not future.done():
+                future.set_exception(StoreError(f"the database is unavailable ({error})"))
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._probe_until_up(), name="hewer-db-probe")
+
+    async def _probe_until_up(self) -> None:
+        delay = FIRST_PROBE_AFTER
+        while self._down is not None and not self._stopping:
+            await asyncio.sleep(delay)
+            delay = PROBE_EVERY
+            try:
+                await self.store.ping()
+                # What the scheduler holds may be behind the database: read it again.
+                await self.hooks.rebuild()
+            except StoreError as exc:
+                self._down = exc
+                continue
+            except Exception:
+                logger.exception("could not rebuild the scheduler after the database came back")
+                continue
+            logger.warning("database reachable again; writing resumes")
+            self.back_at = self.clock.monotonic()
+            self._down = None
+            self._retry_at = None
+            self._wakeup.set()
+
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -115,6 +169,11 @@ class EngineLoop(Component):
     async def stop(self, grace: float = 5.0) -> None:
         """Write what is pending (for at most ``grace`` seconds), then stop."""
         self._stopping = True
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
         task, self._task = self._task, None
         if task is None:
             return
@@ -159,9 +218,11 @@ class EngineLoop(Component):
                 self._retry_at = self.clock.monotonic() + RETRY_AFTER_FAILURE
 
     async def _wait(self) -> None:
-        while not self._pending or self._retry_at is not None:
+        while not self._pending or self._retry_at is not None or self._down is not None:
             delay: float | None
-            if self._retry_at is not None:
+            if self._down is not None:
+                delay = None  # the probe wakes the loop once the database answers
+            elif self._retry_at is not None:
                 delay = self._retry_at - self.clock.monotonic()
                 if delay <= 0:
                     self._retry_at = None
@@ -241,14 +302,18 @@ class EngineLoop(Component):
         except BaseException as exc:
             if touched:
                 self.scheduler.unwind()
-                await self._rebuild()
+                if not isinstance(exc, StoreError):
+                    await self._rebuild()
             error = exc if isinstance(exc, StoreError) else StoreError(f"write failed: {exc}")
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            if not isinstance(exc, StoreError):
+            if isinstance(exc, StoreError):
+                # The probe rebuilds the scheduler once the database answers again.
+                self._went_down(exc)
+            else:
                 logger.error("engine loop write failed", exc_info=exc)
             self._retry_at = self.clock.monotonic() + RETRY_AFTER_FAILURE
             return

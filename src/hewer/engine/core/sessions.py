@@ -30,7 +30,7 @@ from hewer.engine.core.transitions import (
     SetLabels,
     SetWorkerStatus,
 )
-from hewer.errors import HewerError, InvalidInput, NotFound
+from hewer.errors import HewerError, InvalidInput, NotFound, StoreError
 from hewer.store import Store
 
 logger = logging.getLogger(__name__)
@@ -361,7 +361,12 @@ class Sessions(Component):
             # Declared lost (or stopped) but alive after all: it must reopen its stream.
             raise FailedPrecondition(f"worker {worker_id!r} is {record.status}; reconnect")
         state.last_seen = self.clock.monotonic()
-        await self.loop.run(Heartbeat(worker_id))
+        try:
+            await self.loop.run(Heartbeat(worker_id))
+        except StoreError as exc:
+            # Liveness is judged from the heartbeat received (above), not from its row: a
+            # worker is never lost because the database could not take its heartbeat.
+            logger.debug("heartbeat of %s not written: %s", worker_id, exc)
         if state.session is None or state.session.closed:
             # Tells the SDK to reopen its action stream (it may have gone deaf).
             raise FailedPrecondition(f"worker {worker_id!r} has no open action listener")

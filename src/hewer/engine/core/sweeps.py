@@ -5,6 +5,11 @@
 - a start no worker acknowledged within the liveness window was lost on the way and gets a
   new attempt;
 - a queued task no worker took within its schedule timeout is cancelled.
+
+No deadline is judged while the database is unavailable, nor for ``REPORT_GRACE`` after it
+came back: reports that workers could not deliver meanwhile are still on their way (they
+retry with a backoff capped at 5 s), and a task that finished in time must not be failed
+for an outage of the engine's own database.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 SWEEP_BATCH = 500
 MAX_SWEEPS = 20  # pages per kind and tick
+REPORT_GRACE = 10.0
 
 CancelFn = Callable[[str, Sequence[str], str], Awaitable[list[str]]]
 
@@ -52,6 +58,11 @@ class Sweeps(Component):
 
     async def expire(self) -> int:
         """One sweep of every kind; returns how many tasks or attempts ended."""
+        if self.loop.unavailable is not None:
+            return 0
+        back = self.loop.back_at
+        if back is not None and self.clock.monotonic() - back < REPORT_GRACE:
+            return 0
         now = self.clock.now()
         ended = 0
         for _ in range(MAX_SWEEPS):
