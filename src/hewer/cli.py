@@ -152,8 +152,8 @@ async def _serve_engine(settings: EngineSettings) -> None:
     from hewer.engine.app import Engine
     from hewer.errors import StoreError
 
-    engine = Engine(settings)
     try:
+        engine = Engine(settings)
         await engine.start()
     except StoreError as exc:
         raise click.ClickException(

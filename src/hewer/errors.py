@@ -27,7 +27,15 @@ class InvalidInput(HewerError, ValueError):
 
 class StoreError(HewerError):
     """The database failed or is unreachable (translated from the driver's own exception);
-    worth retrying, unlike the errors above."""
+    worth retrying, unlike the errors above.
+
+    ``unavailable``: the database could not be reached or did not answer (the engine then
+    stops writing until it answers again), as opposed to refusing this one statement (a
+    conflict, a deadlock, a value it cannot store)."""
+
+    def __init__(self, message: str, *, unavailable: bool = True) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
 
 
 class TaskRunError(HewerError):

@@ -266,10 +266,11 @@ def test_engine_rides_out_a_database_outage(rig: Rig, outage: str) -> None:
         assert any(r[1] == 503 for r in during), during
         assert any(g[1] == "UNAVAILABLE" for g in probe.grpc_codes if began <= g[0] <= back)
     # Heartbeats that could not be written did not make anyone INACTIVE.
-    statuses = {
-        w.name: str(w.status) for w in engine.call(engine.engine.store.workers_list())
-    }
-    assert set(statuses.values()) == {"active"}, statuses
+    workers = engine.call(engine.engine.store.workers_list())
+    assert len(workers) == WORKERS, [(w.name, w.status) for w in workers]  # none came anew
+    assert {str(w.status) for w in workers} == {"active"}, [
+        (w.name, w.status, w.status_reason) for w in workers
+    ]
 
 
 def wait_for_done(engine: EngineThread, run_id: str, until: float) -> bool:

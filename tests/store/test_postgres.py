@@ -22,6 +22,8 @@ from hewer.domain import (
     EventType,
     GateClaim,
     Keys,
+    LogLine,
+    LogQuery,
     NewRun,
     QueuePage,
     RateClaim,
@@ -398,3 +400,42 @@ async def reserve_seq(store: PostgresStore) -> None:
     """A write transaction that touches the database (reserves a queue position)."""
     async with store.write() as tx:
         await tx.load(Keys(), (), seqs=1)
+
+
+async def test_text_postgres_cannot_hold_is_stored_with_nul_replaced() -> None:
+    """PostgreSQL text and jsonb have no NUL character, which a worker may send (in a log
+    line, an error, a label): it is stored as U+FFFD, never refused as a whole batch."""
+    async with fresh_database() as url:
+        store = PostgresStore(url)
+        await store.open()
+        try:
+            tid = await tenant(store)
+            worker = WorkerRecord(
+                id=str(uuid.uuid4()),
+                tenant_id=tid,
+                name="w\x001",
+                actions=("a:a",),
+                slot_config={"default": 1},
+                labels={"k\x00": "v\x00"},
+                runtime_info={},
+                status=WorkerStatus.ACTIVE,
+                status_reason="registered\x00",
+                status_changed_at=NOW,
+                last_heartbeat_at=NOW,
+                created_at=NOW,
+            )
+            async with store.write() as tx:
+                tx.stage(
+                    Changes(
+                        new_workers=[worker],
+                        logs=[(tid, LogLine("t1", NOW, "a\x00b", "INFO", 0))],
+                    )
+                )
+            (stored,) = await store.workers_list(tid)
+            assert stored.name == "w\ufffd1"
+            assert stored.labels == {"k\ufffd": "v\ufffd"}
+            assert stored.status_reason == "registered\ufffd"
+            (line,) = await store.logs_list(LogQuery(tid, "t1", 10))
+            assert line.message == "a\ufffdb"
+        finally:
+            await store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from hewer.errors import StoreError
@@ -15,6 +16,7 @@ __all__ = ["PostgresStore", "SqliteStore", "Store", "StoreError", "open_store"]
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _SQLITE_SCHEME = "sqlite:///"
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def is_postgres(database: str) -> bool:
@@ -36,6 +38,12 @@ def open_store(database: str, *, pool_size: int | None = None) -> Store:
         return PostgresStore(database, pool_size=pool_size)
     if database.lower().startswith(_SQLITE_SCHEME):
         database = database[len(_SQLITE_SCHEME) :]
+    elif _SCHEME.match(database):
+        scheme = database.split("://", 1)[0]
+        raise StoreError(
+            f"unknown database URL scheme {scheme!r}: use postgresql://user@host:5432/db, "
+            "sqlite:///path/to/file.db or a plain file path"
+        )
     return SqliteStore(database)
 
 

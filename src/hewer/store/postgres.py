@@ -118,6 +118,8 @@ CONNECT_TIMEOUT_S = 5.0
 # Longest a statement or a read may take before the store gives up on it and on its
 # connection: a database that stopped answering (a cut network) must not hang the engine.
 COMMAND_TIMEOUT_S = 5.0
+# Migrations may wait for another engine's, or build an index on a big table.
+MIGRATION_TIMEOUT_S = 3600.0
 CLOSE_TIMEOUT_S = 5.0
 STATEMENT_CACHE = 256
 
@@ -184,8 +186,40 @@ def _columns(rows: Iterable[Sequence[Any]]) -> list[Sequence[Any]]:
     return list(zip(*rows, strict=True))
 
 
+# SQLSTATE classes that mean the server is going away or cannot work now (connection
+# exceptions, operator intervention such as a shutdown, insufficient resources, system
+# errors), as opposed to a refusal of one statement.
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "58", "XX")
+
+
 def _error(exc: BaseException) -> StoreError:
-    return StoreError(f"{type(exc).__name__}: {exc}")
+    sqlstate = getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
+    unavailable = sqlstate is None or str(sqlstate)[:2] in _UNAVAILABLE_CLASSES
+    return StoreError(f"{type(exc).__name__}: {exc}", unavailable=unavailable)
+
+
+def _clean(text: str | None) -> str | None:
+    """Text PostgreSQL can store: it has no NUL character (SQLite does, and so may what
+    a worker sends)."""
+    if text is None or "\x00" not in text:
+        return text
+    return text.replace("\x00", "\ufffd")
+
+
+def _json(value: Any) -> str:
+    """JSON for a jsonb column, which refuses the escaped NUL character too."""
+    text = json.dumps(value)
+    return text if "\\u0000" not in text else json.dumps(_without_nul(value))
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return _clean(value)
+    if isinstance(value, dict):
+        return {_clean(str(k)): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 def redact(url: str) -> str:
@@ -349,6 +383,12 @@ async def _versions(conn: Conn, ids: Collection[str]) -> list[Workflow]:
 
 
 async def _write(conn: Conn, c: Changes) -> None:
+    for t in c.tasks.values():
+        t.error = _clean(t.error)
+    for t in c.new_tasks.values():
+        t.error = _clean(t.error)
+    for a in (*c.new_attempts.values(), *c.attempts.values()):
+        a.error = _clean(a.error)
     if c.new_runs:
         await conn.copy_records_to_table(
             "runs", records=[_run_values(r) for r in c.new_runs.values()], columns=_RUN
@@ -376,13 +416,13 @@ async def _write(conn: Conn, c: Changes) -> None:
                 (
                     w.id,
                     w.tenant_id,
-                    w.name,
-                    json.dumps(list(w.actions)),
-                    json.dumps(w.slot_config),
-                    json.dumps(w.labels),
-                    json.dumps(w.runtime_info),
+                    _clean(w.name),
+                    _json(list(w.actions)),
+                    _json(w.slot_config),
+                    _json(w.labels),
+                    _json(w.runtime_info),
                     w.status,
-                    w.status_reason,
+                    _clean(w.status_reason),
                     w.status_changed_at,
                     w.last_heartbeat_at,
                     w.created_at,
@@ -400,13 +440,13 @@ async def _write(conn: Conn, c: Changes) -> None:
     if c.worker_labels:
         await conn.execute(
             Q["worker_set_labels"],
-            *_columns((wid, json.dumps(labels)) for wid, labels in c.worker_labels.items()),
+            *_columns((wid, _json(labels)) for wid, labels in c.worker_labels.items()),
         )
     if c.logs:
         await conn.copy_records_to_table(
             "task_logs",
             records=[
-                (tenant, ln.task_id, ln.created_at, ln.level, ln.message, ln.retry_count)
+                (tenant, ln.task_id, ln.created_at, ln.level, _clean(ln.message), ln.retry_count)
                 for tenant, ln in c.logs
             ],
             columns=_LOG,
@@ -417,7 +457,7 @@ async def _migrate(conn: Conn) -> None:
     async with conn.transaction():
         # Held until this transaction ends: an engine opening at the same time waits here,
         # then finds every migration applied.
-        await conn.execute(Q["migrate_lock"], MIGRATION_LOCK)
+        await conn.execute(Q["migrate_lock"], MIGRATION_LOCK, timeout=MIGRATION_TIMEOUT_S)
         await conn.execute(Q["migrations_create"])
         done = {r[0] for r in await conn.fetch(Q["migrations_done"])}
         for version, name, sql in _queries.migrations("postgres"):
@@ -425,7 +465,7 @@ async def _migrate(conn: Conn) -> None:
                 continue
             logger.info("applying migration %04d_%s", version, name)
             for statement in _queries.split_statements(sql):
-                await conn.execute(statement)
+                await conn.execute(statement, timeout=MIGRATION_TIMEOUT_S)
             await conn.execute(Q["migration_record"], version)
 
 
@@ -643,7 +683,7 @@ class PostgresStore:
     # ------------------------------------------------------------------ workflows
 
     async def workflow_put(self, workflow: Workflow, checksum: str, now: float) -> Workflow:
-        definition = json.dumps(workflow.definition_json())
+        definition = _json(workflow.definition_json())
 
         async def body(conn: Conn) -> Workflow:
             tenant_id, name = workflow.tenant_id, workflow.name

@@ -150,8 +150,9 @@ class EngineLoop(Component):
                 self._down = exc
                 continue
             except Exception:
+                # A bug, not the database: writing resumes (refusing forever would be worse);
+                # the scheduler rebuilds again after the next failed turn.
                 logger.exception("could not rebuild the scheduler after the database came back")
-                continue
             logger.warning("database reachable again; writing resumes")
             self.back_at = self.clock.monotonic()
             self._down = None
@@ -163,6 +164,7 @@ class EngineLoop(Component):
     async def start(self) -> None:
         if self._task is None:
             self._stopping = False
+            self._down = None  # judged afresh: the first failed write says so again
             self._task = asyncio.create_task(self._forever(), name="hewer-engine-loop")
             self._task.add_done_callback(_report_exit)
 
@@ -310,9 +312,14 @@ class EngineLoop(Component):
                     future.set_exception(error)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            if isinstance(exc, StoreError):
+            if isinstance(exc, StoreError) and exc.unavailable:
                 # The probe rebuilds the scheduler once the database answers again.
                 self._went_down(exc)
+            elif isinstance(exc, StoreError):
+                # Refused (a conflict, a deadlock): the database is there; write again soon.
+                if touched:
+                    await self._rebuild()
+                logger.warning("engine loop write refused: %s", exc)
             else:
                 logger.error("engine loop write failed", exc_info=exc)
             self._retry_at = self.clock.monotonic() + RETRY_AFTER_FAILURE

@@ -447,12 +447,18 @@ class Sessions(Component):
     # -- liveness -----------------------------------------------------------------------
 
     def silent(self) -> list[WorkerState]:
+        if self.loop.unavailable is not None:
+            # Workers could not reach us through a database outage (every call answered
+            # UNAVAILABLE): their silence is ours. Judged again once it is back, each with
+            # a fresh window from that moment.
+            return []
         now = self.clock.monotonic()
+        back = self.loop.back_at or 0.0
         return [
             state
             for state in self.workers.values()
             if state.status in (WorkerStatus.ACTIVE, WorkerStatus.PAUSED)
-            and now - state.last_seen > self.inactive_after
+            and now - max(state.last_seen, back) > self.inactive_after
         ]
 
     def next_expiry(self) -> float | None:
