@@ -178,6 +178,13 @@ def test_engine_sigkilled_ten_times_loses_no_accepted_task(
             timeout=90,
             what="every accepted run terminal",
         )
+        # Runs the engine took but whose answer a kill swallowed (the client then tried
+        # again) are not in ``accepted``; they must end too before slots are counted.
+        wait_for(
+            lambda: no_task_running(engine.db),
+            timeout=60,
+            what="every run the engine holds terminal, accepted or not",
+        )
         for proc in workers:
             assert proc.poll() is None, f"worker died:\n{fleet.output(proc)}"
         wait_for(
@@ -210,3 +217,8 @@ def test_engine_sigkilled_ten_times_loses_no_accepted_task(
         fleet.close()
         engine.stop()
         app.hw.close()
+
+
+def no_task_running(database: str) -> bool:
+    with StoreReader(database) as reader:
+        return not any(str(t.status) in ("queued", "running") for t in reader.tasks())

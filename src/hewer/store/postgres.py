@@ -576,7 +576,7 @@ class PostgresStore:
         """Reads on one pool connection, bounded in time as a whole (waiting for a free
         connection included)."""
         try:
-            async with asyncio.timeout(COMMAND_TIMEOUT_S * 2):
+            async with asyncio.timeout(COMMAND_TIMEOUT_S):
                 async with self._readers().acquire() as conn:
                     return await fn(conn)
         except _DRIVER_ERRORS as exc:

@@ -6,6 +6,7 @@ The claims are what ``hatchet-sdk`` requires (``sub`` = tenant id, ``server_url`
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ ALGORITHM = "HS256"
 # A validated token is trusted this long before its row is read again, so a revocation
 # takes effect within this window without a database read on every call.
 CACHE_SECONDS = 5.0
+# How long a token checked before waits for the database to check it again.
+RECHECK_TIMEOUT_SECONDS = 1.0
 
 
 class Unauthenticated(HewerError):
@@ -90,15 +93,19 @@ class TokenAuthority:
         # Expiry is judged on the injected clock, like every other engine decision.
         if float(claims["exp"]) <= now:
             raise Unauthenticated("invalid auth token: expired")
-        try:
-            row = await self._store.token_get(str(claims["token_id"]))
-        except StoreError:
-            # The database is unreachable: a token this engine checked before still holds
-            # (a revocation takes effect once it answers again), so workers keep
-            # heartbeating through an outage. An unknown token cannot be checked: refuse.
-            if cached is not None:  # its expiry was checked above, on the token's claims
+        lookup = self._store.token_get(str(claims["token_id"]))
+        if cached is None:
+            row = await lookup
+        else:
+            try:
+                async with asyncio.timeout(RECHECK_TIMEOUT_SECONDS):
+                    row = await lookup
+            except (StoreError, TimeoutError):
+                # The database does not answer: a token this engine checked before still
+                # holds (a revocation takes effect once it answers again), so workers keep
+                # heartbeating through an outage. Its expiry was checked above, on its
+                # claims. An unknown token cannot be checked: that one is refused.
                 return cached[0]
-            raise
         if row is None or row.revoked_at is not None or row.tenant_id != claims["sub"]:
             raise Unauthenticated("invalid auth token: revoked or unknown")
         principal = Principal(tenant_id=row.tenant_id, token_id=row.id)

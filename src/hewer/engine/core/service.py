@@ -185,6 +185,9 @@ class EngineCore(Component):
                 )
         s.hold(held)
         s.mark_backlog(await self.store.queue_keys())
+        # A failed commit may have been made after all (lost on the way back): whoever
+        # waits for a run it finished must still hear of it.
+        self.subscriptions.recheck()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop the sweeps, close the streams, then write what is pending (for at most

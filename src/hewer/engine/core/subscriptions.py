@@ -103,6 +103,16 @@ class Subscriptions(Component):
             self._checking = self._spawn(self._check(), "watch-check")
         return unwatch
 
+    def recheck(self) -> None:
+        """Read every watched run again: after a commit whose outcome the engine could not
+        learn (the connection went down during it), a run may have finished with nobody
+        told."""
+        for run_id, entries in self._watchers._by_run.items():
+            for tenant_id, _ in entries:
+                self._checks.setdefault(tenant_id, set()).add(run_id)
+        if self._checks and self._checking is None:
+            self._checking = self._spawn(self._check(), "watch-recheck")
+
     async def _check(self) -> None:
         """Read, in batches, whether newly watched runs are done or missing."""
         try:
