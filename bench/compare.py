@@ -2,7 +2,7 @@
 system after another, in one table.
 
     bash bench/setup                                   # once: creates .venv-bench
-    .venv-bench/bin/python bench/compare.py            # all four systems, 20,000 tasks
+    .venv-bench/bin/python bench/compare.py            # every system, 20,000 tasks
     .venv-bench/bin/python bench/compare.py --quick    # smoke run, smaller numbers
     .venv-bench/bin/python bench/compare.py --systems hewer,taskiq --tasks 5000
     .venv-bench/bin/python bench/compare.py --hewer-rev HEAD~3   # Hewer from a commit
