@@ -21,7 +21,6 @@ import logging
 import operator
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
-from dataclasses import fields
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,18 +38,16 @@ from hewer.domain import (
     RateLimitRecord,
     RunFilter,
     RunRow,
-    RunStatus,
     StickyStrategy,
     TaskRow,
     TaskStatus,
     Tenant,
     WorkerRecord,
-    WorkerStatus,
     Workflow,
     WorkingSet,
 )
 from hewer.errors import StoreError
-from hewer.store import _queries
+from hewer.store import _queries, _rows
 from hewer.store._protocol import QueuedRow
 
 if TYPE_CHECKING:
@@ -63,28 +60,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_TASK = [f.name for f in fields(TaskRow)]
-_RUN = [f.name for f in fields(RunRow)]
-_ATTEMPT = [f.name for f in fields(AttemptRow)]
-_TASK_MUTABLE = [
-    "status",
-    "retry_count",
-    "app_retries",
-    "reassignments",
-    "worker_id",
-    "acked",
-    "slot_released",
-    "desired_worker_id",
-    "available_at",
-    "queued_at",
-    "schedule_deadline",
-    "assigned_at",
-    "started_at",
-    "timeout_at",
-    "finished_at",
-    "output",
-    "error",
-]
+_TASK, _RUN, _ATTEMPT, _TASK_MUTABLE = _rows.TASK, _rows.RUN, _rows.ATTEMPT, _rows.TASK_MUTABLE
 _LOG = ["tenant_id", "task_id", "created_at", "level", "message", "retry_count"]
 
 Q = _queries.load(
@@ -106,8 +82,7 @@ _attempt_values = operator.attrgetter(*_ATTEMPT)
 _attempt_update_values = operator.attrgetter(
     "task_id", "retry_count", "finished_at", "outcome", "holds_slot"
 )
-_TASK_STATUS = {s.value: s for s in TaskStatus}
-_RUN_STATUS = {s.value: s for s in RunStatus}
+_TASK_STATUS = _rows.TASK_STATUS
 _N_TASK = len(_TASK)
 _N_ATTEMPT = len(_ATTEMPT)
 _I_STATUS = _TASK.index("status")
@@ -152,33 +127,14 @@ def _task(r: Row) -> TaskRow:
     return row
 
 
-def _run(r: Row) -> RunRow:
-    row = RunRow(*r)
-    row.status = _RUN_STATUS[row.status]
-    if row.sticky is not None:
-        row.sticky = StickyStrategy(row.sticky)
-    return row
+_run = _rows.run_row
 
 
 def _attempt(r: Row) -> AttemptRow:
     return AttemptRow(*r[:_N_ATTEMPT])
 
 
-def _worker(row: Row) -> WorkerRecord:
-    return WorkerRecord(
-        id=row[0],
-        tenant_id=row[1],
-        name=row[2],
-        actions=tuple(json.loads(row[3])),
-        slot_config=json.loads(row[4]),
-        labels=json.loads(row[5]),
-        runtime_info=json.loads(row[6]),
-        status=WorkerStatus(row[7]),
-        status_reason=row[8],
-        status_changed_at=row[9],
-        last_heartbeat_at=row[10],
-        created_at=row[11],
-    )
+_worker = _rows.worker_record
 
 
 def _columns(rows: Iterable[Sequence[Any]]) -> list[Sequence[Any]]:
@@ -776,8 +732,7 @@ class PostgresStore:
             found: list[str] = []
             async with conn.transaction():
                 async for run_id, meta_text in conn.cursor(Q["runs_in_window"], *args, None):
-                    meta = _json_or_empty(meta_text)
-                    if any(str(meta.get(k)) != v for k, v in match.additional_metadata):
+                    if not _rows.metadata_matches(meta_text, match.additional_metadata):
                         continue
                     found.append(run_id)
                     if len(found) >= match.limit:
@@ -892,11 +847,3 @@ def _rowcount(status: str) -> int:
     tail = status.rsplit(" ", 1)[-1]
     return int(tail) if tail.isdigit() else 0
 
-
-def _json_or_empty(text: str | None) -> Any:
-    if not text:
-        return {}
-    try:
-        return json.loads(text)
-    except ValueError:
-        return {}

@@ -18,7 +18,6 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,40 +39,18 @@ from hewer.domain import (
     TaskStatus,
     Tenant,
     WorkerRecord,
-    WorkerStatus,
     Workflow,
     WorkingSet,
 )
 from hewer.errors import StoreError
-from hewer.store import _queries
+from hewer.store import _queries, _rows
 from hewer.store._protocol import QueuedRow
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_TASK = [f.name for f in fields(TaskRow)]
-_RUN = [f.name for f in fields(RunRow)]
-_ATTEMPT = [f.name for f in fields(AttemptRow)]
-_TASK_MUTABLE = [
-    "status",
-    "retry_count",
-    "app_retries",
-    "reassignments",
-    "worker_id",
-    "acked",
-    "slot_released",
-    "desired_worker_id",
-    "available_at",
-    "queued_at",
-    "schedule_deadline",
-    "assigned_at",
-    "started_at",
-    "timeout_at",
-    "finished_at",
-    "output",
-    "error",
-]
+_TASK, _RUN, _ATTEMPT, _TASK_MUTABLE = _rows.TASK, _rows.RUN, _rows.ATTEMPT, _rows.TASK_MUTABLE
 
 Q = _queries.load(
     "sqlite",
@@ -93,8 +70,7 @@ _task_values = operator.attrgetter(*_TASK)
 _task_update_values = operator.attrgetter(*_TASK_MUTABLE, "seq")
 _run_values = operator.attrgetter(*_RUN)
 _attempt_values = operator.attrgetter(*_ATTEMPT)
-_TASK_STATUS = {s.value: s for s in TaskStatus}
-_RUN_STATUS = {s.value: s for s in RunStatus}
+_TASK_STATUS = _rows.TASK_STATUS
 _N_TASK = len(_TASK)
 _N_ATTEMPT = len(_ATTEMPT)
 # Positions in a task row: status, acked, slot_released.
@@ -110,12 +86,7 @@ def _task(r: Sequence[Any]) -> TaskRow:
     return row
 
 
-def _run(r: Sequence[Any]) -> RunRow:
-    row = RunRow(*r)
-    row.status = _RUN_STATUS[row.status]
-    if row.sticky is not None:
-        row.sticky = StickyStrategy(row.sticky)
-    return row
+_run = _rows.run_row
 
 
 def _attempt(r: Sequence[Any]) -> AttemptRow:
@@ -678,10 +649,10 @@ class SqliteStore:
                     continue
                 if workflows and not workflows & {workflow_id, workflow_name}:
                     continue
-                if match.additional_metadata:
-                    meta = _json_or_empty(meta_text)
-                    if any(str(meta.get(k)) != v for k, v in match.additional_metadata):
-                        continue
+                if match.additional_metadata and not _rows.metadata_matches(
+                    meta_text, match.additional_metadata
+                ):
+                    continue
                 found.append(run_id)
                 if len(found) >= match.limit:
                     break
@@ -849,27 +820,5 @@ def _migrate(conn: sqlite3.Connection) -> None:
             raise
 
 
-def _json_or_empty(text: str | None) -> Any:
-    if not text:
-        return {}
-    try:
-        return json.loads(text)
-    except ValueError:
-        return {}
 
-
-def _worker(row: Sequence[Any]) -> WorkerRecord:
-    return WorkerRecord(
-        id=row[0],
-        tenant_id=row[1],
-        name=row[2],
-        actions=tuple(json.loads(row[3])),
-        slot_config=json.loads(row[4]),
-        labels=json.loads(row[5]),
-        runtime_info=json.loads(row[6]),
-        status=WorkerStatus(row[7]),
-        status_reason=row[8],
-        status_changed_at=row[9],
-        last_heartbeat_at=row[10],
-        created_at=row[11],
-    )
+_worker = _rows.worker_record

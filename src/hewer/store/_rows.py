@@ -1,0 +1,98 @@
+"""Row mapping both backends share: column lists (in the order of the records' fields) and
+conversions of stored rows to records where the drivers return the same values."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import fields
+from typing import Any, Protocol
+
+from hewer.domain import (
+    AttemptRow,
+    RunRow,
+    RunStatus,
+    StickyStrategy,
+    TaskRow,
+    TaskStatus,
+    WorkerRecord,
+    WorkerStatus,
+)
+
+
+class StoredRow(Protocol):
+    """What both drivers return for a row: its values, by position and in order."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+TASK = [f.name for f in fields(TaskRow)]
+RUN = [f.name for f in fields(RunRow)]
+ATTEMPT = [f.name for f in fields(AttemptRow)]
+# The task columns a transition may change (every update writes all of them).
+TASK_MUTABLE = [
+    "status",
+    "retry_count",
+    "app_retries",
+    "reassignments",
+    "worker_id",
+    "acked",
+    "slot_released",
+    "desired_worker_id",
+    "available_at",
+    "queued_at",
+    "schedule_deadline",
+    "assigned_at",
+    "started_at",
+    "timeout_at",
+    "finished_at",
+    "output",
+    "error",
+]
+TASK_STATUS = {s.value: s for s in TaskStatus}
+RUN_STATUS = {s.value: s for s in RunStatus}
+
+
+def run_row(r: StoredRow) -> RunRow:
+    row = RunRow(*r)
+    row.status = RUN_STATUS[row.status]
+    if row.sticky is not None:
+        row.sticky = StickyStrategy(row.sticky)
+    return row
+
+
+def worker_record(row: StoredRow) -> WorkerRecord:
+    """A worker row: id, tenant, name, then actions, slot config, labels and runtime info
+    as JSON text, then status, reason and times."""
+    return WorkerRecord(
+        id=row[0],
+        tenant_id=row[1],
+        name=row[2],
+        actions=tuple(json.loads(row[3])),
+        slot_config=json.loads(row[4]),
+        labels=json.loads(row[5]),
+        runtime_info=json.loads(row[6]),
+        status=WorkerStatus(row[7]),
+        status_reason=row[8],
+        status_changed_at=row[9],
+        last_heartbeat_at=row[10],
+        created_at=row[11],
+    )
+
+
+def metadata_matches(meta_text: str | None, wanted: Iterable[tuple[str, str]]) -> bool:
+    """Whether a run's additional metadata (JSON text) has every wanted key with a value
+    whose ``str()`` is the one given (what a filter from a query string can say)."""
+    meta = _json_or_empty(meta_text)
+    return all(str(meta.get(k)) == v for k, v in wanted)
+
+
+def _json_or_empty(text: str | None) -> Any:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
