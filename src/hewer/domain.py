@@ -4,6 +4,7 @@ Plain dataclasses and StrEnums, no driver or transport types."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -766,3 +767,15 @@ class WorkingSet:
             self.tasks[t.id] = t
             self.changes.new_tasks[t.id] = t
             self.attempts_known.add(t.id)  # new: no attempts yet
+
+
+def metadata_object(text: str | None) -> dict[str, Any]:
+    """A run's additional metadata (JSON text) as a dict: empty when there is none, or
+    when the text is not a JSON object."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

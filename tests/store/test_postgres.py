@@ -5,6 +5,7 @@ round-trips of text, JSON and times, and recovering a lost connection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -277,7 +278,12 @@ async def contend(
     return before, got["second"][0], got["first"][1], got["second"][1]
 
 
-async def test_a_write_waits_for_the_rows_another_store_has_locked(url: str) -> None:
+@contextlib.asynccontextmanager
+async def two_stores_and_a_run(
+    url: str,
+) -> AsyncIterator[tuple[PostgresStore, PostgresStore, str, Workflow, NewRun]]:
+    """Two stores on one database (as two engines would be), and a one-task run made
+    through the first: (first, second, tenant id, workflow, run)."""
     first, second = PostgresStore(url), PostgresStore(url)
     await first.open()
     await second.open()
@@ -285,27 +291,24 @@ async def test_a_write_waits_for_the_rows_another_store_has_locked(url: str) -> 
         machine = Machine(first)
         tid = await tenant(first)
         wf = await machine.workflow(tid, "one", [TaskDef("t", "one:t")])
-        run = await machine.run(wf)
+        yield first, second, tid, wf, await machine.run(wf)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_write_waits_for_the_rows_another_store_has_locked(url: str) -> None:
+    async with two_stores_and_a_run(url) as (first, second, _, _, run):
         # A lock on the task row: the waiter loads the committed row.
         before, loaded, _, _ = await contend(url, first, second, run.id, seqs=0)
         assert loaded == before + 1
         # On the queue positions too: they are handed out in commit order.
         before, loaded, first_seq, second_seq = await contend(url, first, second, run.id, 3)
         assert loaded == before + 1 and second_seq == first_seq + 5
-    finally:
-        await first.close()
-        await second.close()
 
 
 async def test_a_cancelled_write_rolls_back_and_the_store_goes_on(url: str) -> None:
-    first, second = PostgresStore(url), PostgresStore(url)
-    await first.open()
-    await second.open()
-    try:
-        machine = Machine(first)
-        tid = await tenant(first)
-        wf = await machine.workflow(tid, "one", [TaskDef("t", "one:t")])
-        run = await machine.run(wf)
+    async with two_stores_and_a_run(url) as (_, second, tid, wf, run):
         conn = await asyncpg.connect(url)
         tx = conn.transaction()
         await tx.start()
@@ -328,9 +331,6 @@ async def test_a_cancelled_write_rolls_back_and_the_store_goes_on(url: str) -> N
         assert await other.assign(run.id, tid)
         [row] = await second.tasks_list(tid)
         assert row.status is TaskStatus.RUNNING
-    finally:
-        await first.close()
-        await second.close()
 
 
 async def test_a_lost_writer_connection_is_replaced(url: str, pg: PostgresStore) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from collections.abc import Mapping
@@ -11,6 +10,7 @@ from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
+from hewer.domain import metadata_object
 from hewer.durations import format_duration
 from hewer.errors import NotFound
 from hewer.sdk._wire import Action
@@ -89,14 +89,6 @@ class TaskServices(Protocol):
         ...
 
 
-def _json_object(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 class Context:
@@ -182,7 +174,7 @@ class Context:
     @property
     def additional_metadata(self) -> dict[str, Any]:
         """Metadata the run was triggered with."""
-        return _json_object(self._action.additional_metadata)
+        return metadata_object(self._action.additional_metadata)
 
     @property
     def workflow_input(self) -> dict[str, Any]:

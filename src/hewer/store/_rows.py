@@ -17,6 +17,7 @@ from hewer.domain import (
     TaskStatus,
     WorkerRecord,
     WorkerStatus,
+    metadata_object,
 )
 
 
@@ -84,15 +85,6 @@ def worker_record(row: StoredRow) -> WorkerRecord:
 def metadata_matches(meta_text: str | None, wanted: Iterable[tuple[str, str]]) -> bool:
     """Whether a run's additional metadata (JSON text) has every wanted key with a value
     whose ``str()`` is the one given (what a filter from a query string can say)."""
-    meta = _json_or_empty(meta_text)
+    meta = metadata_object(meta_text)
     return all(str(meta.get(k)) == v for k, v in wanted)
 
-
-def _json_or_empty(text: str | None) -> Any:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
