@@ -5,6 +5,7 @@ Environment is read only when a settings object is built (at an entry point), ne
 
 from __future__ import annotations
 
+import socket
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -78,10 +79,36 @@ class EngineSettings(BaseSettings):
         "loss; -1: never give up)",
     )
     token_ttl: timedelta = Field(timedelta(days=90), description="lifetime of minted tokens")
-
-    _coerce = field_validator("heartbeat_interval", "inactive_after", "token_ttl", mode="before")(
-        _duration
+    replica_id: str | None = Field(
+        None,
+        description="this engine's name among replicas sharing a PostgreSQL database "
+        "(default: <host name>:<gRPC port>; a restarted replica of the same name takes its "
+        "lease back at once)",
     )
+    replica_host: str | None = Field(
+        None,
+        description="host other replicas reach this one at (default: the listen host, or "
+        "the machine's host name when listening on every interface)",
+    )
+    lease_ttl: timedelta = Field(
+        timedelta(seconds=5),
+        description="term of the scheduling lease among replicas: a replica that stops "
+        "renewing it is taken over after about this long (PostgreSQL only)",
+    )
+    relay_wait: timedelta = Field(
+        timedelta(seconds=10),
+        description="how long a replica holds a call while no replica schedules (a "
+        "takeover) before answering UNAVAILABLE",
+    )
+
+    _coerce = field_validator(
+        "heartbeat_interval",
+        "inactive_after",
+        "token_ttl",
+        "lease_ttl",
+        "relay_wait",
+        mode="before",
+    )(_duration)
 
     @property
     def store_url(self) -> str:
@@ -110,6 +137,15 @@ class EngineSettings(BaseSettings):
             return self.broadcast_address
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"{host}:{self.port}"
+
+    def replica_address(self, port: int) -> str:
+        """host:port at which other replicas reach this one's listener on ``port``."""
+        host = self.replica_host
+        if not host:
+            host = self.host if self.host not in ("0.0.0.0", "::", "") else socket.gethostname()
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{port}"
 
     @property
     def api_listen_host(self) -> str:

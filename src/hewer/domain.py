@@ -475,6 +475,32 @@ class WorkerRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseState:
+    """A scheduling lease as the database holds it: who has it, with which fencing token,
+    where that replica listens, and whether it is still within its term (by the database's
+    clock)."""
+
+    holder: str
+    token: int
+    grpc_address: str
+    api_address: str
+    live: bool
+    remaining_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRecord:
+    """An engine replica in the registry."""
+
+    id: str
+    grpc_address: str
+    api_address: str
+    scheduling: bool
+    started_at: float
+    seen_ago_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class RunningTask:
     """A task held by a worker: what must be given back if that worker is lost."""
 

@@ -38,6 +38,14 @@ class StoreError(HewerError):
         self.unavailable = unavailable
 
 
+class LeaseLost(StoreError):
+    """A write was refused because this replica no longer holds the scheduling lease
+    (another replica took it over): the transaction was rolled back."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, unavailable=True)
+
+
 class TaskRunError(HewerError):
     """A run finished FAILED or CANCELLED; ``errors`` maps task name to its error text."""
 

@@ -4,21 +4,29 @@ in order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 from pathlib import Path
 from types import TracebackType
+from typing import TypeGuard
 
 from grpc import aio
 
 from hewer.config import EngineSettings
 from hewer.engine.api.app import build_app
+from hewer.engine.api.relay import ApiSwitch
 from hewer.engine.api.server import ApiServer
 from hewer.engine.core.auth import TokenAuthority, Unauthenticated, unverified_claims
 from hewer.engine.core.clock import Clock, SystemClock
+from hewer.engine.core.lease import LeaseKeeper
 from hewer.engine.core.service import EngineCore
-from hewer.engine.grpc.server import build_server
+from hewer.engine.grpc.relay import Relay, Switch, local_handlers
+from hewer.engine.grpc.server import server_options
+from hewer.errors import StoreError
 from hewer.store import Store, open_store
+from hewer.store._protocol import Leases
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +34,12 @@ DEFAULT_TENANT = "default"
 
 
 class Engine:
-    """A running engine. ``async with Engine(settings) as engine: ...``"""
+    """A running engine. ``async with Engine(settings) as engine: ...``
+
+    On SQLite the engine always schedules. On PostgreSQL several engines may share the
+    database: each listens and accepts every call, the one holding the scheduling lease
+    serves them with its engine core, and the others relay them to it (see
+    :mod:`hewer.engine.core.lease` and :mod:`hewer.engine.grpc.relay`)."""
 
     def __init__(
         self, settings: EngineSettings, *, clock: Clock | None = None, store: Store | None = None
@@ -34,14 +47,9 @@ class Engine:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.store = store or open_store(settings.store_url, pool_size=settings.database_pool_size)
-        self.core = EngineCore(
-            self.store,
-            self.clock,
-            inactive_after=settings.inactive_after.total_seconds(),
-            max_reassignments=None
-            if settings.max_reassignments < 0
-            else settings.max_reassignments,
-        )
+        self.core = self._new_core()
+        """The engine core of the current (or last) term of scheduling."""
+        self._core_fresh = True  # never started: the first term uses it
         self._server: aio.Server | None = None
         self._api: ApiServer | None = None
         self.auth = TokenAuthority(self.store, self.clock)
@@ -50,6 +58,23 @@ class Engine:
         self.api_port = settings.api_port
         self.token = ""
         self.default_tenant_id = ""
+        self.keeper: LeaseKeeper | None = None
+        self.relay: Relay | None = None
+        self._switch = Switch()
+        self._api_switch = ApiSwitch(None, settings.relay_wait.total_seconds())
+        self._scheduling = False
+        self._term: int | None = None
+        self._roles: asyncio.Task[None] | None = None
+        self.terms = 0  # terms of scheduling begun by this process
+
+    def _new_core(self) -> EngineCore:
+        s = self.settings
+        return EngineCore(
+            self.store,
+            self.clock,
+            inactive_after=s.inactive_after.total_seconds(),
+            max_reassignments=None if s.max_reassignments < 0 else s.max_reassignments,
+        )
 
     @property
     def address(self) -> str:
@@ -60,14 +85,24 @@ class Engine:
         """The REST API's base URL (what tokens carry as ``server_url``)."""
         return self.settings.server_url
 
+    @property
+    def scheduling(self) -> bool:
+        """Whether this engine serves calls with its own core now (else it relays them)."""
+        return self._scheduling
+
     async def start(self) -> None:
         await self.store.open()
         tenant = await self.store.tenant_ensure(DEFAULT_TENANT, self.clock.now())
         self.default_tenant_id = tenant.id
         await self.auth.load()
         s = self.settings
-        server, port = build_server(self.core, self.auth, s.host, s.port, s.max_message_bytes)
-        api = ApiServer(build_app(self.core, self.auth), s.api_listen_host, s.api_port)
+        server = aio.server(options=server_options(s.max_message_bytes))
+        server.add_generic_rpc_handlers((self._switch,))
+        port = server.add_insecure_port(f"{s.host}:{s.port}")
+        if port == 0:
+            await self.store.close()
+            raise OSError(f"could not bind gRPC to {s.host}:{s.port}")
+        api = ApiServer(self._api_switch, s.api_listen_host, s.api_port)
         try:
             # Both listeners are bound before tokens are minted: they carry the real ports.
             api_port = api.bind()
@@ -81,7 +116,10 @@ class Engine:
         self.token, token_is_new = await self._local_token()
         self._server, self._api = server, api
         try:
-            await self.core.start()
+            if _shared(self.store):
+                await self._start_replica(self.store)
+            else:
+                await self._lead(None)
             await server.start()
             await api.start()
         except BaseException:
@@ -91,15 +129,94 @@ class Engine:
         if token_is_new:
             write_private(self.settings.token_file, self.token)
         logger.info(
-            "hewer engine listening on %s, HTTP API on %s (database %s); token for tenant %r "
-            "in %s (more with: hewer token create)",
+            "hewer engine listening on %s, HTTP API on %s (database %s%s); token for tenant "
+            "%r in %s (more with: hewer token create)",
             self.address,
             self.api_url,
             self.settings.store_display,
+            "" if self.keeper is None else f", replica {self.keeper.replica_id}",
             DEFAULT_TENANT,
             self.settings.token_file,
         )
 
+    # -- replicas ---------------------------------------------------------------------------
+
+    async def _start_replica(self, store: Leases) -> None:
+        s = self.settings
+        keeper = LeaseKeeper(
+            store,
+            self.clock,
+            replica_id=s.replica_id or f"{socket.gethostname()}:{self.port}",
+            grpc_address=s.replica_address(self.port),
+            api_address=s.replica_address(self.api_port),
+            ttl=s.lease_ttl.total_seconds(),
+        )
+        self.keeper = keeper
+        self.relay = Relay(keeper, s.max_message_bytes, s.relay_wait.total_seconds())
+        self._switch.relay_with(self.relay)
+        self._api_switch.keeper = keeper
+        await keeper.start()
+        await self._follow_lease()
+        self._roles = asyncio.create_task(self._roles_forever(keeper), name="hewer-roles")
+
+    async def _roles_forever(self, keeper: LeaseKeeper) -> None:
+        while True:
+            changed = keeper.watch()
+            try:
+                await self._follow_lease()
+            except Exception:
+                logger.exception("could not change this replica's role; trying again")
+                await asyncio.sleep(keeper.interval)
+                continue
+            await changed.wait()
+
+    async def _follow_lease(self) -> None:
+        """Schedule while the lease is held here, relay otherwise."""
+        keeper = self.keeper
+        assert keeper is not None
+        want = keeper.token
+        if want == self._term:
+            return
+        if self._scheduling:
+            await self._step_down()
+        if want is not None:
+            assert isinstance(self.store, Leases)
+            self.store.fence(keeper.lease, want)
+            await self._lead(want)
+
+    async def _lead(self, token: int | None) -> None:
+        """Begin a term of scheduling: a core of our own, built from the database."""
+        core = self.core if self._core_fresh else self._new_core()
+        self._core_fresh = False
+        self.core = core
+        if self.keeper is not None:
+            core.loop.on_fenced = self.keeper.fenced
+        try:
+            await core.start()
+        except StoreError as exc:
+            logger.error("could not take up scheduling: %s", exc)
+            await core.stop(grace=0)
+            if self.keeper is None:
+                raise
+            await self.keeper.give_up()
+            return
+        self._switch.local = local_handlers(core, self.auth, self.settings.max_message_bytes)
+        self._api_switch.local = build_app(core, self.auth)
+        self._scheduling, self._term = True, token
+        self.terms += 1
+        if token is not None:
+            logger.info("scheduling (term %d)", token)
+
+    async def _step_down(self) -> None:
+        """End the term: new calls are relayed, the core's streams close (their workers
+        reconnect and are relayed to the replica that schedules now)."""
+        self._switch.local = None
+        self._api_switch.local = None
+        self._scheduling, self._term = False, None
+        logger.warning("no longer scheduling; relaying calls to the replica that does")
+        await self.core.stop(grace=0)
+
+    # -- tokens -----------------------------------------------------------------------------
     async def _local_token(self) -> tuple[str, bool]:
         """The default tenant's token (reused from the state dir while still valid), and
         whether it is new."""
@@ -127,13 +244,27 @@ class Engine:
         return token, True
 
     async def stop(self, grace: float = 2.0) -> None:
+        roles, self._roles = self._roles, None
+        if roles is not None:
+            roles.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await roles
         if self._api is not None:
             api, self._api = self._api, None
             await api.stop()
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        self._switch.local = None
+        self._api_switch.local = None
+        self._scheduling = False
         await self.core.stop()
+        if self.keeper is not None:
+            # After the core stopped writing: the next replica may take over at once.
+            await self.keeper.stop()
+        if self.relay is not None:
+            await self.relay.close()
+        await self._api_switch.close()
         await self.store.close()
         self._stopped.set()
 
@@ -151,6 +282,11 @@ class Engine:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _shared(store: Store) -> TypeGuard[Leases]:
+    """Whether several engines may share the store (it keeps a scheduling lease)."""
+    return isinstance(store, Leases)
 
 
 def write_private(path: Path, text: str) -> None:

@@ -89,8 +89,6 @@ class TaskServices(Protocol):
         ...
 
 
-
-
 class Context:
     """Passed to every task function as its second argument."""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from hewer.domain import (
     ApiToken,
@@ -24,10 +24,12 @@ from hewer.domain import (
     Changes,
     GateClaim,
     Keys,
+    LeaseState,
     LogLine,
     LogQuery,
     QueuePage,
     RateLimitRecord,
+    ReplicaRecord,
     RunFilter,
     RunRow,
     StickyStrategy,
@@ -39,7 +41,7 @@ from hewer.domain import (
 )
 from hewer.errors import StoreError
 
-__all__ = ["QueuedRow", "Store", "StoreError", "StoreTx"]
+__all__ = ["Leases", "QueuedRow", "Store", "StoreError", "StoreTx"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,3 +171,38 @@ class Store(Protocol):
 
     # logs (writes go through StoreTx.stage)
     async def logs_list(self, query: LogQuery) -> list[LogLine]: ...
+
+
+@runtime_checkable
+class Leases(Protocol):
+    """What a store shared by several engine replicas adds (PostgreSQL): the scheduling
+    lease, its fencing, and the registry of replicas. Times come from the database's clock.
+    A store without it (SQLite) has one engine, which always schedules."""
+
+    def fence(self, lease: str, token: int) -> None:
+        """From now on, every write transaction first checks that ``lease`` still has
+        ``token`` (and keeps it from changing hands until it commits); if not, it is rolled
+        back with :class:`~hewer.errors.LeaseLost`."""
+
+    async def lease_claim(
+        self, lease: str, holder: str, grpc_address: str, api_address: str, ttl_s: float
+    ) -> int | None:
+        """Take ``lease`` if it is free, expired or already ``holder``'s; returns the new
+        fencing token, or None when another replica holds it."""
+
+    async def lease_renew(self, lease: str, token: int, ttl_s: float) -> bool:
+        """Extend the term of the lease held with ``token``; False if it changed hands."""
+
+    async def lease_release(self, lease: str, token: int) -> None:
+        """End the term now (a clean shutdown), so another replica may take it at once."""
+
+    async def lease_get(self, lease: str) -> LeaseState | None: ...
+
+    async def replica_seen(
+        self, replica_id: str, grpc_address: str, api_address: str, scheduling: bool, fresh: bool
+    ) -> None:
+        """Record the replica as alive now (``fresh``: it has just started)."""
+
+    async def replica_gone(self, replica_id: str) -> None: ...
+
+    async def replicas_list(self) -> list[ReplicaRecord]: ...

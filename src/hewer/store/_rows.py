@@ -87,4 +87,3 @@ def metadata_matches(meta_text: str | None, wanted: Iterable[tuple[str, str]]) -
     whose ``str()`` is the one given (what a filter from a query string can say)."""
     meta = metadata_object(meta_text)
     return all(str(meta.get(k)) == v for k, v in wanted)
-

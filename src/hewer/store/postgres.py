@@ -32,10 +32,12 @@ from hewer.domain import (
     Changes,
     GateClaim,
     Keys,
+    LeaseState,
     LogLine,
     LogQuery,
     QueuePage,
     RateLimitRecord,
+    ReplicaRecord,
     RunFilter,
     RunRow,
     StickyStrategy,
@@ -46,7 +48,7 @@ from hewer.domain import (
     Workflow,
     WorkingSet,
 )
-from hewer.errors import StoreError
+from hewer.errors import LeaseLost, StoreError
 from hewer.store import _queries, _rows
 from hewer.store._protocol import QueuedRow
 
@@ -96,6 +98,11 @@ COMMAND_TIMEOUT_S = 5.0
 # Migrations may wait for another engine's, or build an index on a big table.
 MIGRATION_TIMEOUT_S = 3600.0
 CLOSE_TIMEOUT_S = 5.0
+# A writer that stops between the statements of a transaction (a paused process) holds its
+# row locks, the lease's among them, until the server gives up on it after this long.
+IDLE_IN_TRANSACTION_S = 5.0
+# Lease statements are short and must not hang a replica's renewals behind a lock.
+LEASE_TIMEOUT_S = 2.0
 STATEMENT_CACHE = 256
 
 # Every exception the driver raises for a failed or unreachable database.
@@ -200,15 +207,26 @@ async def _keep_session(conn: Any) -> None:
 class _Tx:
     """One write transaction (see :class:`hewer.store.StoreTx`)."""
 
-    def __init__(self, conn: Conn) -> None:
+    def __init__(self, conn: Conn, fence: str | None) -> None:
         self._conn = conn
         self._begun = False
         self._staged: list[Changes] = []
+        self._fence = fence
 
     async def _begin(self) -> None:
-        if not self._begun:
+        if self._begun:
+            return
+        if self._fence is None:
             await self._conn.execute("BEGIN")
             self._begun = True
+            return
+        # One round trip: the lease check shares the BEGIN's (simple query, the status of
+        # its last statement comes back). Its row lock keeps a takeover waiting until this
+        # transaction ends, so no decision commits after the lease changed hands.
+        status = await self._conn.execute(self._fence)
+        self._begun = True
+        if status != "SELECT 1":
+            raise LeaseLost("this engine no longer holds the scheduling lease")
 
     async def load(self, keys: Keys, known_versions: Collection[str], seqs: int = 0) -> WorkingSet:
         ws = WorkingSet()
@@ -440,6 +458,7 @@ class PostgresStore:
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._wconn: asyncpg.Connection[asyncpg.Record] | None = None
         self._lock = asyncio.Lock()
+        self._fence: str | None = None
 
     @property
     def url(self) -> str:
@@ -448,25 +467,30 @@ class PostgresStore:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _connect_options(self) -> dict[str, Any]:
+    def _connect_options(self, **server_settings: str) -> dict[str, Any]:
         return {
             "timeout": self._connect_timeout,
             "command_timeout": COMMAND_TIMEOUT_S,
             "statement_cache_size": STATEMENT_CACHE,
-            "server_settings": {"application_name": "hewer"},
+            "server_settings": {"application_name": "hewer", **server_settings},
         }
 
-    async def _connect(self) -> asyncpg.Connection[asyncpg.Record]:
+    async def _connect(self, **server_settings: str) -> asyncpg.Connection[asyncpg.Record]:
         # asyncpg bounds each attempt, but may try several addresses: bound the whole.
         async with asyncio.timeout(self._connect_timeout * 2):
-            return await asyncpg.connect(self._url, **self._connect_options())
+            return await asyncpg.connect(self._url, **self._connect_options(**server_settings))
+
+    async def _connect_writer(self) -> asyncpg.Connection[asyncpg.Record]:
+        return await self._connect(
+            idle_in_transaction_session_timeout=f"{int(IDLE_IN_TRANSACTION_S * 1000)}"
+        )
 
     async def open(self) -> None:
         if self._pool is not None:
             return
         conn: asyncpg.Connection[asyncpg.Record] | None = None
         try:
-            conn = await self._connect()
+            conn = await self._connect_writer()
             await _migrate(conn)
             async with asyncio.timeout(self._connect_timeout * 2):
                 pool = await asyncpg.create_pool(
@@ -514,7 +538,7 @@ class PostgresStore:
         conn = self._wconn
         try:
             if conn is None or conn.is_closed():
-                conn = self._wconn = await self._connect()
+                conn = self._wconn = await self._connect_writer()
             elif conn.is_in_transaction():
                 # Left open by a write cancelled while it began: nothing of it is wanted.
                 await conn.execute("ROLLBACK")
@@ -528,11 +552,13 @@ class PostgresStore:
     async def _fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
         return await self._read(lambda conn: conn.fetchrow(Q[name], *args))
 
-    async def _read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+    async def _read(
+        self, fn: Callable[[Conn], Awaitable[T]], limit: float = COMMAND_TIMEOUT_S
+    ) -> T:
         """Reads on one pool connection, bounded in time as a whole (waiting for a free
         connection included)."""
         try:
-            async with asyncio.timeout(COMMAND_TIMEOUT_S):
+            async with asyncio.timeout(limit):
                 async with self._readers().acquire() as conn:
                     return await fn(conn)
         except _DRIVER_ERRORS as exc:
@@ -571,7 +597,7 @@ class PostgresStore:
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[_Tx]:
         async with self._lock:
-            tx = _Tx(await self._writer())
+            tx = _Tx(await self._writer(), self._fence)
             try:
                 yield tx
                 await tx._commit()
@@ -841,9 +867,59 @@ class PostgresStore:
         rows = await self._fetch("logs_list", query.tenant_id, query.task_id, query.limit)
         return [LogLine(*r) for r in rows]
 
+    # ------------------------------------------------------------------ replicas
+
+    def fence(self, lease: str, token: int) -> None:
+        name = lease.replace("'", "''")
+        self._fence = (
+            f"BEGIN; SELECT 1 FROM engine_leases WHERE name = '{name}' "
+            f"AND token = {int(token)} FOR SHARE"
+        )
+
+    async def _lease_statement(self, name: str, *args: Any) -> Any:
+        return await self._read(lambda conn: conn.fetchval(Q[name], *args), LEASE_TIMEOUT_S)
+
+    async def lease_claim(
+        self, lease: str, holder: str, grpc_address: str, api_address: str, ttl_s: float
+    ) -> int | None:
+        token = await self._lease_statement(
+            "lease_claim", lease, holder, grpc_address, api_address, float(ttl_s)
+        )
+        return None if token is None else int(token)
+
+    async def lease_renew(self, lease: str, token: int, ttl_s: float) -> bool:
+        return await self._lease_statement("lease_renew", lease, token, float(ttl_s)) is not None
+
+    async def lease_release(self, lease: str, token: int) -> None:
+        await self._read(
+            lambda conn: conn.execute(Q["lease_release"], lease, token), LEASE_TIMEOUT_S
+        )
+
+    async def lease_get(self, lease: str) -> LeaseState | None:
+        r = await self._read(lambda conn: conn.fetchrow(Q["lease_get"], lease), LEASE_TIMEOUT_S)
+        if r is None:
+            return None
+        return LeaseState(r[0], int(r[1]), r[2], r[3], bool(r[4]), float(r[5]))
+
+    async def replica_seen(
+        self, replica_id: str, grpc_address: str, api_address: str, scheduling: bool, fresh: bool
+    ) -> None:
+        await self._read(
+            lambda conn: conn.execute(
+                Q["replica_seen"], replica_id, grpc_address, api_address, scheduling, fresh
+            ),
+            LEASE_TIMEOUT_S,
+        )
+
+    async def replica_gone(self, replica_id: str) -> None:
+        await self._read(lambda conn: conn.execute(Q["replica_gone"], replica_id), LEASE_TIMEOUT_S)
+
+    async def replicas_list(self) -> list[ReplicaRecord]:
+        rows = await self._fetch("replicas_list")
+        return [ReplicaRecord(r[0], r[1], r[2], bool(r[3]), float(r[4]), float(r[5])) for r in rows]
+
 
 def _rowcount(status: str) -> int:
     """The row count of a command status such as ``UPDATE 3``."""
     tail = status.rsplit(" ", 1)[-1]
     return int(tail) if tail.isdigit() else 0
-

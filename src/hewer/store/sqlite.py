@@ -820,5 +820,4 @@ def _migrate(conn: sqlite3.Connection) -> None:
             raise
 
 
-
 _worker = _rows.worker_record

@@ -28,7 +28,7 @@ from hewer.engine.core.component import Component
 from hewer.engine.core.scheduler import Scheduler
 from hewer.engine.core.transitions import Assign, Context, Op, queued_item
 from hewer.engine.core.versions import Versions
-from hewer.errors import HewerError, StoreError
+from hewer.errors import HewerError, LeaseLost, StoreError
 from hewer.store import Store
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ class EngineLoop(Component):
         self._probe: asyncio.Task[None] | None = None
         self.back_at: float | None = None
         """When (monotonic) the database last came back after being unavailable."""
+        self.on_fenced: Callable[[], None] | None = None
+        """Called when a write was refused because another replica took the lease over."""
         # Counters, for benchmarks and /metrics.
         self.commits = 0
         self.ops = 0
@@ -312,6 +314,8 @@ class EngineLoop(Component):
                     future.set_exception(error)
             if isinstance(exc, asyncio.CancelledError):
                 raise
+            if isinstance(exc, LeaseLost) and self.on_fenced is not None:
+                self.on_fenced()
             if isinstance(exc, StoreError) and exc.unavailable:
                 # The probe rebuilds the scheduler once the database answers again.
                 self._went_down(exc)

@@ -328,3 +328,45 @@ FROM workers WHERE ($1::text IS NULL OR tenant_id = $1) ORDER BY created_at, pos
 -- name: logs_list
 SELECT task_id, created_at, message, level, retry_count FROM task_logs
 WHERE tenant_id = $1 AND task_id = $2 ORDER BY id LIMIT $3;
+
+-- name: lease_claim
+-- Taken when free or expired (by the database's clock), or when its holder (the same
+-- replica name, restarted) asks again; the token moves on either way.
+INSERT INTO engine_leases AS l
+    (name, holder, token, grpc_address, api_address, acquired_at, expires_at)
+VALUES ($1, $2, 1, $3, $4, now(), now() + $5 * interval '1 second')
+ON CONFLICT (name) DO UPDATE
+SET holder = EXCLUDED.holder, token = l.token + 1, grpc_address = EXCLUDED.grpc_address,
+    api_address = EXCLUDED.api_address, acquired_at = now(), expires_at = EXCLUDED.expires_at
+WHERE l.expires_at < now() OR l.holder = EXCLUDED.holder
+RETURNING token;
+
+-- name: lease_renew
+UPDATE engine_leases SET expires_at = now() + $3 * interval '1 second'
+WHERE name = $1 AND token = $2
+RETURNING token;
+
+-- name: lease_release
+UPDATE engine_leases SET expires_at = now() - interval '1 millisecond'
+WHERE name = $1 AND token = $2;
+
+-- name: lease_get
+SELECT holder, token, grpc_address, api_address, expires_at > now() AS live,
+       extract(epoch FROM expires_at - now()) AS remaining_s
+FROM engine_leases WHERE name = $1;
+
+-- name: replica_seen
+INSERT INTO engine_replicas AS r (id, grpc_address, api_address, scheduling, started_at, seen_at)
+VALUES ($1, $2, $3, $4, now(), now())
+ON CONFLICT (id) DO UPDATE
+SET grpc_address = EXCLUDED.grpc_address, api_address = EXCLUDED.api_address,
+    scheduling = EXCLUDED.scheduling, seen_at = now(),
+    started_at = CASE WHEN $5 THEN now() ELSE r.started_at END;
+
+-- name: replica_gone
+DELETE FROM engine_replicas WHERE id = $1;
+
+-- name: replicas_list
+SELECT id, grpc_address, api_address, scheduling, extract(epoch FROM started_at),
+       extract(epoch FROM now() - seen_at)
+FROM engine_replicas ORDER BY id;

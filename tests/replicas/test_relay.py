@@ -1,0 +1,123 @@
+"""Two and three engines over one PostgreSQL database: one schedules, the others relay.
+
+In-process engines (real gRPC, HTTP and PostgreSQL); the kill -9 battery with engine
+processes is in ``test_failover.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from hewer import Context, Hewer
+from hewer.testing import EngineThread
+from tests.conftest import HEARTBEAT, INACTIVE_AFTER
+from tests.helpers import wait_for
+from tests.pg import fresh_database_sync
+
+LEASE_TTL = 1.0
+
+
+class In(BaseModel):
+    x: int
+
+
+def replica(directory: Path, url: str, name: str) -> EngineThread:
+    return EngineThread(
+        directory / name,
+        database_url=url,
+        heartbeat_interval=HEARTBEAT,
+        inactive_after=INACTIVE_AFTER,
+        lease_ttl=LEASE_TTL,
+        replica_id=name,
+    ).start()
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    with fresh_database_sync() as url:
+        yield url
+
+
+@pytest.fixture
+def pair(tmp_path: Path, database: str) -> Iterator[tuple[EngineThread, EngineThread]]:
+    a = replica(tmp_path, database, "a")
+    b = replica(tmp_path, database, "b")
+    try:
+        yield a, b
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_one_replica_schedules_the_other_relays(
+    pair: tuple[EngineThread, EngineThread],
+) -> None:
+    a, b = pair
+    assert a.engine.scheduling and not b.engine.scheduling
+    # Worker and client both on the replica that does not schedule.
+    hw = Hewer(settings=b.client_settings(heartbeat_interval=HEARTBEAT))
+
+    @hw.task(name="double")
+    def double(input: In, ctx: Context) -> dict[str, int]:
+        return {"y": input.x * 2}
+
+    worker = hw.worker("w", slots=4, workflows=[double])
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    try:
+        assert worker.ready.wait(20)
+        assert double.run(In(x=21)) == {"y": 42}
+        assert double.run_many([In(x=i) for i in range(20)]) == [{"y": 2 * i} for i in range(20)]
+        assert b.engine.relay is not None and b.engine.relay.relayed > 0
+        # REST through the relay, /health answered by the relay itself.
+        request = urllib.request.Request(
+            f"{b.api_url}/api/v1/tenants/{b.engine.default_tenant_id}/worker",
+            headers={"Authorization": f"Bearer {b.token}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert b'"w"' in response.read()
+        with urllib.request.urlopen(f"{b.api_url}/health", timeout=10) as response:
+            assert b'"scheduling":false' in response.read().replace(b" ", b"")
+    finally:
+        worker.stop()
+        thread.join(timeout=20)
+        hw.close()
+
+
+def test_clean_shutdown_hands_scheduling_over(tmp_path: Path, database: str) -> None:
+    a = replica(tmp_path, database, "a")
+    b = replica(tmp_path, database, "b")
+    hw = Hewer(settings=b.client_settings(heartbeat_interval=HEARTBEAT))
+
+    @hw.task(name="inc")
+    def inc(input: In, ctx: Context) -> dict[str, int]:
+        return {"y": input.x + 1}
+
+    worker = hw.worker("w", slots=4, workflows=[inc])
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    try:
+        assert worker.ready.wait(20)
+        assert inc.run(In(x=1)) == {"y": 2}
+        began = time.monotonic()
+        a.stop()
+        wait_for(lambda: b.engine.scheduling, timeout=10, what="b took over")
+        took = time.monotonic() - began
+        assert took < LEASE_TTL, f"handover took {took:.2f}s: the lease was not released"
+        assert inc.run(In(x=2)) == {"y": 3}
+        # The worker is the same one: its stream moved, it was not declared lost.
+        workers = b.call(b.engine.store.workers_list())
+        assert [w.status for w in workers] == ["active"]
+    finally:
+        worker.stop()
+        thread.join(timeout=20)
+        hw.close()
+        b.stop()
+        a.stop()
