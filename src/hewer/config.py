@@ -175,7 +175,9 @@ class ClientSettings(BaseSettings):
 
     token: str | None = Field(None, description="API token (default: the local engine's token)")
     host_port: str | None = Field(
-        None, description="engine gRPC address host:port (default: from the token)"
+        None,
+        description="engine gRPC address host:port, or several replicas' as "
+        "host:port,host:port (default: from the token)",
     )
     server_url: str | None = Field(
         None, description="engine HTTP API base URL (default: the token's server_url claim)"

@@ -11,6 +11,8 @@ import base64
 import binascii
 import json
 import logging
+import random
+import socket
 import threading
 import weakref
 from collections.abc import Callable
@@ -27,11 +29,13 @@ logger = logging.getLogger(__name__)
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
-# A worker sits on long-lived streams; keepalive pings detect half-dead connections and
-# keep NATs from dropping idle ones. The reconnect backoff caps keep a channel from waiting
-# minutes (gRPC's default cap is 120 s) to notice that a restarted engine is back.
-_KEEPALIVE_MS = 10_000
-_KEEPALIVE_TIMEOUT_MS = 60_000
+# A worker sits on long-lived streams; keepalive pings detect half-dead connections (an
+# engine replica paused or cut off: its socket stays open) within 8 s, so the worker moves
+# to another replica, and keep NATs from dropping idle ones. The reconnect backoff caps keep
+# a channel from waiting minutes (gRPC's default cap is 120 s) to notice that a restarted
+# engine is back.
+_KEEPALIVE_MS = 4_000
+_KEEPALIVE_TIMEOUT_MS = 4_000
 _MAX_RECONNECT_BACKOFF_MS = 5_000
 _INITIAL_RECONNECT_BACKOFF_MS = 100
 
@@ -49,8 +53,53 @@ def host_of(host_port: str) -> str:
 
 
 def is_local(host_port: str) -> bool:
-    """True when ``host_port`` names this machine's loopback."""
-    return host_of(host_port).lower() in LOCAL_HOSTS
+    """True when ``host_port`` (or every address of a list) names this machine's loopback."""
+    return all(host_of(one).lower() in LOCAL_HOSTS for one in addresses(host_port))
+
+
+def addresses(host_port: str) -> list[str]:
+    """The addresses of ``a:7070,b:7070`` (one for a plain ``host:port``)."""
+    return [part.strip() for part in host_port.split(",") if part.strip()] or [host_port]
+
+
+def channel_target(host_port: str) -> str:
+    """The gRPC target for an engine address, or for several (``a:7070,b:7070``: replicas).
+
+    Several addresses become one static target of resolved IPs in random order (so that
+    clients spread over the replicas); gRPC's pick_first connects to the first that answers
+    and moves to the next when its connection breaks. Names are resolved when the channel is
+    made; for replicas that come and go behind a DNS name, give that one name (gRPC
+    re-resolves it) instead of a list."""
+    parts = addresses(host_port)
+    if len(parts) == 1:
+        return parts[0]
+    v4: list[str] = []
+    v6: list[str] = []
+    failures: list[str] = []
+    for part in parts:
+        host = host_of(part)
+        port = part.rsplit(":", 1)[1] if ":" in part else ""
+        if not port.isdigit():
+            raise ConfigurationError(f"engine address {part!r} has no port (host:port)")
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except OSError as exc:
+            failures.append(f"{part}: {exc}")
+            continue
+        for family, _, _, _, sockaddr in infos:
+            ip = str(sockaddr[0])
+            if family == socket.AF_INET and f"{ip}:{port}" not in v4:
+                v4.append(f"{ip}:{port}")
+            elif family == socket.AF_INET6 and f"[{ip}]:{port}" not in v6:
+                v6.append(f"[{ip}]:{port}")
+    # One target holds one family; IPv4 where there is any (loopback names resolve to both).
+    chosen, scheme = (v4, "ipv4") if v4 else (v6, "ipv6")
+    if not chosen:
+        raise ConfigurationError(f"cannot resolve any engine address: {'; '.join(failures)}")
+    if failures:
+        logger.warning("engine addresses left out: %s", "; ".join(failures))
+    random.shuffle(chosen)
+    return f"{scheme}:{','.join(chosen)}"
 
 
 def token_claims(token: str) -> dict[str, Any]:
@@ -111,6 +160,8 @@ class Connection:
         return [
             ("grpc.keepalive_time_ms", _KEEPALIVE_MS),
             ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
+            # What gRPC core (1.7x) really waits for a ping's answer: 60 s unless set.
+            ("grpc.http2.ping_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.max_send_message_length", self.max_message_bytes),
@@ -123,13 +174,17 @@ class Connection:
     def sync_channel(self) -> grpc.Channel:
         """A new blocking channel (plaintext)."""
         return grpc.insecure_channel(
-            self.address, options=self.channel_options(), compression=grpc.Compression.Gzip
+            channel_target(self.address),
+            options=self.channel_options(),
+            compression=grpc.Compression.Gzip,
         )
 
     def aio_channel(self) -> grpc.aio.Channel:
         """A new asyncio channel; call only with a running event loop."""
         return grpc.aio.insecure_channel(
-            self.address, options=self.channel_options(), compression=grpc.Compression.Gzip
+            channel_target(self.address),
+            options=self.channel_options(),
+            compression=grpc.Compression.Gzip,
         )
 
 

@@ -50,22 +50,30 @@ class ApiSwitch:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         local = self.local
+        keeper = self.keeper
+        if keeper is not None and scope["type"] == "http" and scope["path"] == "/health":
+            # This replica's own health, whichever role it has.
+            holder = keeper.replica_id if keeper.token is not None else keeper.holder
+            response: Response = JSONResponse(
+                {
+                    "status": "ok",
+                    "replica": keeper.replica_id,
+                    "scheduling": local is not None,
+                    "scheduler": holder if isinstance(holder, str) else holder and holder.holder,
+                }
+            )
+            await response(scope, receive, send)
+            return
         if local is not None:
             await local(scope, receive, send)
             return
         if scope["type"] != "http":
             return
-        request = Request(scope, receive)
-        response = await self._relay(request)
+        response = await self._relay(Request(scope, receive))
         await response(scope, receive, send)
 
     async def _relay(self, request: Request) -> Response:
         keeper = self.keeper
-        if request.url.path == "/health":
-            holder = keeper.holder if keeper is not None else None
-            return JSONResponse(
-                {"status": "ok", "scheduling": False, "scheduler": holder and holder.holder}
-            )
         holder = await keeper.wait_holder(within=self.wait_s) if keeper is not None else None
         if keeper is None or holder is None or holder.holder == keeper.replica_id:
             return _unavailable("no engine replica is scheduling right now; retry shortly")

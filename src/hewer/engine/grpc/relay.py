@@ -149,8 +149,12 @@ class Relay:
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.keepalive_time_ms", 10_000),
-            ("grpc.keepalive_timeout_ms", 5_000),
+            # A paused scheduling replica keeps its socket open: notice within 3 s.
+            ("grpc.keepalive_time_ms", 1_000),
+            ("grpc.keepalive_timeout_ms", 2_000),
+            ("grpc.http2.ping_timeout_ms", 2_000),  # what gRPC core really waits for
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1_000),
