@@ -13,6 +13,8 @@ Systems (``--systems``):
             awaited with the Hewer SDK client, so the row differs only in the worker)
   hewer-pg  ``hewer engine --database-url postgresql://...`` (a scratch database on the
             machine's PostgreSQL) + a Hewer SDK worker
+  hewer-pg-2r  the same with two engine replicas over that database: the first schedules,
+            the worker and the client connect to the second, which relays to the first
   taskiq    taskiq + taskiq-redis (ListQueueBroker, Redis result backend); no persistence
   pgqueuer  pgqueuer + asyncpg on PostgreSQL (durable tables), in a database of its own
 
@@ -68,6 +70,7 @@ SYSTEMS = {
     "hewer": ("bench.harness.drive_hewer", "hewer", ["hewer"]),
     "hatchet": ("bench.harness.drive_hewer", "hatchet", ["hewer", "hatchet_sdk"]),
     "hewer-pg": ("bench.harness.drive_hewer", "hewer-pg", ["hewer", "asyncpg"]),
+    "hewer-pg-2r": ("bench.harness.drive_hewer", "hewer-pg-2r", ["hewer", "asyncpg"]),
     "taskiq": ("bench.harness.drive_taskiq", "", ["taskiq", "taskiq_redis", "redis"]),
     "pgqueuer": ("bench.harness.drive_pgqueuer", "", ["pgqueuer", "asyncpg"]),
 }

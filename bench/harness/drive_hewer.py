@@ -1,7 +1,8 @@
 """Driver for the Hewer rows: ``hewer engine`` on SQLite, with a worker of our SDK
 (``--variant hewer``) or of the unmodified hatchet-sdk (``--variant hatchet``), or on
 PostgreSQL (a scratch database on ``--pg-dsn``) with a worker of our SDK
-(``--variant hewer-pg``).
+(``--variant hewer-pg``; ``hewer-pg-2r``: two replicas, worker and client on the one that
+relays).
 
 Both rows trigger and wait through the Hewer SDK's async client, so they differ only in
 the worker. Run by ``bench/compare.py``; writes an ``Outcome`` as JSON to ``--out``.
@@ -55,8 +56,11 @@ class Setup:
         variant: str,
         sizes: Sizes,
         database_url: str | None = None,
+        replicas: int = 1,
     ) -> None:
         self.children = children
+        self.replicas = replicas
+        self.relay: Child | None = None
         self.workdir = workdir
         self.variant = variant
         self.sizes = sizes
@@ -83,10 +87,33 @@ class Setup:
         self.workers = 0
 
     def start_engine(self) -> Child:
+        """The engine (with ``replicas=2``, a second one over the same database after it:
+        the first schedules, the second relays; workers and the client use the second)."""
+        engine, self.token, self.address = self._start_one("engine", self.state)
+        if self.replicas == 2:
+            self.relay, self.token, self.address = self._start_one(
+                "engine-relay", self.workdir / "state-relay"
+            )
+        # The driver's own client (bench.app's Hewer) finds the engine through its token.
+        os.environ.update(HEWER_STATE_DIR=str(self.state), HEWER_TOKEN=self.token)
+        os.environ.update(HEWER_HOST_PORT=self.address)
+        self.env.update(HEWER_STATE_DIR=str(self.state), HEWER_TOKEN=self.token)
+        self.env.update(HEWER_HOST_PORT=self.address)
+        self.engine = engine
+        return engine
+
+    def engine_cpu_seconds(self) -> float:
+        engines = [e for e in (self.engine, self.relay) if e is not None]
+        return sum(e.cpu_seconds() for e in engines)
+
+    def _start_one(self, name: str, state: Path) -> tuple[Child, str, str]:
+        env = dict(self.env, HEWER_STATE_DIR=str(state))
+        env.pop("HEWER_TOKEN", None)
+        env.pop("HEWER_HOST_PORT", None)
         engine = self.children.start(
-            "engine", [sys.executable, "-m", "hewer", "engine", "--log-level", "warning"], self.env
+            name, [sys.executable, "-m", "hewer", "engine", "--log-level", "warning"], env
         )
-        token_file = self.state / "token"
+        token_file = state / "token"
 
         def token_ready() -> tuple[str, str] | None:
             engine.check_alive()
@@ -98,8 +125,8 @@ class Setup:
             except (OSError, IndexError, ValueError, KeyError):
                 return None
 
-        self.token, self.address = wait_until(token_ready, 60, "the engine's token file")
-        host, port = self.address.rsplit(":", 1)
+        token, address = wait_until(token_ready, 60, f"the {name}'s token file")
+        host, port = address.rsplit(":", 1)
 
         def listening() -> bool:
             engine.check_alive()
@@ -109,12 +136,8 @@ class Setup:
             except OSError:
                 return False
 
-        wait_until(listening, 30, f"the engine to listen on {self.address}")
-        # The driver's own client (bench.app's Hewer) finds the engine through its token.
-        os.environ.update(HEWER_STATE_DIR=str(self.state), HEWER_TOKEN=self.token)
-        os.environ.update(HEWER_HOST_PORT=self.address)
-        self.engine = engine
-        return engine
+        wait_until(listening, 30, f"the {name} to listen on {address}")
+        return engine, token, address
 
     def start_worker(self) -> Child:
         self.workers += 1
@@ -184,7 +207,7 @@ async def run(setup: Setup, outcome: Outcome) -> None:
         outcome.bulk_per_s = rate(len(refs), time.perf_counter() - began)
 
         log(f"{outcome.label}: W1 drain with one worker of {sizes.slots} slots")
-        cpu_before, client_before = engine.cpu_seconds(), own_cpu_seconds()
+        cpu_before, client_before = setup.engine_cpu_seconds(), own_cpu_seconds()
         worker = setup.start_worker()
         results = await watched(
             asyncio.gather(*(ref.aio_result() for ref in refs)),
@@ -193,7 +216,7 @@ async def run(setup: Setup, outcome: Outcome) -> None:
             "the W1 drain",
         )
         elapsed = time.perf_counter() - worker.started
-        outcome.engine_cpu_us = (engine.cpu_seconds() - cpu_before) / sizes.tasks * 1e6
+        outcome.engine_cpu_us = (setup.engine_cpu_seconds() - cpu_before) / sizes.tasks * 1e6
         outcome.worker_cpu_us = worker.cpu_seconds() / sizes.tasks * 1e6
         outcome.client_cpu_us = (own_cpu_seconds() - client_before) / sizes.tasks * 1e6
         assert len(results) == sizes.tasks and all("started" in r for r in results)
@@ -273,6 +296,11 @@ VARIANTS = {
     "hewer": ("Hewer, Hewer SDK worker", "SQLite, durable", "hewer"),
     "hatchet": ("Hewer, hatchet-sdk worker", "SQLite, durable", "hatchet"),
     "hewer-pg": ("Hewer on PostgreSQL, Hewer SDK worker", "PostgreSQL, durable", "hewer"),
+    "hewer-pg-2r": (
+        "Hewer on PostgreSQL, 2 replicas, worker and client on the relaying one",
+        "PostgreSQL, durable",
+        "hewer",
+    ),
 }
 
 
@@ -292,7 +320,7 @@ def main() -> None:
     )
     engine_kind = (
         "PostgreSQL, a scratch database, server as found"
-        if variant == "hewer-pg"
+        if variant.startswith("hewer-pg")
         else "SQLite WAL, synchronous=FULL"
     )
     outcome.settings = [
@@ -303,12 +331,13 @@ def main() -> None:
     ]
     outcome.versions = version_of("hewer", *(["hatchet-sdk"] if worker == "hatchet" else []))
     with recording(outcome, args.out), Children(args.workdir) as children:
-        if variant != "hewer-pg":
+        if not variant.startswith("hewer-pg"):
             asyncio.run(run(Setup(children, args.workdir, worker, sizes), outcome))
             return
+        replicas = 2 if variant == "hewer-pg-2r" else 1
 
         async def go(dsn: str, _admin: Any) -> None:
-            await run(Setup(children, args.workdir, worker, sizes, dsn), outcome)
+            await run(Setup(children, args.workdir, worker, sizes, dsn, replicas), outcome)
 
         asyncio.run(with_scratch_database(args.pg_dsn, "bench_hewer", go))
 

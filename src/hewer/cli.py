@@ -136,6 +136,30 @@ def main() -> None:
     "HEWER_INACTIVE_AFTER",
     help="Silence after which a worker is INACTIVE and its tasks re-queued [default: 30s]",
 )
+@_option(
+    "--replica-id",
+    "HEWER_REPLICA_ID",
+    help="This engine's name among replicas sharing a PostgreSQL database "
+    "[default: <host name>:<gRPC port>]",
+)
+@_option(
+    "--replica-host",
+    "HEWER_REPLICA_HOST",
+    help="Host the other replicas reach this one at [default: the listen host, or the "
+    "host name when listening on every interface]",
+)
+@_option(
+    "--lease-ttl",
+    "HEWER_LEASE_TTL",
+    help="Term of the scheduling lease: a replica that stops renewing it is taken over "
+    "after about this long [default: 5s]",
+)
+@_option(
+    "--relay-wait",
+    "HEWER_RELAY_WAIT",
+    help="How long a replica holds a call while no replica schedules before answering "
+    "UNAVAILABLE [default: 10s]",
+)
 @log_level_option
 def engine(log_level: str, **given: Any) -> None:
     """Run the engine (gRPC on 127.0.0.1:7070, HTTP API on 127.0.0.1:8080, state in

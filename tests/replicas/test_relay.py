@@ -121,3 +121,60 @@ def test_clean_shutdown_hands_scheduling_over(tmp_path: Path, database: str) -> 
         hw.close()
         b.stop()
         a.stop()
+
+
+def test_concurrency_and_rate_limits_hold_across_replicas(
+    pair: tuple[EngineThread, EngineThread],
+) -> None:
+    """Workers on both replicas, triggers through both: one scheduler counts for all."""
+    from hewer import RateLimit, RateLimitDuration
+    from tests.integration.test_flow_control import ExecutionLog, _min_span, peak
+
+    log = ExecutionLog()
+    clients = [Hewer(settings=e.client_settings(heartbeat_interval=HEARTBEAT)) for e in pair]
+    b_client = clients[1]
+    b_client.rate_limits.put("api", 4, RateLimitDuration.SECOND)  # through the relay
+    tasks = []
+    for hw in clients:
+
+        @hw.task(name="capped", concurrency=2)
+        def capped(input: In, ctx: Context) -> None:
+            with log.record(ctx, "capped"):
+                time.sleep(0.1)
+
+        @hw.task(name="calls-api", rate_limits=[RateLimit(static_key="api", units=1)])
+        def calls_api(input: In, ctx: Context) -> None:
+            with log.record(ctx, "api"):
+                pass
+
+        tasks.append((capped, calls_api))
+    workers = [
+        hw.worker(f"w-{i}", slots=10, workflows=list(t))
+        for i, (hw, t) in enumerate(zip(clients, tasks, strict=True))
+    ]
+    threads = [threading.Thread(target=w.start, daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    try:
+        for w in workers:
+            assert w.ready.wait(20)
+        inputs = [In(x=i) for i in range(8)]
+        refs = [ref for capped, _ in tasks for ref in capped.run_many_no_wait(inputs)]
+        for ref in refs:
+            ref.result()
+        ran = log.of(key="capped")
+        assert len(ran) == 16 and len({r.worker for r in ran}) == 2
+        assert peak(ran) == 2, "at most 2 at once over both replicas' workers"
+        api_refs = [ref for _, api in tasks for ref in api.run_many_no_wait(inputs[:5])]
+        for ref in api_refs:
+            ref.result()
+        starts = [r.start for r in log.of(key="api")]
+        assert len(starts) == 10
+        assert _min_span(starts, 5) >= 0.85, "at most 4 starts per second over both replicas"
+    finally:
+        for w in workers:
+            w.stop()
+        for t in threads:
+            t.join(timeout=20)
+        for hw in clients:
+            hw.close()

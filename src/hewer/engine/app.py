@@ -193,6 +193,11 @@ class Engine:
             core.loop.on_fenced = self.keeper.fenced
         try:
             await core.start()
+            if self.terms or (token is not None and token > 1):
+                # A term after another one (here or on another replica): workers are still
+                # delivering the reports the last holder did not take; judge no deadline
+                # until they could have (as after a database outage).
+                core.loop.back_at = self.clock.monotonic()
         except StoreError as exc:
             logger.error("could not take up scheduling: %s", exc)
             await core.stop(grace=0)

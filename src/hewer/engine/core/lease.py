@@ -21,7 +21,7 @@ import logging
 from dataclasses import replace
 from typing import Protocol
 
-from hewer.domain import LeaseState
+from hewer.domain import LeaseState, ReplicaRecord
 from hewer.engine.core.clock import Clock
 from hewer.engine.core.component import Component
 from hewer.errors import HewerError, StoreError
@@ -42,6 +42,7 @@ class LeaseStore(Protocol):
         self, replica_id: str, grpc_address: str, api_address: str, scheduling: bool, fresh: bool
     ) -> None: ...
     async def replica_gone(self, replica_id: str) -> None: ...
+    async def replicas_list(self) -> list[ReplicaRecord]: ...
 
 
 class LeaseKeeper(Component):
@@ -50,7 +51,9 @@ class LeaseKeeper(Component):
     ``ttl``: the lease's term; renewals and claims are tried every ``ttl / 5``, so a dead
     holder's lease is taken over at most ``ttl + ttl / 5`` after its last renewal. A holder
     that cannot renew within its term (by its own clock, counted from the moment it asked)
-    gives the lease up on its side too: fencing makes that a courtesy, not a safety net.
+    gives the lease up on its side too if other replicas were alive (one of them takes over,
+    so its workers had better move there now); alone, it keeps scheduling through the
+    outage, since nobody else could. Fencing makes either choice safe.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class LeaseKeeper(Component):
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._fresh = True
+        self._others_alive = False
 
     # -- what owners use ------------------------------------------------------------------
 
@@ -186,6 +190,12 @@ class LeaseKeeper(Component):
                 self._fresh,
             )
             self._fresh = False
+            if self.token is not None:
+                alive = self.ttl * 2
+                self._others_alive = any(
+                    r.id != self.replica_id and r.seen_ago_s < alive
+                    for r in await self.store.replicas_list()
+                )
 
     async def _renew(self, asked_at: float) -> None:
         token = self.token
@@ -195,6 +205,9 @@ class LeaseKeeper(Component):
         except StoreError as exc:
             if self.clock.monotonic() < self._valid_until:
                 logger.debug("lease renewal failed, term still running: %s", exc)
+                return
+            if not self._others_alive:
+                logger.debug("lease not renewed (%s); no other replica to take over", exc)
                 return
             logger.warning("scheduling lease expired: could not renew it (%s)", exc)
             self._set(None, None)
