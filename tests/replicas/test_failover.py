@@ -14,13 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -29,10 +24,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from hewer import HewerError
-from tests.fault.conftest import REPO, Fleet, load_app
+from tests.fault.conftest import Fleet, load_app
 from tests.fault.history import History, runs_terminal
 from tests.fault.snapshot import StoreReader
+from tests.fault.test_engine_kills import EngineProcess, Feeder
 from tests.helpers import wait_for
 from tests.pg import fresh_database_sync
 
@@ -41,9 +36,6 @@ LEADER_KILLS = 3
 RANDOM_KILLS = 2
 WORKERS = 3
 SLOTS = 10
-FEED_BATCH = 10
-FEED_EVERY = 0.2
-TASK_SECONDS = (0.02, 0.2)
 UPTIME = (1.0, 2.0)
 TAKEOVER_BOUND = 10.0
 # The liveness window in the same ratio to the lease term as the defaults (30 s to 5 s).
@@ -52,50 +44,18 @@ INACTIVE_AFTER = 15.0
 SEED = 7
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class Replica(EngineProcess):
+    """``hewer engine`` as a replica: a name of its own, scaled liveness, its /health."""
 
-
-class Replica:
     def __init__(self, work: Path, database_url: str, name: str) -> None:
+        (work / name).mkdir(parents=True)
+        super().__init__(work / name, database_url)
         self.name = name
-        self.work = work / name
-        self.work.mkdir(parents=True)
-        self.port = free_port()
-        self.api_port = free_port()
-        self.state = self.work / "state"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self.env = dict(os.environ)
         self.env.update(
-            HEWER_DATABASE_URL=database_url,
-            HEWER_STATE_DIR=str(self.state),
-            HEWER_HOST="127.0.0.1",
-            HEWER_PORT=str(self.port),
-            HEWER_API_PORT=str(self.api_port),
+            HEWER_REPLICA_ID=name,
             HEWER_INACTIVE_AFTER=str(INACTIVE_AFTER),
             HEWER_HEARTBEAT_INTERVAL=str(HEARTBEAT),
-            HEWER_REPLICA_ID=name,
-            PYTHONUNBUFFERED="1",
         )
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.starts += 1
-        out = (self.work / f"engine-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hewer", "engine"],
-            cwd=REPO,
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        out.close()
 
     def health(self) -> dict[str, Any] | None:
         try:
@@ -106,27 +66,16 @@ class Replica:
         except OSError:
             return None
 
-    def up(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            log = (self.work / f"engine-{self.starts}.log").read_text(errors="replace")
-            raise AssertionError(f"replica {self.name} exited:\n{log}")
-        return self.health() is not None and (self.state / "token").exists()
-
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
         if sig is signal.SIGKILL:
             self.proc.wait(timeout=30)
 
-    def close(self) -> None:
+    def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-
-    def token(self) -> str:
-        return (self.state / "token").read_text().strip()
+        super().stop()
 
 
 def lease(database: str) -> tuple[str, int, bool] | None:
@@ -153,39 +102,6 @@ def finished_after(database: str, moment: float) -> bool:
             t.finished_at is not None and t.finished_at > moment and str(t.status) == "completed"
             for t in reader.tasks()
         )
-
-
-class Feeder:
-    """Triggers batches until stopped, through every replica's address; keeps the ids the
-    engine returned."""
-
-    def __init__(self, app: Any, rng: random.Random) -> None:
-        self.app = app
-        self.rng = rng
-        self.accepted: list[str] = []
-        self.failed_calls = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
-
-    def start(self) -> Feeder:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(120)
-
-    def _run(self) -> None:
-        while not self._stop.wait(FEED_EVERY):
-            inputs = [
-                self.app.Work(seconds=self.rng.uniform(*TASK_SECONDS)) for _ in range(FEED_BATCH)
-            ]
-            try:
-                refs = self.app.short.run_many_no_wait(inputs)
-            except HewerError:
-                self.failed_calls += 1  # no replica answered: not accepted, not counted
-                continue
-            self.accepted.extend(r.run_id for r in refs)
 
 
 class Rig:
@@ -230,7 +146,7 @@ class Rig:
 
     def close(self) -> None:
         for r in self.replicas:
-            r.close()
+            r.stop()
 
 
 @pytest.mark.slow
@@ -241,12 +157,8 @@ def test_replicas_survive_kills_and_a_paused_scheduler(
     with fresh_database_sync() as database:
         rig = Rig(tmp_path, database)
         first = rig.replicas[0]
-        first.start()
-        wait_for(first.up, timeout=30, what="first replica up")
-        for r in rig.replicas[1:]:
+        for r in rig.replicas:  # one after the other: the first schedules
             r.start()
-        for r in rig.replicas:
-            wait_for(r.up, timeout=30, what=f"replica {r.name} up")
         assert rig.holder() is not None and rig.holder()[0] == "r0"  # type: ignore[index]
 
         def registered(name: str) -> bool:
@@ -270,7 +182,6 @@ def test_replicas_survive_kills_and_a_paused_scheduler(
                 victim.signal(signal.SIGKILL)
                 rig.await_takeover(victim.name, time.monotonic(), holder[1])
                 victim.start()
-                wait_for(victim.up, timeout=30, what=f"{victim.name} back")
             # kill -9 random replicas (the scheduling one or not).
             for _ in range(RANDOM_KILLS):
                 time.sleep(rng.uniform(*UPTIME))
@@ -282,7 +193,6 @@ def test_replicas_survive_kills_and_a_paused_scheduler(
                 if victim.name == holder[0]:
                     rig.await_takeover(victim.name, killed_at, holder[1])
                 victim.start()
-                wait_for(victim.up, timeout=30, what=f"{victim.name} back")
             # SIGSTOP the one that schedules past its lease, then SIGCONT it: it must find
             # itself fenced off and step down, and nothing may double.
             time.sleep(rng.uniform(*UPTIME))

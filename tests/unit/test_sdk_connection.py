@@ -119,7 +119,9 @@ def test_channel_options(tmp_path: Path) -> None:
         settings(tmp_path, token="t", host_port="h:1", max_message_bytes=1234)
     )
     options = dict(conn.channel_options())
-    assert options["grpc.keepalive_time_ms"] == 10_000
+    assert options["grpc.keepalive_time_ms"] == 4_000
+    # gRPC core waits this long for a ping's answer (keepalive_timeout_ms alone is not it).
+    assert options["grpc.http2.ping_timeout_ms"] == 4_000
     assert options["grpc.keepalive_permit_without_calls"] == 1
     assert options["grpc.max_send_message_length"] == 1234
     assert options["grpc.max_receive_message_length"] == 1234

@@ -23,7 +23,7 @@ from hewer.engine.core.clock import Clock, SystemClock
 from hewer.engine.core.lease import LeaseKeeper
 from hewer.engine.core.service import EngineCore
 from hewer.engine.grpc.relay import Relay, Switch, local_handlers
-from hewer.engine.grpc.server import server_options
+from hewer.engine.grpc.server import new_server
 from hewer.errors import StoreError
 from hewer.store import Store, open_store
 from hewer.store._protocol import Leases
@@ -96,7 +96,7 @@ class Engine:
         self.default_tenant_id = tenant.id
         await self.auth.load()
         s = self.settings
-        server = aio.server(options=server_options(s.max_message_bytes))
+        server = new_server(s.max_message_bytes)
         server.add_generic_rpc_handlers((self._switch,))
         port = server.add_insecure_port(f"{s.host}:{s.port}")
         if port == 0:

@@ -173,75 +173,50 @@ class Relay:
     def handler(
         self, method: str, streams_in: bool, streams_out: bool
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        if not streams_in and not streams_out:
-            return grpc.unary_unary_rpc_method_handler(self._unary(method))
-        if not streams_in:
-            return grpc.unary_stream_rpc_method_handler(self._unary_stream(method))
-        if not streams_out:
-            return grpc.stream_unary_rpc_method_handler(self._stream_unary(method))
-        return grpc.stream_stream_rpc_method_handler(self._stream_stream(method))
+        """A handler relaying ``method``: the request (bytes, or a stream of them) goes up
+        as it came, the answer (one, or a stream) comes back the same way."""
 
-    def _unary(self, method: str) -> Callable[[bytes, aio.ServicerContext[Any, Any]], Any]:
-        async def relay(request: bytes, context: aio.ServicerContext[Any, Any]) -> bytes:
-            channel, metadata, timeout = await self._call_for(context)
-            call = channel.unary_unary(method, None, None)(
-                request, metadata=metadata, timeout=timeout
+        def open_call(channel: aio.Channel, request: Any, context: Any) -> Any:
+            make: dict[tuple[bool, bool], Callable[..., Any]] = {
+                (False, False): channel.unary_unary,
+                (False, True): channel.unary_stream,
+                (True, False): channel.stream_unary,
+                (True, True): channel.stream_stream,
+            }
+            metadata, timeout = self._metadata(context), context.time_remaining()
+            multicallable = make[(streams_in, streams_out)](method, None, None)
+            return multicallable(request, metadata=metadata, timeout=timeout)
+
+        if streams_out:
+
+            async def relay_stream(
+                request: Any, context: aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[bytes]:
+                call = open_call(await self._channel_for(context), request, context)
+                async for message in self._responses(call, context):
+                    yield message
+
+            wrap = (
+                grpc.stream_stream_rpc_method_handler
+                if streams_in
+                else (grpc.unary_stream_rpc_method_handler)
             )
+            return wrap(relay_stream)
+
+        async def relay_one(request: Any, context: aio.ServicerContext[Any, Any]) -> bytes:
+            call = open_call(await self._channel_for(context), request, context)
             try:
                 return cast(bytes, await call)
             except aio.AioRpcError as exc:
                 await self._failed(exc, context)
-                raise  # unreachable: abort raised
+                raise  # unreachable: _failed aborted the call
 
-        return relay
-
-    def _unary_stream(
-        self, method: str
-    ) -> Callable[[bytes, aio.ServicerContext[Any, Any]], AsyncIterator[bytes]]:
-        async def relay(
-            request: bytes, context: aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[bytes]:
-            channel, metadata, timeout = await self._call_for(context)
-            call = channel.unary_stream(method, None, None)(
-                request, metadata=metadata, timeout=timeout
-            )
-            async for message in self._responses(call, context):
-                yield message
-
-        return relay
-
-    def _stream_unary(
-        self, method: str
-    ) -> Callable[[AsyncIterator[bytes], aio.ServicerContext[Any, Any]], Any]:
-        async def relay(
-            requests: AsyncIterator[bytes], context: aio.ServicerContext[Any, Any]
-        ) -> bytes:
-            channel, metadata, timeout = await self._call_for(context)
-            call = channel.stream_unary(method, None, None)(
-                requests, metadata=metadata, timeout=timeout
-            )
-            try:
-                return cast(bytes, await call)
-            except aio.AioRpcError as exc:
-                await self._failed(exc, context)
-                raise
-
-        return relay
-
-    def _stream_stream(
-        self, method: str
-    ) -> Callable[[AsyncIterator[bytes], aio.ServicerContext[Any, Any]], AsyncIterator[bytes]]:
-        async def relay(
-            requests: AsyncIterator[bytes], context: aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[bytes]:
-            channel, metadata, timeout = await self._call_for(context)
-            call = channel.stream_stream(method, None, None)(
-                requests, metadata=metadata, timeout=timeout
-            )
-            async for message in self._responses(call, context):
-                yield message
-
-        return relay
+        wrap = (
+            grpc.stream_unary_rpc_method_handler
+            if streams_in
+            else (grpc.unary_unary_rpc_method_handler)
+        )
+        return wrap(relay_one)
 
     async def _responses(
         self, call: Any, context: aio.ServicerContext[Any, Any]
@@ -257,9 +232,9 @@ class Relay:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    async def _call_for(
-        self, context: aio.ServicerContext[Any, Any]
-    ) -> tuple[aio.Channel, list[tuple[str, str | bytes]], float | None]:
+    async def _channel_for(self, context: aio.ServicerContext[Any, Any]) -> aio.Channel:
+        """The channel to the replica that schedules, waiting (bounded by the call's own
+        deadline) while a takeover is under way."""
         timeout = context.time_remaining()
         wait = self.wait_s if timeout is None else max(0.0, min(self.wait_s, timeout - 0.05))
         holder = await self.keeper.wait_holder(within=wait)
@@ -272,12 +247,15 @@ class Relay:
             )
         assert holder is not None
         self.relayed += 1
-        metadata = [
+        return self._channel_to(holder.grpc_address)
+
+    @staticmethod
+    def _metadata(context: aio.ServicerContext[Any, Any]) -> list[tuple[str, str | bytes]]:
+        return [
             (key, value)
             for key, value in context.invocation_metadata() or ()
             if not key.startswith((":", "grpc-")) and key not in _HOP_HEADERS
         ]
-        return self._channel_to(holder.grpc_address), metadata, context.time_remaining()
 
     def _channel_to(self, address: str) -> aio.Channel:
         if self._address != address or self._channel is None:

@@ -3,7 +3,14 @@ services behind :class:`hewer.engine.grpc.relay.Switch`)."""
 
 from __future__ import annotations
 
+from grpc import aio
+
 MAX_CONCURRENT_STREAMS = 1000
+
+
+def new_server(max_message_bytes: int) -> aio.Server:
+    """An empty server with the engine's options (services are added by the caller)."""
+    return aio.server(options=server_options(max_message_bytes))
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
