@@ -1,7 +1,9 @@
 """The engine without its transport: trigger and drain no-op tasks through ``EngineCore``
-over a real SQLite file, with in-process workers that answer every start at once.
+over a real SQLite file (or a PostgreSQL database), with in-process workers that answer
+every start at once.
 
     python bench/core_bench.py [--tasks 20000] [--slots 8] [--workers 1] [--profile out.prof]
+                               [--database-url postgresql://... (an empty database)]
 
 What it measures is the cost gRPC does not explain: the engine loop (group commit, the
 state machine, the scheduler) and the store. Printed: bulk trigger rate (1,000 runs per
@@ -21,7 +23,7 @@ from pathlib import Path
 from hewer.domain import EventType, TaskDef, TaskEvent
 from hewer.engine.core.clock import SystemClock
 from hewer.engine.core.service import ActionKind, EngineCore, Session, TriggerSpec
-from hewer.store import SqliteStore
+from hewer.store import open_store
 
 BATCH = 1000
 
@@ -59,7 +61,7 @@ async def work(
 
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="hewer-core-bench-") as tmp:
-        store = SqliteStore(Path(tmp) / "bench.db")
+        store = open_store(args.database_url or str(Path(tmp) / "bench.db"))
         await store.open()
         core = EngineCore(store, SystemClock())
         await core.start()
@@ -94,7 +96,7 @@ async def main(args: argparse.Namespace) -> None:
         ops = core.loop.ops - ops0
         print(
             f"core bench: {args.tasks} no-op tasks, {args.workers} worker(s) x {args.slots} "
-            f"slots, SQLite (synchronous=FULL)\n"
+            f"slots, {'PostgreSQL' if args.database_url else 'SQLite (synchronous=FULL)'}\n"
             f"  bulk trigger {args.tasks / enqueue:,.0f} runs/s\n"
             f"  drain        {args.tasks / elapsed:,.0f} tasks/s, "
             f"CPU {cpu / args.tasks * 1e6:.0f} µs/task (engine + store + in-process workers)\n"
@@ -112,6 +114,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--profile", default="")
+    parser.add_argument("--database-url", default="", help="an empty PostgreSQL database")
     return parser.parse_args()
 
 

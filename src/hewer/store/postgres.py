@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import operator
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -71,10 +72,22 @@ Q = _queries.load(
         "task": ", ".join(_TASK),
         "task_t": ", ".join(f"t.{c}" for c in _TASK),
         "run": ", ".join(_RUN),
+        "run_r": ", ".join(f"r.{c}" for c in _RUN),
         "attempt": ", ".join(_ATTEMPT),
         "attempt_a": ", ".join(f"a.{c}" for c in _ATTEMPT),
     },
 )
+
+def _both(first: str, second: str) -> str:
+    """Two data-modifying statements as one (a round trip saved): ``first`` as a CTE, the
+    parameters of ``second`` numbered on from ``first``'s."""
+    offset = max(int(n) for n in re.findall(r"\$(\d+)", first))
+    renumbered = re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + offset}", second)
+    return f"WITH first_update AS ({first}) {renumbered}"
+
+
+# The hot path's usual write: tasks and their runs changed together.
+_TASK_RUN_UPDATE = _both(Q["task_update"], Q["run_update"])
 
 _task_values = operator.attrgetter(*_TASK)
 _task_update_values = operator.attrgetter("seq", *_TASK_MUTABLE)
@@ -88,6 +101,8 @@ _TASK_STATUS = _rows.TASK_STATUS
 _N_TASK = len(_TASK)
 _N_ATTEMPT = len(_ATTEMPT)
 _I_STATUS = _TASK.index("status")
+_I_RUN_ID = _TASK.index("run_id")
+_N_TASK_RUN = len(_TASK) + len(_RUN)
 
 # Key of the advisory lock that serializes migrations between engines opening at once.
 MIGRATION_LOCK = 0x6865776572  # "hewer"
@@ -291,7 +306,16 @@ async def _load(conn: Conn, ws: WorkingSet, keys: Keys, known_versions: Collecti
 
     wanted = [i for i in keys.task_ids if i not in tasks]
     if wanted:
-        add(await conn.fetch(Q["lock_tasks_by_ids"], wanted))
+        # With their runs, in one round trip (a run already loaded keeps its working copy),
+        # and whether any attempt of theirs holds a slot (only those are read below).
+        runs, known = ws.runs, ws.attempts_known
+        for r in await conn.fetch(Q["lock_tasks_and_runs_by_ids"], wanted):
+            if r[1] not in tasks:
+                tasks[r[1]] = _task(r)
+            if r[_I_RUN_ID] not in runs:
+                runs[r[_I_RUN_ID]] = _run(r[_N_TASK:_N_TASK_RUN])
+            if not r[_N_TASK_RUN]:
+                known.add(r[1])
     workers = [w for w in keys.running_on if w not in ws.running_on]
     if workers:
         for w in workers:
@@ -371,9 +395,15 @@ async def _write(conn: Conn, c: Changes) -> None:
         await conn.copy_records_to_table(
             "tasks", records=[_task_values(t) for t in c.new_tasks.values()], columns=_TASK
         )
-    if c.tasks:
+    if c.tasks and c.runs:
+        await conn.execute(
+            _TASK_RUN_UPDATE,
+            *_columns(map(_task_update_values, c.tasks.values())),
+            *_columns(map(_run_update_values, c.runs.values())),
+        )
+    elif c.tasks:
         await conn.execute(Q["task_update"], *_columns(map(_task_update_values, c.tasks.values())))
-    if c.runs:
+    elif c.runs:
         await conn.execute(Q["run_update"], *_columns(map(_run_update_values, c.runs.values())))
     if c.new_attempts:
         await conn.execute(

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH = 256  # decisions per pass: bounds how long a pass holds the loop (< 10 ms)
 SCAN_LIMIT = 64  # how far past an unplaceable head a pass looks in one queue
+LIKELY_MAX_QUEUES = 32  # more queues than this: no look-ahead hint (it would cost too much)
 WINDOW = 2000  # items per queue kept in memory...
 REFILL_BELOW = 500  # ...refilled from the store when fewer than this remain...
 TRIM_ABOVE = 2 * WINDOW  # ...and trimmed back to WINDOW when more arrive than this
@@ -320,6 +321,18 @@ class Scheduler:
             w.assignable and w.tenant_id == tenant and action in w.actions
             for w in self._workers.values()
         )
+
+    def likely(self, n: int) -> list[str]:
+        """Up to ``n`` queued task ids the next :meth:`decide` would look at first (highest
+        priority, oldest): a hint for loading their rows ahead, nothing is taken. Empty when
+        there are too many queues to look at cheaply."""
+        windows = self._windows
+        if n <= 0 or not windows or len(windows) > LIKELY_MAX_QUEUES:
+            return []
+        # The k smallest entries of a binary heap lie in its first 2^k - 1 positions.
+        span = (1 << min(n, 10)) - 1
+        best = heapq.nsmallest(n, (e for w in windows.values() for e in w.ready[:span]))
+        return [entry[3].task_id for entry in best]
 
     def decide(self, limit: int = MAX_BATCH) -> list[Assignment]:
         """Pick up to ``limit`` assignments, highest priority then oldest first; their slots

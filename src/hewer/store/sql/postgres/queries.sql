@@ -79,6 +79,15 @@ UPDATE task_seq SET last = last + $1 RETURNING last - $1 + 1;
 -- name: lock_tasks_by_ids
 SELECT {task} FROM tasks WHERE id = ANY($1::text[]) ORDER BY seq FOR NO KEY UPDATE;
 
+-- name: lock_tasks_and_runs_by_ids
+-- The tasks named with their runs, and whether an attempt of theirs holds a slot (rare:
+-- those are then locked and read with lock_attempts_holding_of_tasks): one round trip for
+-- the hot path's common load.
+SELECT {task_t}, {run_r},
+       EXISTS (SELECT 1 FROM task_attempts a WHERE a.task_id = t.id AND a.holds_slot)
+FROM tasks t JOIN runs r ON r.id = t.run_id
+WHERE t.id = ANY($1::text[]) ORDER BY t.seq FOR NO KEY UPDATE OF t, r;
+
 -- name: lock_tasks_by_seqs
 -- The tasks of runs already loaded: a run's tasks are the rows first_seq onwards. (Joining
 -- runs to tasks on that range instead, the planner may scan the whole tasks table.)
