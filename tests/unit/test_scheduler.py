@@ -243,3 +243,25 @@ async def test_numeric_comparators_need_integers_on_both_sides(h: Harness) -> No
     h.worker("number", labels={"memory": 512})
     await h.settle()
     assert h.placed() == {wanted.task_id: "number"}
+
+
+async def test_likely_names_what_decide_picks_first_without_taking_it(h: Harness) -> None:
+    items = [h.item(action="a", priority=p) for p in (1, 3, 2, 1, 3)]
+    items += [h.item(action="b", priority=2) for _ in range(40)]
+    h.scheduler.enqueue(items)
+    await h.settle()  # no worker yet: all stay queued
+    hint = h.scheduler.likely(4)
+    assert hint == ["t2", "t5", "t3", "t6"]  # priority first, then queue order
+    assert h.scheduler.likely(4) == hint, "a hint takes nothing"
+    h.worker("w1", slots=4, actions=("a", "b"))
+    await h.settle()
+    assert list(h.placed()) == hint
+    assert h.scheduler.likely(0) == []
+
+
+async def test_likely_gives_no_hint_over_too_many_queues(h: Harness) -> None:
+    from hewer.engine.core.scheduler.scheduler import LIKELY_MAX_QUEUES
+
+    h.scheduler.enqueue([h.item(action=f"q{i}") for i in range(LIKELY_MAX_QUEUES + 1)])
+    await h.settle()
+    assert h.scheduler.likely(8) == []
