@@ -138,11 +138,13 @@ class EngineSettings(BaseSettings):
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"{host}:{self.port}"
 
-    def replica_address(self, port: int) -> str:
-        """host:port at which other replicas reach this one's listener on ``port``."""
+    def replica_address(self, port: int, listen_host: str) -> str:
+        """host:port at which other replicas reach this one's listener on ``port``, bound
+        to ``listen_host``."""
         host = self.replica_host
         if not host:
-            host = self.host if self.host not in ("0.0.0.0", "::", "") else socket.gethostname()
+            wildcard = listen_host in ("0.0.0.0", "::", "")
+            host = socket.gethostname() if wildcard else listen_host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"{host}:{port}"

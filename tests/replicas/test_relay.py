@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +90,27 @@ def test_one_replica_schedules_the_other_relays(
         worker.stop()
         thread.join(timeout=20)
         hw.close()
+
+
+def test_a_call_relayed_once_is_not_relayed_again(
+    pair: tuple[EngineThread, EngineThread],
+) -> None:
+    """Two replicas each taking the other for the holder must not bounce a call forever."""
+    import grpc
+
+    from hewer.engine.core.lease import RELAYED_HEADER
+
+    _, b = pair
+    with grpc.insecure_channel(b.address) as channel:
+        call = channel.unary_unary("/Dispatcher/Heartbeat")
+        with pytest.raises(grpc.RpcError) as raised:
+            call(b"", metadata=[(RELAYED_HEADER, "elsewhere")], timeout=10)
+        assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "does not schedule" in (raised.value.details() or "")
+    request = urllib.request.Request(f"{b.api_url}/api/v1/x", headers={RELAYED_HEADER: "x"})
+    with pytest.raises(urllib.error.HTTPError) as http_error:
+        urllib.request.urlopen(request, timeout=10)
+    assert http_error.value.code == 503
 
 
 def test_clean_shutdown_hands_scheduling_over(tmp_path: Path, database: str) -> None:

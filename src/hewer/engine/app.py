@@ -24,7 +24,6 @@ from hewer.engine.core.lease import LeaseKeeper
 from hewer.engine.core.service import EngineCore
 from hewer.engine.grpc.relay import Relay, Switch, local_handlers
 from hewer.engine.grpc.server import new_server
-from hewer.errors import StoreError
 from hewer.store import Store, open_store
 from hewer.store._protocol import Leases
 
@@ -65,6 +64,7 @@ class Engine:
         self._scheduling = False
         self._term: int | None = None
         self._roles: asyncio.Task[None] | None = None
+        self._changing: asyncio.Future[None] | None = None
         self.terms = 0  # terms of scheduling begun by this process
 
     def _new_core(self) -> EngineCore:
@@ -147,8 +147,8 @@ class Engine:
             store,
             self.clock,
             replica_id=s.replica_id or f"{socket.gethostname()}:{self.port}",
-            grpc_address=s.replica_address(self.port),
-            api_address=s.replica_address(self.api_port),
+            grpc_address=s.replica_address(self.port, s.host),
+            api_address=s.replica_address(self.api_port, s.api_listen_host),
             ttl=s.lease_ttl.total_seconds(),
         )
         self.keeper = keeper
@@ -162,8 +162,11 @@ class Engine:
     async def _roles_forever(self, keeper: LeaseKeeper) -> None:
         while True:
             changed = keeper.watch()
+            # Shielded: a stop() arriving mid-change waits for it (see stop), rather than
+            # leaving a half-stopped core running.
+            self._changing = asyncio.ensure_future(self._follow_lease())
             try:
-                await self._follow_lease()
+                await asyncio.shield(self._changing)
             except Exception:
                 logger.exception("could not change this replica's role; trying again")
                 await asyncio.sleep(keeper.interval)
@@ -177,10 +180,18 @@ class Engine:
         want = keeper.token
         if want == self._term:
             return
+        assert isinstance(self.store, Leases)
+        if self._scheduling and want is not None and want == (self._term or 0) + 1:
+            # Taken back by this replica with the very next token (its renewal had failed,
+            # nobody claimed it meanwhile): nothing was decided elsewhere, so the core goes
+            # on under the new token.
+            self.store.fence(keeper.lease, want)
+            self._term = want
+            logger.info("scheduling lease renewed as term %d", want)
+            return
         if self._scheduling:
             await self._step_down()
         if want is not None:
-            assert isinstance(self.store, Leases)
             self.store.fence(keeper.lease, want)
             await self._lead(want)
 
@@ -198,8 +209,10 @@ class Engine:
                 # delivering the reports the last holder did not take; judge no deadline
                 # until they could have (as after a database outage).
                 core.loop.back_at = self.clock.monotonic()
-        except StoreError as exc:
-            logger.error("could not take up scheduling: %s", exc)
+        except Exception as exc:
+            # Whatever failed (the database, or a bug on rebuilding), this replica must not
+            # sit on a lease it cannot use: every other replica would relay to it.
+            logger.error("could not take up scheduling: %s", exc, exc_info=exc)
             await core.stop(grace=0)
             if self.keeper is None:
                 raise
@@ -254,6 +267,9 @@ class Engine:
             roles.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await roles
+        if self._changing is not None:
+            with contextlib.suppress(Exception):
+                await self._changing  # a change of role under way ends first
         if self._api is not None:
             api, self._api = self._api, None
             await api.stop()

@@ -95,7 +95,10 @@ def channel_target(host_port: str) -> str:
     # One target holds one family; IPv4 where there is any (loopback names resolve to both).
     chosen, scheme = (v4, "ipv4") if v4 else (v6, "ipv6")
     if not chosen:
-        raise ConfigurationError(f"cannot resolve any engine address: {'; '.join(failures)}")
+        # Names that do not resolve now (a DNS blip, replicas being replaced): gRPC resolves
+        # the first itself and keeps retrying, and the next channel tries the list again.
+        logger.warning("cannot resolve any engine address now: %s", "; ".join(failures))
+        return parts[0]
     if failures:
         logger.warning("engine addresses left out: %s", "; ".join(failures))
     random.shuffle(chosen)

@@ -78,6 +78,7 @@ Q = _queries.load(
     },
 )
 
+
 def _both(first: str, second: str) -> str:
     """Two data-modifying statements as one (a round trip saved): ``first`` as a CTE, the
     parameters of ``second`` numbered on from ``first``'s."""
@@ -459,6 +460,8 @@ async def _write(conn: Conn, c: Changes) -> None:
 
 async def _migrate(conn: Conn) -> None:
     async with conn.transaction():
+        # The writer's statement bound does not apply to migrations (an index on a big table).
+        await conn.execute("SET LOCAL statement_timeout = 0")
         # Held until this transaction ends: an engine opening at the same time waits here,
         # then finds every migration applied.
         await conn.execute(Q["migrate_lock"], MIGRATION_LOCK, timeout=MIGRATION_TIMEOUT_S)
@@ -489,6 +492,7 @@ class PostgresStore:
         self._wconn: asyncpg.Connection[asyncpg.Record] | None = None
         self._lock = asyncio.Lock()
         self._fence: str | None = None
+        self._fence_check: str | None = None
 
     @property
     def url(self) -> str:
@@ -511,9 +515,11 @@ class PostgresStore:
             return await asyncpg.connect(self._url, **self._connect_options(**server_settings))
 
     async def _connect_writer(self) -> asyncpg.Connection[asyncpg.Record]:
-        return await self._connect(
-            idle_in_transaction_session_timeout=f"{int(IDLE_IN_TRANSACTION_S * 1000)}"
-        )
+        # Both bounds are the server's own: they hold while this process is paused (its
+        # client-side timeouts do not), so a stopped writer cannot keep the lease row
+        # locked, whether it stopped between statements or in one (a COPY).
+        ms = f"{int(IDLE_IN_TRANSACTION_S * 1000)}"
+        return await self._connect(idle_in_transaction_session_timeout=ms, statement_timeout=ms)
 
     async def open(self) -> None:
         if self._pool is not None:
@@ -600,6 +606,12 @@ class PostgresStore:
         try:
             async with asyncio.timeout(COMMAND_TIMEOUT_S * 2):
                 async with self._readers().acquire() as conn, conn.transaction():
+                    if self._fence_check is not None:
+                        # Fenced as the loop's writes are: a replica that lost the lease
+                        # must not change what the next holder loaded (its rate limits).
+                        status = await conn.execute(self._fence_check)
+                        if status != "SELECT 1":
+                            raise LeaseLost("this engine no longer holds the scheduling lease")
                     return await fn(conn)
         except _DRIVER_ERRORS as exc:
             raise _error(exc) from exc
@@ -901,10 +913,10 @@ class PostgresStore:
 
     def fence(self, lease: str, token: int) -> None:
         name = lease.replace("'", "''")
-        self._fence = (
-            f"BEGIN; SELECT 1 FROM engine_leases WHERE name = '{name}' "
-            f"AND token = {int(token)} FOR SHARE"
+        self._fence_check = (
+            f"SELECT 1 FROM engine_leases WHERE name = '{name}' AND token = {int(token)} FOR SHARE"
         )
+        self._fence = f"BEGIN; {self._fence_check}"
 
     async def _lease_statement(self, name: str, *args: Any) -> Any:
         return await self._read(lambda conn: conn.fetchval(Q[name], *args), LEASE_TIMEOUT_S)
@@ -945,7 +957,7 @@ class PostgresStore:
         await self._read(lambda conn: conn.execute(Q["replica_gone"], replica_id), LEASE_TIMEOUT_S)
 
     async def replicas_list(self) -> list[ReplicaRecord]:
-        rows = await self._fetch("replicas_list")
+        rows = await self._read(lambda conn: conn.fetch(Q["replicas_list"]), LEASE_TIMEOUT_S)
         return [ReplicaRecord(r[0], r[1], r[2], bool(r[3]), float(r[4]), float(r[5])) for r in rows]
 
 

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hewer.engine.api._http import error_response
-from hewer.engine.core.lease import LeaseKeeper
+from hewer.engine.core.lease import RELAYED_HEADER, LeaseKeeper
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ class ApiSwitch:
 
     async def _relay(self, request: Request) -> Response:
         keeper = self.keeper
+        if request.headers.get(RELAYED_HEADER) is not None:
+            return _unavailable("relayed to a replica that does not schedule; retry shortly")
         holder = await keeper.wait_holder(within=self.wait_s) if keeper is not None else None
         if keeper is None or holder is None or holder.holder == keeper.replica_id:
             return _unavailable("no engine replica is scheduling right now; retry shortly")
@@ -83,6 +85,7 @@ class ApiSwitch:
         if request.url.query:
             url += f"?{request.url.query}"
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
+        headers.append((RELAYED_HEADER, keeper.replica_id))
         try:
             upstream = await self._client.request(
                 request.method, url, headers=headers, content=await request.body()

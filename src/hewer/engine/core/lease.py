@@ -29,6 +29,11 @@ from hewer.errors import HewerError, StoreError
 logger = logging.getLogger(__name__)
 
 SCHEDULER_LEASE = "scheduler"
+# Set on every relayed call (gRPC metadata, HTTP header): a replica that does not schedule
+# refuses a call that carries it rather than pass it on again (two replicas each taking the
+# other for the holder, a replica host naming a load balancer), which would chain streams
+# without end.
+RELAYED_HEADER = "x-hewer-relayed"
 
 
 class LeaseStore(Protocol):
@@ -177,9 +182,11 @@ class LeaseKeeper(Component):
 
     async def _round(self) -> None:
         asked_at = self.clock.monotonic()
-        if self.token is not None:
-            await self._renew(asked_at)
-        if self.token is None:
+        if self.token is not None and not await self._renew(asked_at):
+            # Lost on our side: claim it again before saying so. The very next token for
+            # this replica means nobody held it meanwhile, and the owner may go on as is.
+            await self._claim(asked_at)
+        elif self.token is None:
             await self._claim(asked_at)
         with contextlib.suppress(StoreError):
             await self.store.replica_seen(
@@ -197,7 +204,8 @@ class LeaseKeeper(Component):
                     for r in await self.store.replicas_list()
                 )
 
-    async def _renew(self, asked_at: float) -> None:
+    async def _renew(self, asked_at: float) -> bool:
+        """Extend the term; False once the lease is to be taken as lost."""
         token = self.token
         assert token is not None
         try:
@@ -205,20 +213,19 @@ class LeaseKeeper(Component):
         except StoreError as exc:
             if self.clock.monotonic() < self._valid_until:
                 logger.debug("lease renewal failed, term still running: %s", exc)
-                return
+                return True
             if not self._others_alive:
                 logger.debug("lease not renewed (%s); no other replica to take over", exc)
-                return
+                return True
             logger.warning("scheduling lease expired: could not renew it (%s)", exc)
-            self._set(None, None)
-            return
+            return False
         if self.token != token:
-            return  # fenced meanwhile
+            return True  # fenced meanwhile: already given up
         if held:
             self._valid_until = _term_end(asked_at, self.ttl)
-        else:
-            logger.warning("scheduling lease lost: another replica holds it now")
-            self._set(None, None)
+            return True
+        logger.warning("scheduling lease lost: another replica holds it now")
+        return False
 
     async def _claim(self, asked_at: float) -> None:
         try:
@@ -228,8 +235,9 @@ class LeaseKeeper(Component):
             holder = None if token is not None else await self.store.lease_get(self.lease)
         except StoreError as exc:
             logger.debug("could not look at the scheduling lease: %s", exc)
-            if self.holder is not None:
-                self._set(None, None)  # unknown: relays wait rather than call a stale one
+            # Unknown: relays wait rather than call a stale holder, and a lease this replica
+            # had is given up on its side.
+            self._set(None, None)
             return
         if token is not None:
             self._valid_until = _term_end(asked_at, self.ttl)

@@ -38,7 +38,7 @@ from hewer._proto.hewer.v1 import worker_pb2_grpc as hewer_v1_grpc
 from hewer._proto.v1 import workflows_pb2 as v1_workflows_pb2
 from hewer._proto.v1 import workflows_pb2_grpc as v1_workflows_pb2_grpc
 from hewer.engine.core.auth import TokenAuthority
-from hewer.engine.core.lease import LeaseKeeper
+from hewer.engine.core.lease import RELAYED_HEADER, LeaseKeeper
 from hewer.engine.core.service import EngineCore
 from hewer.engine.grpc.admin import AdminServicer
 from hewer.engine.grpc.dispatcher import DispatcherServicer
@@ -237,6 +237,13 @@ class Relay:
         deadline) while a takeover is under way."""
         timeout = context.time_remaining()
         wait = self.wait_s if timeout is None else max(0.0, min(self.wait_s, timeout - 0.05))
+        metadata = context.invocation_metadata() or ()
+        if any(key == RELAYED_HEADER for key, _ in metadata):
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"relayed to replica {self.keeper.replica_id}, which does not schedule; "
+                "retry shortly",
+            )
         holder = await self.keeper.wait_holder(within=wait)
         if holder is None or holder.holder == self.keeper.replica_id:
             # (Ourselves: the lease was just taken here and the services are being built.)
@@ -249,13 +256,14 @@ class Relay:
         self.relayed += 1
         return self._channel_to(holder.grpc_address)
 
-    @staticmethod
-    def _metadata(context: aio.ServicerContext[Any, Any]) -> list[tuple[str, str | bytes]]:
-        return [
+    def _metadata(self, context: aio.ServicerContext[Any, Any]) -> list[tuple[str, str | bytes]]:
+        forwarded: list[tuple[str, str | bytes]] = [
             (key, value)
             for key, value in context.invocation_metadata() or ()
             if not key.startswith((":", "grpc-")) and key not in _HOP_HEADERS
         ]
+        forwarded.append((RELAYED_HEADER, self.keeper.replica_id))
+        return forwarded
 
     def _channel_to(self, address: str) -> aio.Channel:
         if self._address != address or self._channel is None:
