@@ -217,18 +217,22 @@ def test_sigterm_drains_in_flight_tasks_once_and_takes_no_new_work(
     settle_slots(engine, timeout=2.0)
     h = history(engine, fleet, accepted)
     summary = h.summary()
+    # The engine learns of the signal from the worker (its stream closes a few ms later): a
+    # racing trigger may be assigned in between, and is then given back unrun (checked
+    # below: the stopping worker starts nothing after the signal). Once the engine holds
+    # the stream closed, nothing more may be assigned there.
     on_stopping = [
         a.assigned_at
         for t in h.tasks.values()
         for a in t.attempts.values()
-        if a.worker_id == worker_id and a.assigned_at is not None and a.assigned_at > signalled
+        if a.worker_id == worker_id and a.assigned_at is not None and a.assigned_at > disconnected
     ]
     print(
         f"\n[fault 3] SIGTERM with {TERM_TASKS} tasks in flight; stream closed "
         f"{disconnected - signalled:.3f}s after the signal; assignments to the stopping "
-        f"worker after the signal: {len(on_stopping)}\n{summary.text}"
+        f"worker after its stream closed: {len(on_stopping)}\n{summary.text}"
     )
-    assert on_stopping == [], "assigned to a worker after it was told to stop"
+    assert on_stopping == [], "assigned to a worker after its stream closed"
     assert not [e for e in h.executions if e.pid == worker.pid and e.start > signalled]
     for r in refs:
         runs = h.tasks[r.run_id].executions
