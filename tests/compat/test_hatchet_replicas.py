@@ -4,7 +4,6 @@ both addresses as gRPC's own multi-address target."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 
 from hewer.testing import EngineThread
 from tests.compat.conftest import HATCHET_INACTIVE_AFTER
-from tests.compat.test_hatchet_sdk import APP, pytestmark  # noqa: F401 - skip marker
+from tests.compat.test_hatchet_sdk import APP, pytestmark, run_client  # noqa: F401
 from tests.helpers import wait_for
 from tests.pg import fresh_database_sync
 
@@ -75,16 +74,7 @@ def test_hatchet_worker_on_a_relaying_replica_and_a_client_given_both(
         )
         assert worker.poll() is None, (tmp_path / "hatchet-worker.log").read_text()
         both = f"ipv4:{a.address},{b.address}"
-        result = subprocess.run(
-            [sys.executable, str(APP), "client"],
-            env=env_for(b, both),
-            cwd=tmp_path,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr.decode()[-4000:]
-        out = json.loads(result.stdout.decode().strip().splitlines()[-1])
+        out = run_client(env_for(b, both), tmp_path)
         assert out["double"] == {"y": 42}
         assert out["dag"] == {"first": {"a": 2}, "second": {"b": 20}}
         assert out["no_wait"] == [{"y": 0}, {"y": 2}, {"y": 4}]

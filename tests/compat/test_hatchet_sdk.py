@@ -72,19 +72,26 @@ def hatchet_worker(engine: EngineThread, tmp_path: Path) -> Iterator[subprocess.
         log.close()
 
 
-def test_hatchet_worker_and_client_run_tasks_and_dags(
-    engine: EngineThread, hatchet_worker: subprocess.Popen[bytes], tmp_path: Path
-) -> None:
+def run_client(env: dict[str, str], cwd: Path) -> dict[str, object]:
+    """Run the hatchet-sdk client script; its last output line is a JSON summary."""
     result = subprocess.run(
         [sys.executable, str(APP), "client"],
-        env=hatchet_env(engine),
-        cwd=tmp_path,
+        env=env,
+        cwd=cwd,
         capture_output=True,
         timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     out = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    assert isinstance(out, dict)
+    return out
+
+
+def test_hatchet_worker_and_client_run_tasks_and_dags(
+    engine: EngineThread, hatchet_worker: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    out = run_client(hatchet_env(engine), tmp_path)
     assert out["double"] == {"y": 42}
     assert out["dag"] == {"first": {"a": 2}, "second": {"b": 20}}
     assert "bad x 7" in out["fail"]
