@@ -15,13 +15,20 @@ from tests.conftest import HEARTBEAT, INACTIVE_AFTER
 from tests.fault.conftest import Fleet, dead_workers_marked, history, runs_done, settle_slots
 from tests.helpers import wait_for
 
-# CI sizes (nightly: 50k tasks of 1-5 s, 20 workers x 10 slots, 1,000 kills). Enough tasks
-# that the drain outlasts the 50 kills (the engine finished 5,000 after 33 of them).
+# CI sizes (nightly: 50k tasks of 1-5 s, 20 workers x 10 slots, 1,000 kills). The engine
+# outran the kills before (5,000 tasks done after 33 of them, later 10,000 after 47), so
+# the backlog is topped up whenever fewer than TOP_UP_BELOW remain: every kill hits a fleet
+# with work in hand, however fast the engine gets.
 TASKS = 10_000
+TOP_UP = 2_000
+TOP_UP_BELOW = 1_000
 WORKERS = 5
 SLOTS = 10
 KILLS = 50
-KILL_EVERY = 0.25  # seconds between kills
+# Seconds between kills. Every kill starts a worker process, a CPU-heavy import on 2 cores:
+# at 4 a second the box starved the engine loop (detection up to 2.5 s, recovery up to
+# 3.5 s, the box measured and not the engine); at 2.5 a second, 1.7-2.2 s.
+KILL_EVERY = 0.4
 TASK_SECONDS = (0.01, 0.06)
 SEED = 20240501
 # Owner death -> next attempt started: 35 s (p99) / 40 s (max) against a 30 s window,
@@ -49,19 +56,24 @@ def engine(tmp_path: Path, database_url: str) -> Iterator[EngineThread]:
 
 
 @pytest.mark.slow
-def test_sigkill_random_workers_while_10000_tasks_run(
+def test_sigkill_random_workers_while_thousands_of_tasks_run(
     engine: EngineThread, fleet: Fleet, app: ModuleType
 ) -> None:
     rng = random.Random(SEED)
     live = [fleet.spawn("k", SLOTS) for _ in range(WORKERS)]
-    refs = app.short.run_many_no_wait(
-        [app.Work(seconds=rng.uniform(*TASK_SECONDS)) for _ in range(TASKS)]
-    )
-    accepted = [r.run_id for r in refs]
+
+    def submit(n: int) -> list[str]:
+        works = [app.Work(seconds=rng.uniform(*TASK_SECONDS)) for _ in range(n)]
+        return [r.run_id for r in app.short.run_many_no_wait(works)]
+
+    accepted = submit(TASKS)
     started = time.monotonic()
     kills = 0
-    # The newest runs finish last (FIFO): checking them is enough to stop early, and cheap.
-    while kills < KILLS and not runs_done(engine, accepted[-100:]):
+    while kills < KILLS:
+        # Runs finish in the order they came (FIFO): once the one TOP_UP_BELOW from the end
+        # is done, fewer than that remain.
+        if runs_done(engine, accepted[-TOP_UP_BELOW : -TOP_UP_BELOW + 10]):
+            accepted += submit(TOP_UP)
         time.sleep(KILL_EVERY)  # the pace of the faults, not a wait for a condition
         # A victim that has registered, so every kill hits a worker that holds tasks.
         candidates = [p for p in live if fleet.is_registered(p)] or live
@@ -78,15 +90,14 @@ def test_sigkill_random_workers_while_10000_tasks_run(
 
     summary = history(engine, fleet, accepted).summary()
     print(
-        f"\n[fault 1] {TASKS} tasks, {WORKERS} workers x {SLOTS} slots, {kills} kills "
+        f"\n[fault 1] {len(accepted)} tasks, {WORKERS} workers x {SLOTS} slots, {kills} kills "
         f"in {kill_phase:.1f}s, drained after {drained:.1f}s\n{summary.text}"
     )
     c = summary.counts
-    assert kills == KILLS, f"the run finished before all {KILLS} kills ({kills})"
     assert c["lost"] == 0, c["lost_ids"]
     assert c["stuck"] == 0, c["stuck_ids"]
     assert c["leaked_slots"] == 0, c["leaked_detail"]
-    assert c["statuses"] == {"completed": TASKS}
+    assert c["statuses"] == {"completed": len(accepted)}
     by_cause = c["duplicates_by_cause"]
     assert by_cause["other"] == by_cause["stalled"] == by_cause["timed_out"] == 0, by_cause
     assert by_cause["killed"] <= kills * SLOTS  # at most what was in flight at each kill
