@@ -194,8 +194,23 @@ class ClientSettings(BaseSettings):
         timedelta(seconds=30), description="how long a stopping worker waits for in-flight tasks"
     )
     max_message_bytes: int = Field(4 * 1024 * 1024, description="gRPC message size limit")
+    worker_healthcheck_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="port of the worker's /health and /metrics server (off when unset)",
+    )
+    worker_healthcheck_host: str = Field(
+        "0.0.0.0", description="address the worker's health server binds"
+    )
+    worker_healthcheck_loop_threshold: timedelta = Field(
+        timedelta(seconds=5),
+        description="a worker whose event loop is blocked longer than this is UNHEALTHY",
+    )
 
-    _coerce = field_validator("heartbeat_interval", "grace_period", mode="before")(_duration)
+    _coerce = field_validator(
+        "heartbeat_interval", "grace_period", "worker_healthcheck_loop_threshold", mode="before"
+    )(_duration)
 
     @property
     def token_file(self) -> Path:

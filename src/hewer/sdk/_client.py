@@ -130,6 +130,7 @@ class Hewer(ClientCore):
         workflows: Sequence[Workflow[Any] | StandaloneTask[Any, Any]] = (),
         labels: Mapping[str, str | int] | None = None,
         slot_config: Mapping[str, int] | None = None,
+        healthcheck_port: int | None = None,
     ) -> Worker:
         """A worker that serves ``workflows``.
 
@@ -138,9 +139,17 @@ class Hewer(ClientCore):
         (``{"gpu": 2}``) for tasks declaring ``slot_requests``; its "default" entry, if any,
         sets the default pool. ``labels`` (``{key: str | int}``) are what tasks'
         ``desired_worker_labels`` match; change them later with ``worker.upsert_labels``.
+        ``healthcheck_port`` (or ``HEWER_WORKER_HEALTHCHECK_PORT``) serves ``/health`` and
+        ``/metrics`` there while the worker runs (0: any free port, see ``health_port``).
         """
         return Worker(
-            self, name, slots=slots, workflows=workflows, labels=labels, slot_config=slot_config
+            self,
+            name,
+            slots=slots,
+            workflows=workflows,
+            labels=labels,
+            slot_config=slot_config,
+            healthcheck_port=healthcheck_port,
         )
 
     def __repr__(self) -> str:

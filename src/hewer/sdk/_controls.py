@@ -49,6 +49,13 @@ def check_int32(value: object, what: str, *, minimum: int = INT32_MIN) -> int:
     return value
 
 
+def check_port(value: object, what: str) -> int:
+    """``value`` if it is a TCP port number (0: any free port)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigurationError(f"{what} must be a port number from 0 to 65535, got {value!r}")
+    return value
+
+
 def check_expression(value: object, what: str) -> str:
     """A non-blank CEL expression (its syntax is checked by the engine at registration)."""
     if not isinstance(value, str) or not value.strip():

@@ -48,6 +48,8 @@ class Heartbeater:
         self._thread: threading.Thread | None = None
         self.sent = 0
         """Heartbeats the engine accepted (for health checks and tests)."""
+        self.last_ok: bool | None = None
+        """Whether the last heartbeat was accepted (None before the first)."""
 
     def start(self) -> None:
         """Start the thread (idempotent)."""
@@ -87,6 +89,7 @@ class Heartbeater:
         except grpc.RpcError as exc:
             return self._failed(exc, worker_id, started, failures + 1)
         self.sent += 1
+        self.last_ok = True
         logger.debug("heartbeat sent for worker %s", worker_id)
         if failures:
             logger.info("heartbeats to the engine work again (worker %s)", worker_id)
@@ -99,6 +102,7 @@ class Heartbeater:
                 # Expected: we closed our own stream to stop taking work.
                 logger.debug("heartbeat while draining: %s", status_details(exc))
                 return failures
+            self.last_ok = False
             logger.warning(
                 "engine lost the action stream of worker %s (%s); reconnecting",
                 worker_id,
@@ -106,6 +110,7 @@ class Heartbeater:
             )
             self._on_stream_lost(started)
             return failures
+        self.last_ok = False
         # One miss is noise; a run of them matters, but an engine down for minutes must not
         # flood the log at one line per interval.
         if failures == 1:

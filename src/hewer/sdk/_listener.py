@@ -71,6 +71,11 @@ class ActionListener:
         self.connections = 0
         """Streams opened so far (1 + reconnects)."""
 
+    @property
+    def listening(self) -> bool:
+        """A stream is open (read from any thread by the health server)."""
+        return self._call is not None
+
     def stop_listening(self) -> None:
         """Close the stream at once (the worker is stopping): the engine stops offering work
         as soon as it sees the stream go, before the rest of the shutdown has begun."""

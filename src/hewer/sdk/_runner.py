@@ -19,6 +19,7 @@ import json
 import logging
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
@@ -27,6 +28,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import pydantic
 
+from hewer.defaults import DEFAULT_SLOT_TYPE as DEFAULT_POOL
 from hewer.errors import NonRetryableError, RetryAfter
 from hewer.sdk import _serde, _wire
 from hewer.sdk._context import Context, enter_task
@@ -193,9 +195,13 @@ class Runner:
         slots: int,
         max_message_bytes: int,
         engine: Callable[[], _wire.EngineLimits | None] = lambda: None,
+        on_finished: Callable[[str, str, float], None] | None = None,
     ) -> None:
         """``engine()`` says what the engine answered to ``Hello`` at the last registration
-        (None: it offers no ``hewer.v1``, so reports use the Hatchet calls)."""
+        (None: it offers no ``hewer.v1``, so reports use the Hatchet calls).
+        ``on_finished(action id, outcome, seconds)`` hears of every attempt that ended here
+        (outcome: completed, failed or cancelled)."""
+        self.on_finished = on_finished
         self._registry = registry
         self._services = services
         self._pool = DaemonThreadPool(slots, "hewer-task")
@@ -213,6 +219,16 @@ class Runner:
     def running(self) -> int:
         """Tasks currently in flight."""
         return len(self._runs)
+
+    def used_slots(self) -> dict[str, int]:
+        """Slot units held by the attempts in flight, per pool (safe from any thread)."""
+        used: dict[str, int] = {}
+        for run in list(self._runs.values()):
+            task = self._registry.get(run.action.action_id)
+            requests = task.options.slot_requests if task is not None else {DEFAULT_POOL: 1}
+            for pool, units in requests.items():
+                used[pool] = used.get(pool, 0) + units
+        return used
 
     def attempts(self) -> list[tuple[str, int]]:
         """``(task run id, retry count)`` of every attempt in flight here (a reconnecting
@@ -285,6 +301,7 @@ class Runner:
 
     async def _execute(self, run: _Run, task: Task[Any, Any] | None, raw_input: Any) -> None:
         action = run.action
+        began = time.monotonic()
         reporter = self._reporter()
         run.started_report = reporter.report_start(action, self._now())
         try:
@@ -340,6 +357,10 @@ class Runner:
                     should_not_retry=should_not_retry,
                     retry_after_ms=retry_after_ms,
                 )
+        if self.on_finished is not None:
+            self.on_finished(
+                action.action_id, _wire.OUTCOMES[event.event_type], time.monotonic() - began
+            )
         # STARTED first, so the engine never sees the outcome before the start: a batching
         # reporter keeps the order itself (dropping a STARTED still queued), otherwise the
         # outcome waits until STARTED was sent.

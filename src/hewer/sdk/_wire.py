@@ -459,6 +459,11 @@ _EVENT_TYPES = {
     EventKind.FAILED: dispatcher_pb2.STEP_EVENT_TYPE_FAILED,
     EventKind.CANCELLED: dispatcher_pb2.STEP_EVENT_TYPE_CANCELLED,
 }
+OUTCOMES = {
+    _EVENT_TYPES[kind]: kind.name.lower()
+    for kind in (EventKind.COMPLETED, EventKind.FAILED, EventKind.CANCELLED)
+}
+"""Outcome name (completed, failed, cancelled) of an outcome event's type, for metrics."""
 
 
 def step_event(

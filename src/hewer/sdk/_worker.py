@@ -17,6 +17,7 @@ import os
 import signal
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -25,8 +26,9 @@ from hewer import defaults
 from hewer.errors import ConfigurationError, HewerError
 from hewer.sdk import _wire
 from hewer.sdk._connection import TRANSIENT_CODES, status_code, status_details
-from hewer.sdk._controls import check_int32, check_slot_counts
+from hewer.sdk._controls import check_int32, check_port, check_slot_counts
 from hewer.sdk._core import ClientCore
+from hewer.sdk._health import HealthServer, WorkerHealth, WorkerProbes
 from hewer.sdk._heartbeat import Heartbeater
 from hewer.sdk._labels import WorkerLabelSet
 from hewer.sdk._listener import ActionListener
@@ -45,6 +47,17 @@ UNSUBSCRIBE_TIMEOUT_SECONDS = 5.0
 REGISTRATION_ATTEMPTS = 5
 PUT_WORKFLOW_CONCURRENCY = 5
 LOG_FLUSH_SECONDS = 2.0
+
+
+@dataclass(slots=True)
+class _HealthRun:
+    server: HealthServer
+    watch: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        self.watch.cancel()
+        await asyncio.gather(self.watch, return_exceptions=True)
+        await asyncio.to_thread(self.server.stop)
 
 
 def build_registry(workflows: Sequence[Workflow[Any]]) -> dict[str, Task[Any, Any]]:
@@ -118,6 +131,7 @@ class Worker:
         workflows: Sequence[Workflow[Any] | StandaloneTask[Any, Any]],
         labels: Mapping[str, str | int] | None = None,
         slot_config: Mapping[str, int] | None = None,
+        healthcheck_port: int | None = None,
     ) -> None:
         if not name:
             raise ConfigurationError("a worker needs a name")
@@ -147,6 +161,17 @@ class Worker:
         self._signalled = False
         self._running = False
         self._listener: ActionListener | None = None
+        self._healthcheck_port = (
+            healthcheck_port
+            if healthcheck_port is not None
+            else client.settings.worker_healthcheck_port
+        )
+        if self._healthcheck_port is not None:
+            check_port(self._healthcheck_port, "healthcheck_port")
+        self.health: WorkerHealth | None = None
+        """What the health server reports, while it runs."""
+        self.health_port: int | None = None
+        """Port the health server listens on, while it runs."""
 
     @property
     def actions(self) -> list[str]:
@@ -279,6 +304,7 @@ class Worker:
         )
         listen_task: asyncio.Task[None] | None = None
         self._draining = False
+        health = self._start_health(runner, listener, beats)
         try:
             if not await self._register_until_reachable(services):
                 return
@@ -306,7 +332,39 @@ class Worker:
             await asyncio.to_thread(services.close_logs, LOG_FLUSH_SECONDS)
             await services.aclose()
             runner.shutdown()
+            if health is not None:
+                await health.stop()
             logger.info("worker %s stopped", self.name)
+
+    def _start_health(
+        self, runner: Runner, listener: ActionListener, beats: Heartbeater
+    ) -> _HealthRun | None:
+        if self._healthcheck_port is None:
+            return None
+        settings = self._client.settings
+        probes = WorkerProbes(
+            listening=lambda: listener.listening,
+            heartbeats=lambda: (beats.sent, beats.last_ok),
+            draining=lambda: self._draining,
+            used_slots=runner.used_slots,
+        )
+        health = self.health = WorkerHealth(
+            self.slot_config,
+            probes,
+            loop_threshold=settings.worker_healthcheck_loop_threshold.total_seconds(),
+        )
+        runner.on_finished = health.finished
+        try:
+            server = HealthServer(health, settings.worker_healthcheck_host, self._healthcheck_port)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve health checks on {settings.worker_healthcheck_host}:"
+                f"{self._healthcheck_port}: {exc}"
+            ) from exc
+        server.start()
+        self.health_port = server.port
+        watch = asyncio.create_task(health.watch_loop(), name="hewer-loop-probe")
+        return _HealthRun(server, watch)
 
     def _current_id(self) -> str:
         assert self.id is not None, "worker not registered"
