@@ -160,6 +160,12 @@ def main() -> None:
     help="How long a replica holds a call while no replica schedules before answering "
     "UNAVAILABLE [default: 10s]",
 )
+@_option(
+    "--shutdown-grace",
+    "HEWER_SHUTDOWN_GRACE",
+    help="How long a stopping engine lets calls in flight finish; a second SIGTERM/SIGINT "
+    "exits at once [default: 2s]",
+)
 @log_level_option
 def engine(log_level: str, **given: Any) -> None:
     """Run the engine (gRPC on 127.0.0.1:7070, HTTP API on 127.0.0.1:8080, state in
@@ -185,11 +191,25 @@ async def _serve_engine(settings: EngineSettings) -> None:
         ) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            # Whatever the engine wrote is committed; what it held in memory is rebuilt
+            # from the database by the next start.
+            logger.warning("second %s: exiting now", sig.name)
+            os._exit(1)
+        logger.info(
+            "received %s: stopping (within %s; send it again to exit at once)",
+            sig.name,
+            settings.shutdown_grace,
+        )
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     await stop.wait()
-    logger.info("stopping engine")
     await engine.stop()
+    logger.info("engine stopped")
 
 
 # ---------------------------------------------------------------------- tokens

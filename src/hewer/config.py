@@ -100,9 +100,15 @@ class EngineSettings(BaseSettings):
         description="how long a replica holds a call while no replica schedules (a "
         "takeover) before answering UNAVAILABLE",
     )
+    shutdown_grace: timedelta = Field(
+        timedelta(seconds=2),
+        description="how long a stopping engine lets calls in flight finish (a second "
+        "SIGTERM/SIGINT stops it at once)",
+    )
 
     _coerce = field_validator(
         "heartbeat_interval",
+        "shutdown_grace",
         "inactive_after",
         "token_ttl",
         "lease_ttl",

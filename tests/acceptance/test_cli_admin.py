@@ -250,3 +250,24 @@ def test_admin_help_names_environment_variables() -> None:
             [*HEWER, *command, "--help"], capture_output=True, text=True, check=True, cwd=REPO
         ).stdout
         assert f"env var: {variable}" in " ".join(out.split()), command
+
+
+def test_a_second_sigterm_stops_the_engine_at_once(tmp_path: Path) -> None:
+    # A connected worker keeps a stream open, so a graceful stop waits the whole grace.
+    c = Cluster({**_base_env(tmp_path), "HEWER_SHUTDOWN_GRACE": "60s"}, tmp_path, [])
+    engine = c.spawn("engine")
+    try:
+        wait_for(
+            lambda: (tmp_path / "state" / "token").exists() or engine.poll() is not None,
+            timeout=30,
+            what="engine token file",
+        )
+        spawn_worker(c, "holds-a-stream")
+        engine.send_signal(signal.SIGTERM)
+        wait_for(lambda: "received SIGTERM: stopping" in c.logs(), what="first SIGTERM heard")
+        assert engine.poll() is None, c.logs()  # still in its 60 s grace
+        engine.send_signal(signal.SIGTERM)
+        assert engine.wait(timeout=10) == 1, c.logs()
+        assert "second SIGTERM: exiting now" in c.logs()
+    finally:
+        _stop(c.procs)

@@ -10,12 +10,16 @@ import os
 import socket
 from pathlib import Path
 from types import TracebackType
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 from grpc import aio
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 
 from hewer.config import EngineSettings
 from hewer.engine.api.app import build_app
+from hewer.engine.api.ops import build_ops_app
 from hewer.engine.api.relay import ApiSwitch
 from hewer.engine.api.server import ApiServer
 from hewer.engine.core.auth import TokenAuthority, Unauthenticated, unverified_claims
@@ -24,6 +28,7 @@ from hewer.engine.core.lease import LeaseKeeper
 from hewer.engine.core.service import EngineCore
 from hewer.engine.grpc.relay import Relay, Switch, local_handlers
 from hewer.engine.grpc.server import new_server
+from hewer.engine.metrics import EngineMetrics
 from hewer.store import Store, open_store
 from hewer.store._protocol import Leases
 
@@ -61,6 +66,9 @@ class Engine:
         self.relay: Relay | None = None
         self._switch = Switch()
         self._api_switch = ApiSwitch(None, settings.relay_wait.total_seconds())
+        self.metrics = EngineMetrics(self.store)
+        self._api_switch.ops = build_ops_app(self.store, self.metrics, self._role)
+        self._health = HealthServicer()
         self._scheduling = False
         self._term: int | None = None
         self._roles: asyncio.Task[None] | None = None
@@ -98,6 +106,8 @@ class Engine:
         s = self.settings
         server = new_server(s.max_message_bytes)
         server.add_generic_rpc_handlers((self._switch,))
+        # Answered by every replica itself (the switch knows none of its methods).
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         port = server.add_insecure_port(f"{s.host}:{s.port}")
         if port == 0:
             await self.store.close()
@@ -125,6 +135,7 @@ class Engine:
         except BaseException:
             await self.stop(grace=0)
             raise
+        await self._health.set(grpc_health.OVERALL_HEALTH, health_pb2.HealthCheckResponse.SERVING)
         # Written once the server listens: a client that finds the file can connect.
         if token_is_new:
             write_private(self.settings.token_file, self.token)
@@ -218,6 +229,8 @@ class Engine:
                 raise
             await self.keeper.give_up()
             return
+        core.loop.on_commit = self.metrics.committed
+        self.metrics.core = core
         self._switch.local = local_handlers(core, self.auth, self.settings.max_message_bytes)
         self._api_switch.local = build_app(core, self.auth)
         self._scheduling, self._term = True, token
@@ -230,6 +243,7 @@ class Engine:
         reconnect and are relayed to the replica that schedules now)."""
         self._switch.local = None
         self._api_switch.local = None
+        self.metrics.core = None
         self._scheduling, self._term = False, None
         logger.warning("no longer scheduling; relaying calls to the replica that does")
         await self.core.stop(grace=0)
@@ -261,7 +275,24 @@ class Engine:
         )
         return token, True
 
-    async def stop(self, grace: float = 2.0) -> None:
+    def _role(self) -> dict[str, Any]:
+        """This replica's part, for /health and /ready (nothing on SQLite: one engine)."""
+        keeper = self.keeper
+        if keeper is None:
+            return {}
+        holder = keeper.replica_id if keeper.token is not None else keeper.holder
+        return {
+            "replica": keeper.replica_id,
+            "scheduling": self._scheduling,
+            "scheduler": holder if isinstance(holder, str) else holder and holder.holder,
+        }
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop: calls in flight get ``grace`` seconds (default: the shutdown_grace setting)
+        to finish, then the core writes what it holds and the lease is handed over."""
+        if grace is None:
+            grace = self.settings.shutdown_grace.total_seconds()
+        await self._health.enter_graceful_shutdown()
         roles, self._roles = self._roles, None
         if roles is not None:
             roles.cancel()

@@ -126,6 +126,9 @@ class Store(Protocol):
 
     async def task_run_id(self, tenant_id: str, task_id: str) -> str | None: ...
 
+    async def queue_depths(self) -> list[tuple[str, str, str, int]]:
+        """(tenant id, action id, workflow name, queued tasks) for every non-empty queue."""
+
     async def queue_keys(self) -> list[tuple[str, str]]:
         """(tenant id, action id) of every queue with queued tasks."""
 

@@ -813,6 +813,9 @@ class PostgresStore:
         row = await self._fetchrow("task_run_id", tenant_id, task_id)
         return str(row[0]) if row else None
 
+    async def queue_depths(self) -> list[tuple[str, str, str, int]]:
+        return [(r[0], r[1], r[2], int(r[3])) for r in await self._fetch("queue_depths")]
+
     async def queue_keys(self) -> list[tuple[str, str]]:
         return [(r[0], r[1]) for r in await self._fetch("queue_keys")]
 

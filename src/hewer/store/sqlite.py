@@ -669,6 +669,13 @@ class SqliteStore:
 
         return await self._reader_call(body)
 
+    async def queue_depths(self) -> list[tuple[str, str, str, int]]:
+        return await self._reader_call(
+            lambda conn: [
+                (r[0], r[1], r[2], int(r[3])) for r in conn.execute(Q["queue_depths"])
+            ]
+        )
+
     async def queue_keys(self) -> list[tuple[str, str]]:
         return await self._reader_call(
             lambda conn: [(r[0], r[1]) for r in conn.execute(Q["queue_keys"])]

@@ -1,5 +1,6 @@
 """The HTTP side of a replica that does not schedule: requests go to the replica that does
-(see :mod:`hewer.engine.grpc.relay` for the gRPC side); ``/health`` answers here."""
+(see :mod:`hewer.engine.grpc.relay` for the gRPC side); ``/health``, ``/ready`` and
+``/metrics`` answer here (:mod:`hewer.engine.api.ops`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import logging
 
 import httpx
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hewer.engine.api._http import error_response
+from hewer.engine.api.ops import PATHS as OPS_PATHS
 from hewer.engine.core.lease import RELAYED_HEADER, LeaseKeeper
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ class ApiSwitch:
 
     def __init__(self, keeper: LeaseKeeper | None, wait_s: float) -> None:
         self.local: ASGIApp | None = None
+        self.ops: ASGIApp | None = None
+        """``/health``, ``/ready``, ``/metrics``: answered here whatever the role."""
         self.keeper = keeper
         self.wait_s = wait_s
         self._client: httpx.AsyncClient | None = None
@@ -50,19 +54,8 @@ class ApiSwitch:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         local = self.local
-        keeper = self.keeper
-        if keeper is not None and scope["type"] == "http" and scope["path"] == "/health":
-            # This replica's own health, whichever role it has.
-            holder = keeper.replica_id if keeper.token is not None else keeper.holder
-            response: Response = JSONResponse(
-                {
-                    "status": "ok",
-                    "replica": keeper.replica_id,
-                    "scheduling": local is not None,
-                    "scheduler": holder if isinstance(holder, str) else holder and holder.holder,
-                }
-            )
-            await response(scope, receive, send)
+        if self.ops is not None and scope["type"] == "http" and scope["path"] in OPS_PATHS:
+            await self.ops(scope, receive, send)
             return
         if local is not None:
             await local(scope, receive, send)

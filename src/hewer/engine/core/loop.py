@@ -19,10 +19,12 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from hewer.domain import DispatchInfo, Keys, WorkingSet
+from hewer.domain import Changes, DispatchInfo, Keys, WorkingSet
 from hewer.engine.core.clock import Clock
 from hewer.engine.core.component import Component
 from hewer.engine.core.scheduler import Scheduler
@@ -61,6 +63,17 @@ class Hooks(Protocol):
         """Rebuild the scheduler from the store (after a failed commit)."""
 
 
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    """What one committed turn wrote."""
+
+    changes: Changes
+    dispatched: list[DispatchInfo]
+    now: float  # the turn's clock: the time its transitions are stamped with
+    seconds: float  # from the start of the transaction to its commit
+    ops: int
+
+
 class EngineLoop(Component):
     def __init__(
         self,
@@ -96,6 +109,8 @@ class EngineLoop(Component):
         # Counters, for benchmarks and /metrics.
         self.commits = 0
         self.ops = 0
+        self.on_commit: Callable[[CommitInfo], None] | None = None
+        """Told of every committed turn (for metrics; must be cheap and never raise)."""
 
     # -- submitting -------------------------------------------------------------------
 
@@ -275,6 +290,7 @@ class EngineLoop(Component):
             keys.task_ids.update(self.scheduler.likely(min(len(keys.task_ids), PREFETCH_MAX)))
         assign: Assign | None = None
         touched = False  # whether the scheduler saw effects that are not committed yet
+        began = time.perf_counter()
         try:
             async with self.store.write() as tx:
                 ws = (
@@ -337,8 +353,12 @@ class EngineLoop(Component):
         self.commits += 1
         self.ops += len(ops)
         self.scheduler.settle(assign.refused if assign is not None else ())
+        dispatched = assign.result if assign is not None else []
         try:
-            self.hooks.committed(ops, assign.result if assign is not None else [])
+            self.hooks.committed(ops, dispatched)
+            if self.on_commit is not None:
+                seconds = time.perf_counter() - began
+                self.on_commit(CommitInfo(ws.changes, dispatched, ctx.now, seconds, len(ops)))
         except Exception:
             logger.exception("after-commit effects failed")
         for op, future in batch:

@@ -483,6 +483,10 @@ class Scheduler:
     def usage(self) -> dict[str, dict[str, int]]:
         return {wid: dict(w.used) for wid, w in self._workers.items()}
 
+    def workers(self) -> list[tuple[str, dict[str, int], dict[str, int]]]:
+        """(tenant id, capacity, used units) per slot type of every connected worker."""
+        return [(w.tenant_id, dict(w.capacity), dict(w.used)) for w in self._workers.values()]
+
     def queued_count(self) -> int:
         return len(self._queued)
 

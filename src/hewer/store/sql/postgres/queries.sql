@@ -219,6 +219,13 @@ WHERE ($4::text[] IS NULL OR m.status = ANY($4))
 ORDER BY m.created_at DESC, m.first_seq DESC
 LIMIT $6;
 
+-- name: queue_depths
+-- Queued tasks per queue and workflow (for /metrics: read on a scrape, not on the hot path).
+SELECT t.tenant_id, t.action_id, r.workflow_name, count(*)
+FROM tasks t JOIN runs r ON r.id = t.run_id
+WHERE t.status = 'queued'
+GROUP BY t.tenant_id, t.action_id, r.workflow_name;
+
 -- name: queue_keys
 -- The distinct (tenant, action) prefixes of the queue index, one index probe each (a
 -- DISTINCT would read every queued task).

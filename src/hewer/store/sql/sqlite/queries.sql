@@ -138,6 +138,13 @@ WHERE r.tenant_id = :tenant_id
   AND r.created_at <= coalesce(:until, r.created_at)
 ORDER BY r.created_at DESC;
 
+-- name: queue_depths
+-- Queued tasks per queue and workflow (for /metrics: read on a scrape, not on the hot path).
+SELECT t.tenant_id, t.action_id, r.workflow_name, count(*)
+FROM tasks t JOIN runs r ON r.id = t.run_id
+WHERE t.status = 'queued'
+GROUP BY t.tenant_id, t.action_id, r.workflow_name;
+
 -- name: queue_keys
 SELECT DISTINCT tenant_id, action_id FROM tasks WHERE status = 'queued';
 
