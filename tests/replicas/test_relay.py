@@ -13,7 +13,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import BaseModel
 
 from hewer import Context, Hewer
@@ -86,6 +88,15 @@ def test_one_replica_schedules_the_other_relays(
             assert b'"w"' in response.read()
         with urllib.request.urlopen(f"{b.api_url}/health", timeout=10) as response:
             assert b'"scheduling":false' in response.read().replace(b" ", b"")
+        # So are the readiness probe, the metrics and the gRPC health service.
+        with urllib.request.urlopen(f"{b.api_url}/ready", timeout=10) as response:
+            assert b'"status":"ready"' in response.read().replace(b" ", b"")
+        with urllib.request.urlopen(f"{b.api_url}/metrics", timeout=10) as response:
+            assert b"hatchet_tenant_queue_size" in response.read()
+        with grpc.insecure_channel(b.address) as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            answer = check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         worker.stop()
         thread.join(timeout=20)
@@ -96,7 +107,6 @@ def test_a_call_relayed_once_is_not_relayed_again(
     pair: tuple[EngineThread, EngineThread],
 ) -> None:
     """Two replicas each taking the other for the holder must not bounce a call forever."""
-    import grpc
 
     from hewer.engine.core.lease import RELAYED_HEADER
 
