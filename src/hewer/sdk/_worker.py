@@ -304,8 +304,9 @@ class Worker:
         )
         listen_task: asyncio.Task[None] | None = None
         self._draining = False
-        health = self._start_health(runner, listener, beats)
+        health: _HealthRun | None = None
         try:
+            health = self._start_health(runner, listener, beats)
             if not await self._register_until_reachable(services):
                 return
             listen_task = asyncio.create_task(listener.run(), name="hewer-listener")
@@ -334,6 +335,7 @@ class Worker:
             runner.shutdown()
             if health is not None:
                 await health.stop()
+                self.health_port = None
             logger.info("worker %s stopped", self.name)
 
     def _start_health(
