@@ -23,6 +23,7 @@ from pathlib import Path
 from hewer.domain import EventType, TaskDef, TaskEvent
 from hewer.engine.core.clock import SystemClock
 from hewer.engine.core.service import ActionKind, EngineCore, Session, TriggerSpec
+from hewer.engine.metrics import EngineMetrics
 from hewer.store import open_store
 
 BATCH = 1000
@@ -64,6 +65,9 @@ async def main(args: argparse.Namespace) -> None:
         store = open_store(args.database_url or str(Path(tmp) / "bench.db"))
         await store.open()
         core = EngineCore(store, SystemClock())
+        if args.metrics:
+            # What a real engine does: count every committed turn for /metrics.
+            core.loop.on_commit = EngineMetrics(store).committed
         await core.start()
         tenant = (await store.tenant_ensure("bench", time.time())).id
         await core.put_workflow(tenant, "noop", [TaskDef("noop", "noop:noop")], None)
@@ -114,6 +118,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--profile", default="")
+    parser.add_argument("--metrics", action="store_true", help="feed the engine's metrics")
     parser.add_argument("--database-url", default="", help="an empty PostgreSQL database")
     return parser.parse_args()
 
