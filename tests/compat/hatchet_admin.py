@@ -1,8 +1,8 @@
 """hatchet-sdk's REST feature clients (workers, runs.cancel) against our engine.
 
 Run as a script: ``python hatchet_admin.py workers``, ``... cancel RUN_ID``,
-``... cancel-filter SINCE_ISO WORKFLOW KEY:VALUE``. Prints one JSON line. Never imported
-by the test process (hatchet-sdk's protobuf names would clash with ours).
+``... cancel-filter SINCE_ISO WORKFLOW KEY:VALUE``, ``... metrics``. Prints one JSON line.
+Never imported by the test process (hatchet-sdk's protobuf names would clash with ours).
 """
 
 from __future__ import annotations
@@ -55,7 +55,23 @@ def cancel_filter(since: str, workflow: str, pair: str) -> dict[str, object]:
     return {"cancelled_by_filter": True}
 
 
+def metrics() -> dict[str, object]:
+    stats = hatchet.metrics.get_task_stats()
+    counts = hatchet.metrics.get_task_metrics()
+    return {
+        "task_stats": {name: stat.to_dict() for name, stat in stats.items()},
+        "task_metrics": counts.model_dump(),
+        "queues": hatchet.metrics.get_queue_metrics(),
+        "prometheus": hatchet.metrics.scrape_tenant_prometheus_metrics(),
+    }
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    result = {"workers": workers, "cancel": cancel, "cancel-filter": cancel_filter}[command](*args)
-    print(json.dumps(result, sort_keys=True))
+    result = {
+        "workers": workers,
+        "cancel": cancel,
+        "cancel-filter": cancel_filter,
+        "metrics": metrics,
+    }[command](*args)
+    print(json.dumps(result, sort_keys=True, default=str))

@@ -160,6 +160,34 @@ def hatchet_admin(engine: EngineThread, tmp_path: Path, *args: str) -> dict[str,
     return parsed
 
 
+def test_hatchet_metrics_client_reads_task_stats_counts_queues_and_prometheus(
+    engine: EngineThread, tmp_path: Path
+) -> None:
+    from hewer.domain import TaskDef
+    from hewer.engine.core.service import TriggerSpec
+
+    core = engine.engine.core
+    tenant = engine.engine.default_tenant_id
+    engine.call(core.put_workflow(tenant, "compat-stats", [TaskDef("s", "compat-stats:s")], None))
+    engine.call(core.trigger(tenant, [TriggerSpec("compat-stats")] * 3))
+
+    got = hatchet_admin(engine, tmp_path, "metrics")
+    stats = got["task_stats"]["s"]  # type: ignore[index]
+    assert stats["queued"]["total"] == 3 and stats["queued"]["queues"] == {"compat-stats:s": 3}
+    assert stats["running"]["total"] == 0
+    assert got["task_metrics"] == {
+        "queued": 3,
+        "running": 0,
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 0,
+    }
+    assert got["queues"] == {"compat-stats:s": 3}
+    assert f'hatchet_tenant_created_tasks_total{{tenant_id="{tenant}"}} 3.0' in str(
+        got["prometheus"]
+    )
+
+
 def test_hatchet_rest_clients_list_pause_and_cancel(
     engine: EngineThread, hatchet_worker: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:

@@ -232,7 +232,7 @@ class Engine:
         core.loop.on_commit = self.metrics.committed
         self.metrics.core = core
         self._switch.local = local_handlers(core, self.auth, self.settings.max_message_bytes)
-        self._api_switch.local = build_app(core, self.auth)
+        self._api_switch.local = build_app(core, self.auth, self.metrics)
         self._scheduling, self._term = True, token
         self.terms += 1
         if token is not None:

@@ -109,15 +109,34 @@ class EngineMetrics:
             if task is not None and task.queued_at is not None and task.assigned_at is not None:
                 self._queued_to_assigned.observe(max(0.0, task.assigned_at - task.queued_at))
 
-    async def render(self) -> bytes:
-        """The text exposition, with the queue depths read now."""
+    async def render(self, tenant_id: str | None = None) -> bytes:
+        """The text exposition, with the queue depths read now; ``tenant_id``: only the
+        series labelled with that tenant (what the tenant's own metrics route shows)."""
         self._depths = await self.store.queue_depths()
-        return generate_latest(self.registry)
+        if tenant_id is None:
+            return generate_latest(self.registry)
+        return generate_latest(_OneTenant(self.registry, tenant_id))
 
 
 def _inc(pair: tuple[Counter, Counter], tenant_id: str) -> None:
     pair[0].inc()
     pair[1].labels(tenant_id).inc()
+
+
+class _OneTenant(Collector):
+    def __init__(self, registry: CollectorRegistry, tenant_id: str) -> None:
+        self._registry = registry
+        self._tenant_id = tenant_id
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            samples = [s for s in family.samples if s.labels.get("tenant_id") == self._tenant_id]
+            # Families without a tenant label (engine-wide ones) are not the tenant's.
+            if not samples and not family.name.startswith("hatchet_tenant_"):
+                continue
+            mine = Metric(family.name, family.documentation, family.type, family.unit)
+            mine.samples = samples
+            yield mine
 
 
 class _Gauges(Collector):

@@ -41,7 +41,15 @@ from hewer.domain import (
 )
 from hewer.errors import StoreError
 
-__all__ = ["Leases", "QueuedRow", "Store", "StoreError", "StoreTx"]
+__all__ = [
+    "Leases",
+    "QueuedRow",
+    "Store",
+    "StoreError",
+    "StoreTx",
+    "TaskClaimRow",
+    "TaskStatRow",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +61,31 @@ class QueuedRow:
     sticky: StickyStrategy | None
     sticky_worker_id: str | None
     run_labels: str | None  # the trigger's desired labels (JSON), if any
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatRow:
+    """Queued or running tasks of one name in one queue (action id). ``oldest``: the
+    earliest time one of them was queued (queued) or started (running); ``oldest_first``:
+    the same among first attempts only (None when every one is a retry)."""
+
+    readable_id: str
+    status: str
+    queue: str
+    count: int
+    oldest: float
+    oldest_first: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskClaimRow:
+    """A queued or running task's concurrency claims (JSON) and its run's workflow
+    version (whose limits hold the key expressions)."""
+
+    readable_id: str
+    status: str
+    version_id: str
+    claims: str
 
 
 class StoreTx(Protocol):
@@ -128,6 +161,26 @@ class Store(Protocol):
 
     async def queue_depths(self) -> list[tuple[str, str, str, int]]:
         """(tenant id, action id, workflow name, queued tasks) for every non-empty queue."""
+
+    async def task_stats(
+        self, tenant_id: str, names: Collection[str] | None
+    ) -> list[TaskStatRow]:
+        """Queued and running tasks per (name, status, queue); ``names`` None: every name."""
+
+    async def task_stat_claims(
+        self, tenant_id: str, names: Collection[str] | None
+    ) -> list[TaskClaimRow]:
+        """Every queued or running task with concurrency claims (``names`` as above)."""
+
+    async def task_status_counts(
+        self,
+        tenant_id: str,
+        since: float | None,
+        until: float | None,
+        workflows: Collection[str],
+    ) -> dict[str, int]:
+        """Tasks per status among the tenant's runs created in ``[since, until]`` of
+        ``workflows`` (ids or names; empty: all)."""
 
     async def queue_keys(self) -> list[tuple[str, str]]:
         """(tenant id, action id) of every queue with queued tasks."""

@@ -51,7 +51,7 @@ from hewer.domain import (
 )
 from hewer.errors import LeaseLost, StoreError
 from hewer.store import _queries, _rows
-from hewer.store._protocol import QueuedRow
+from hewer.store._protocol import QueuedRow, TaskClaimRow, TaskStatRow
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -813,6 +813,30 @@ class PostgresStore:
         row = await self._fetchrow("task_run_id", tenant_id, task_id)
         return str(row[0]) if row else None
 
+    async def task_stats(
+        self, tenant_id: str, names: Collection[str] | None
+    ) -> list[TaskStatRow]:
+        rows = await self._fetch("task_stats", tenant_id, _text_list(names))
+        return [TaskStatRow(r[0], r[1], r[2], int(r[3]), float(r[4]), r[5]) for r in rows]
+
+    async def task_stat_claims(
+        self, tenant_id: str, names: Collection[str] | None
+    ) -> list[TaskClaimRow]:
+        rows = await self._fetch("task_stat_claims", tenant_id, _text_list(names))
+        return [TaskClaimRow(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def task_status_counts(
+        self,
+        tenant_id: str,
+        since: float | None,
+        until: float | None,
+        workflows: Collection[str],
+    ) -> dict[str, int]:
+        rows = await self._fetch(
+            "task_status_counts", tenant_id, since, until, _text_list(workflows or None)
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
+
     async def queue_depths(self) -> list[tuple[str, str, str, int]]:
         return [(r[0], r[1], r[2], int(r[3])) for r in await self._fetch("queue_depths")]
 
@@ -968,3 +992,7 @@ def _rowcount(status: str) -> int:
     """The row count of a command status such as ``UPDATE 3``."""
     tail = status.rsplit(" ", 1)[-1]
     return int(tail) if tail.isdigit() else 0
+
+
+def _text_list(values: Collection[str] | None) -> list[str] | None:
+    return None if values is None else list(values)

@@ -44,7 +44,7 @@ from hewer.domain import (
 )
 from hewer.errors import StoreError
 from hewer.store import _queries, _rows
-from hewer.store._protocol import QueuedRow
+from hewer.store._protocol import QueuedRow, TaskClaimRow, TaskStatRow
 
 logger = logging.getLogger(__name__)
 
@@ -676,6 +676,44 @@ class SqliteStore:
             ]
         )
 
+    async def task_stats(
+        self, tenant_id: str, names: Collection[str] | None
+    ) -> list[TaskStatRow]:
+        params = {"tenant_id": tenant_id, "names": _json_list(names)}
+        return await self._reader_call(
+            lambda conn: [
+                TaskStatRow(r[0], r[1], r[2], int(r[3]), float(r[4]), r[5])
+                for r in conn.execute(Q["task_stats"], params)
+            ]
+        )
+
+    async def task_stat_claims(
+        self, tenant_id: str, names: Collection[str] | None
+    ) -> list[TaskClaimRow]:
+        params = {"tenant_id": tenant_id, "names": _json_list(names)}
+        return await self._reader_call(
+            lambda conn: [TaskClaimRow(*r) for r in conn.execute(Q["task_stat_claims"], params)]
+        )
+
+    async def task_status_counts(
+        self,
+        tenant_id: str,
+        since: float | None,
+        until: float | None,
+        workflows: Collection[str],
+    ) -> dict[str, int]:
+        params = {
+            "tenant_id": tenant_id,
+            "since": since,
+            "until": until,
+            "workflows": _json_list(workflows or None),
+        }
+        return await self._reader_call(
+            lambda conn: {
+                str(r[0]): int(r[1]) for r in conn.execute(Q["task_status_counts"], params)
+            }
+        )
+
     async def queue_keys(self) -> list[tuple[str, str]]:
         return await self._reader_call(
             lambda conn: [(r[0], r[1]) for r in conn.execute(Q["queue_keys"])]
@@ -828,3 +866,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 _worker = _rows.worker_record
+
+
+def _json_list(values: Collection[str] | None) -> str | None:
+    """A list parameter as the JSON text the queries read with ``json_each`` (NULL: none)."""
+    return None if values is None else json.dumps(list(values))

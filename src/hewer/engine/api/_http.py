@@ -90,8 +90,9 @@ Handler = Callable[[Request, str], Awaitable[Any]]
 
 
 def endpoint(auth: TokenAuthority) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
-    """Wrap a handler ``(request, tenant_id) -> JSON value``: authenticate the bearer token,
-    check a ``{tenant}`` path parameter against it, translate domain errors."""
+    """Wrap a handler ``(request, tenant_id) -> JSON value`` (or a ready response):
+    authenticate the bearer token, check a ``{tenant}`` path parameter against it,
+    translate domain errors."""
 
     def wrap(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
         @functools.wraps(fn)
@@ -102,7 +103,8 @@ def endpoint(auth: TokenAuthority) -> Callable[[Handler], Callable[[Request], Aw
                 tenant = request.path_params.get("tenant")
                 if tenant is not None and tenant != principal.tenant_id:
                     raise Forbidden(f"the token does not grant access to tenant {tenant!r}")
-                return JSONResponse(await fn(request, principal.tenant_id))
+                result = await fn(request, principal.tenant_id)
+                return result if isinstance(result, Response) else JSONResponse(result)
             except Exception as exc:
                 return response_for(exc, fn.__name__)
 

@@ -258,6 +258,29 @@ def gate_claims(
     )
 
 
+def gate_spec(wf: Workflow, gate: str) -> ConcurrencySpec | None:
+    """The limit of ``wf`` a gate name of :func:`gate_claims` stands for (None if the name
+    is not one of this version's)."""
+    if gate.startswith("scoped/"):
+        name = gate.removeprefix("scoped/")
+        specs = [*wf.concurrency, *(c for t in wf.tasks for c in t.concurrency)]
+        return next((c for c in specs if c.tenant_scoped and c.name == name), None)
+    owner, sep, rest = gate.partition("/")
+    scope, sep2, label = rest.rpartition("/")
+    if not (sep and sep2) or owner != wf.id:
+        return None
+    if scope == "run":
+        candidates: tuple[ConcurrencySpec, ...] = wf.concurrency
+    elif scope in wf.steps:
+        candidates = wf.step(scope).concurrency
+    else:
+        return None
+    for i, spec in enumerate(candidates):
+        if (spec.name or str(i)) == label:
+            return spec
+    return None
+
+
 def check_rate_limit_put(key: str, limit: int, duration_s: float) -> None:
     if not key.strip():
         raise InvalidInput("rate limit key must not be empty")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Coroutine, Sequence
+from collections.abc import Collection, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from hewer import defaults
@@ -35,9 +35,11 @@ from hewer.domain import (
     StickyStrategy,
     TaskDef,
     TaskEvent,
+    TaskStatus,
     WorkerRecord,
     Workflow,
 )
+from hewer.engine.core import stats
 from hewer.engine.core.clock import Clock
 from hewer.engine.core.component import Component
 from hewer.engine.core.ingest import Ingest, TriggerSpec, check_rate_limit_put
@@ -414,6 +416,26 @@ class EngineCore(Component):
     async def _shielded(self, coro: Coroutine[Any, Any, T], name: str) -> T:
         """Run a multi-step change to its end even if the caller goes away."""
         return await asyncio.shield(self._spawn(coro, name))
+
+    # ------------------------------------------------------------------ metrics reads
+
+    async def task_stats(
+        self, tenant_id: str, names: Collection[str] | None
+    ) -> dict[str, stats.TaskStat]:
+        return await stats.task_stats(self.store, tenant_id, names)
+
+    async def task_counts(
+        self, tenant_id: str, since: float | None, until: float | None, workflows: Collection[str]
+    ) -> dict[str, int]:
+        return await stats.task_counts(self.store, tenant_id, since, until, workflows)
+
+    async def queue_depths(self, tenant_id: str) -> dict[str, int]:
+        """Queued tasks per queue (action id)."""
+        depths: dict[str, int] = {}
+        for row in await self.store.task_stats(tenant_id, None):
+            if row.status == TaskStatus.QUEUED:
+                depths[row.queue] = depths.get(row.queue, 0) + row.count
+        return dict(sorted(depths.items()))
 
     async def workers_view(self, tenant_id: str) -> list[WorkerView]:
         """Every worker of the tenant, newest last, with live slot usage."""

@@ -226,6 +226,43 @@ FROM tasks t JOIN runs r ON r.id = t.run_id
 WHERE t.status = 'queued'
 GROUP BY t.tenant_id, t.action_id, r.workflow_name;
 
+-- name: task_stats
+-- Queued and running tasks per task name and queue, for the Task Stats API (read when an
+-- autoscaler polls, not on the hot path); $2 NULL means every name. Each branch reads its
+-- partial index. oldest: queued since / running since; oldest_first: among first attempts.
+SELECT readable_id, status, action_id, count(*), min(since),
+       min(since) FILTER (WHERE retry_count = 0)
+FROM (
+    SELECT readable_id, status, action_id, retry_count,
+           coalesce(queued_at, created_at) AS since
+    FROM tasks WHERE status = 'queued' AND tenant_id = $1
+    UNION ALL
+    SELECT readable_id, status, action_id, retry_count,
+           coalesce(started_at, assigned_at, created_at) AS since
+    FROM tasks WHERE status = 'running' AND tenant_id = $1
+) t
+WHERE $2::text[] IS NULL OR readable_id = ANY($2)
+GROUP BY readable_id, status, action_id;
+
+-- name: task_stat_claims
+-- The concurrency claims of queued and running tasks, with the workflow version that
+-- names their limits' expressions.
+SELECT t.readable_id, t.status, r.version_id, t.claims
+FROM tasks t JOIN runs r ON r.id = t.run_id
+WHERE t.claims IS NOT NULL AND t.status IN ('queued', 'running') AND t.tenant_id = $1
+  AND ($2::text[] IS NULL OR t.readable_id = ANY($2));
+
+-- name: task_status_counts
+-- Tasks per status among the runs created in a window (the metrics client's task counts);
+-- $4 lists workflow ids or names, NULL for all.
+SELECT t.status, count(*)
+FROM runs r JOIN tasks t ON t.seq >= r.first_seq AND t.seq < r.first_seq + r.task_count
+WHERE r.tenant_id = $1
+  AND ($2::float8 IS NULL OR r.created_at >= $2)
+  AND ($3::float8 IS NULL OR r.created_at <= $3)
+  AND ($4::text[] IS NULL OR r.workflow_id = ANY($4) OR r.workflow_name = ANY($4))
+GROUP BY t.status;
+
 -- name: queue_keys
 -- The distinct (tenant, action) prefixes of the queue index, one index probe each (a
 -- DISTINCT would read every queued task).

@@ -145,6 +145,45 @@ FROM tasks t JOIN runs r ON r.id = t.run_id
 WHERE t.status = 'queued'
 GROUP BY t.tenant_id, t.action_id, r.workflow_name;
 
+-- name: task_stats
+-- Queued and running tasks per task name and queue, for the Task Stats API (read when an
+-- autoscaler polls, not on the hot path). :names is a JSON list, or NULL for every name.
+-- oldest: queued since / running since; oldest_first: the same among first attempts.
+SELECT readable_id, status, action_id, count(*), min(since),
+       min(CASE WHEN retry_count = 0 THEN since END)
+FROM (
+    SELECT readable_id, status, action_id, retry_count,
+           coalesce(queued_at, created_at) AS since
+    FROM tasks WHERE status = 'queued' AND tenant_id = :tenant_id
+    UNION ALL
+    SELECT readable_id, status, action_id, retry_count,
+           coalesce(started_at, assigned_at, created_at) AS since
+    FROM tasks WHERE status = 'running' AND tenant_id = :tenant_id
+) t
+WHERE :names IS NULL OR readable_id IN (SELECT value FROM json_each(:names))
+GROUP BY readable_id, status, action_id;
+
+-- name: task_stat_claims
+-- The concurrency claims of queued and running tasks, with the workflow version that
+-- names their limits' expressions.
+SELECT t.readable_id, t.status, r.version_id, t.claims
+FROM tasks t JOIN runs r ON r.id = t.run_id
+WHERE t.claims IS NOT NULL AND t.status IN ('queued', 'running') AND t.tenant_id = :tenant_id
+  AND (:names IS NULL OR t.readable_id IN (SELECT value FROM json_each(:names)));
+
+-- name: task_status_counts
+-- Tasks per status among the runs created in a window (the metrics client's task counts).
+-- :workflows is a JSON list of workflow ids or names, or NULL.
+SELECT t.status, count(*)
+FROM runs r JOIN tasks t ON t.seq >= r.first_seq AND t.seq < r.first_seq + r.task_count
+WHERE r.tenant_id = :tenant_id
+  AND r.created_at >= coalesce(:since, r.created_at)
+  AND r.created_at <= coalesce(:until, r.created_at)
+  AND (:workflows IS NULL
+       OR r.workflow_id IN (SELECT value FROM json_each(:workflows))
+       OR r.workflow_name IN (SELECT value FROM json_each(:workflows)))
+GROUP BY t.status;
+
 -- name: queue_keys
 SELECT DISTINCT tenant_id, action_id FROM tasks WHERE status = 'queued';
 
