@@ -232,6 +232,30 @@ def token_create(tenant: str, name: str, **given: Any) -> None:
     click.echo(asyncio.run(mint_token(settings, tenant, name)))
 
 
+@token.command("inspect")
+@click.argument("token_value", metavar="TOKEN", envvar="HEWER_TOKEN")
+def token_inspect(token_value: str) -> None:
+    """Print what a token names, as JSON: its tenant id (which URLs such as the Task Stats
+    API's need), addresses and expiry. The signature is not checked: the engine does that."""
+    from hewer.engine.core.auth import unverified_claims
+
+    try:
+        claims = unverified_claims(token_value.strip())
+    except Exception as exc:  # pyjwt's errors: not a token at all
+        raise click.ClickException(f"not a Hewer token: {exc}") from None
+    expires = claims.get("exp")
+    shown = {
+        "tenant_id": claims.get("sub"),
+        "token_id": claims.get("token_id"),
+        "grpc_address": claims.get("grpc_broadcast_address"),
+        "server_url": claims.get("server_url"),
+        "expires_at": _iso(datetime.fromtimestamp(expires, UTC))
+        if isinstance(expires, int | float)
+        else None,
+    }
+    click.echo(json.dumps(shown, indent=2))
+
+
 @token.command("revoke")
 @click.argument("token_or_id")
 @engine_options

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,23 @@ def test_token_create_mints_a_working_token_and_bad_tokens_are_refused(
 
     forged = cluster.hewer("run", "it-noop", env=dict(env, HEWER_TOKEN=token[:-4] + "AAAA"))
     assert forged.returncode != 0 and "invalid auth token" in forged.stderr
+
+    # `token inspect` names the tenant (the Task Stats URL needs its id) and the addresses
+    # (those of the running engine's own token: this one was minted offline).
+    inspected = cluster.hewer("token", "inspect", token)
+    assert inspected.returncode == 0, inspected.stderr
+    shown = json.loads(inspected.stdout)
+    local = json.loads(cluster.hewer("token", "inspect", local_token).stdout)
+    assert local["grpc_address"] == address and shown["tenant_id"] == local["tenant_id"]
+    assert shown["expires_at"].endswith("Z") and shown["token_id"] != local["token_id"]
+    stats = urllib.request.Request(
+        f"{local['server_url']}/api/v1/tenants/{shown['tenant_id']}/task-stats",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(stats) as answer:
+        assert answer.status == 200
+    bad = cluster.hewer("token", "inspect", "not-a-token")
+    assert bad.returncode == 1 and "not a Hewer token" in bad.stderr
 
 
 def test_engine_refuses_to_start_on_an_unreachable_database(tmp_path: Path) -> None:
