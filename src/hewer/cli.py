@@ -347,17 +347,113 @@ def worker() -> None:
 
 @worker.command("start")
 @click.argument("target")
+@_option(
+    "--autoscale",
+    "HEWER_AUTOSCALE",
+    metavar="MIN:MAX",
+    help="Run between MIN and MAX worker processes, as many as the queue of the worker's "
+    "tasks asks for (MIN may be 0).",
+)
+@_option(
+    "--autoscale-threshold",
+    "HEWER_AUTOSCALE_THRESHOLD",
+    type=click.IntRange(min=0),
+    help="Queued tasks above which one more process is started [default: the worker's slots]",
+)
+@_option(
+    "--autoscale-interval",
+    "HEWER_AUTOSCALE_INTERVAL",
+    default="2s",
+    show_default=True,
+    help="How often the queue is read.",
+)
+@_option(
+    "--autoscale-up-after",
+    "HEWER_AUTOSCALE_UP_AFTER",
+    default="10s",
+    show_default=True,
+    help="How long the queue must stay above the threshold before a process is added.",
+)
+@_option(
+    "--autoscale-idle-after",
+    "HEWER_AUTOSCALE_IDLE_AFTER",
+    default="60s",
+    show_default=True,
+    help="How long the processes must be idle before one is retired.",
+)
+@_option(
+    "--healthcheck-port",
+    "HEWER_WORKER_HEALTHCHECK_PORT",
+    type=click.IntRange(0, 65535),
+    help="Serve /health and /metrics on this port (with --autoscale: the first process's; "
+    "the others take the next ports).",
+)
 @log_level_option
-def worker_start(target: str, log_level: str) -> None:
+def worker_start(
+    target: str,
+    autoscale: str | None,
+    autoscale_threshold: int | None,
+    autoscale_interval: str,
+    autoscale_up_after: str,
+    autoscale_idle_after: str,
+    healthcheck_port: int | None,
+    log_level: str,
+) -> None:
     """Run the worker TARGET (MODULE:ATTR) until SIGTERM/SIGINT; exits 0 after a graceful stop."""
     _setup_logging(log_level)
-    _start_worker(target)
+    if autoscale is None:
+        _start_worker(target, healthcheck_port)
+        return
+    from hewer.autoscale import AutoscaleError, Policy, Supervisor, parse_range
+    from hewer.durations import InvalidDuration, parse_duration
+
+    try:
+        minimum, maximum = parse_range(autoscale)
+        interval, up_after, idle_after = (
+            parse_duration(text).total_seconds()
+            for text in (autoscale_interval, autoscale_up_after, autoscale_idle_after)
+        )
+    except (AutoscaleError, InvalidDuration) as exc:
+        raise click.BadParameter(str(exc), param_hint="--autoscale") from None
+    worker = load_worker(target)
+    names = sorted({t.name for wf in worker.workflows for t in wf.tasks})
+    policy = Policy(
+        minimum=minimum,
+        maximum=maximum,
+        threshold=worker.slots if autoscale_threshold is None else autoscale_threshold,
+        slots=worker.slots,
+        interval=interval,
+        up_after=up_after,
+        idle_after=idle_after,
+    )
+    from hewer.sdk._admin import Metrics
+
+    metrics = Metrics(worker.client)
+
+    def load() -> tuple[int, int]:
+        stats = metrics.task_stats(names)
+        return (
+            sum(int(stats[n]["queued"]["total"]) for n in names),
+            sum(int(stats[n]["running"]["total"]) for n in names),
+        )
+
+    def command(index: int) -> list[str]:
+        argv = [sys.executable, "-m", "hewer", "worker", "start", target, "--log-level", log_level]
+        if healthcheck_port is not None:
+            argv += ["--healthcheck-port", str(healthcheck_port + index)]
+        return argv
+
+    # Children read HEWER_WORKER_HEALTHCHECK_PORT only through the flag each one is given.
+    env = {k: v for k, v in os.environ.items() if k != "HEWER_WORKER_HEALTHCHECK_PORT"}
+    sys.exit(Supervisor(command, load, policy, env=env).run())
 
 
-def _start_worker(target: str) -> None:
+def _start_worker(target: str, healthcheck_port: int | None = None) -> None:
     from hewer.errors import HewerError
 
     worker = load_worker(target)
+    if healthcheck_port is not None:
+        worker.healthcheck_port = healthcheck_port
     try:
         worker.start()
     except HewerError as exc:
@@ -365,29 +461,71 @@ def _start_worker(target: str) -> None:
 
 
 @worker.command("dev")
-@click.argument("target")
+@click.argument("target", required=False)
+@click.option(
+    "--reload/--no-reload",
+    "reload",
+    default=None,
+    help="Restart the worker when a watched file changes [default: the project file's "
+    "reload, else on].",
+)
+@click.option(
+    "--watch",
+    "watch",
+    multiple=True,
+    metavar="GLOB",
+    help="Files whose changes restart the worker (repeatable; replaces the project file's "
+    "watch) [default: **/*.py].",
+)
+@click.option(
+    "--ignore",
+    "ignore",
+    multiple=True,
+    metavar="GLOB",
+    help="Files whose changes never do (repeatable; replaces the project file's ignore).",
+)
+@client_options
 @log_level_option
-def worker_dev(target: str, log_level: str) -> None:
-    """Run the worker TARGET and restart it whenever code under the current directory changes."""
-    import watchfiles
+def worker_dev(
+    target: str | None,
+    reload: bool | None,
+    watch: tuple[str, ...],
+    ignore: tuple[str, ...],
+    log_level: str,
+    **given: Any,
+) -> None:
+    """Run the worker TARGET (MODULE:ATTR) and restart it whenever a watched file changes.
+
+    \b
+    Engine: with no token configured (HEWER_TOKEN / --token) and no engine answering where
+    the worker would dial (HEWER_HOST_PORT, else the address in <state-dir>/token, else
+    HEWER_HOST:HEWER_PORT, 127.0.0.1:7070), an embedded engine is started in the
+    background: `hewer engine` on SQLite in <state-dir>/dev.db, listening there and on
+    HEWER_API_PORT (8080), logging to <state-dir>/engine.log. It is kept across reloads.
+    Ctrl-C or SIGTERM stops the worker (gracefully), then the embedded engine; exit 0.
+
+    \b
+    Project file: ./hewer.toml's [dev] table if hewer.toml exists, else ./pyproject.toml's
+    [tool.hewer.dev] (never both). Keys: run = "MODULE:ATTR" (TARGET wins over it),
+    pre_cmds = [shell commands run once before anything starts; one that fails aborts
+    with its exit status], watch = [globs, default "**/*.py"], ignore = [globs],
+    reload = true|false. Flags win over the file. Globs are relative to this directory;
+    ** spans directories, a glob without / matches at any depth. Always ignored:
+    .hewer/**, the state directory, and watchfiles' defaults (.git, .venv, __pycache__,
+    node_modules, editor swap files).
+    """
+    from hewer import dev
 
     _setup_logging(log_level)
-    watchfiles.run_process(
-        Path.cwd(),
-        target=_run_dev_worker,
-        args=(target, log_level),
-        watch_filter=watchfiles.PythonFilter(),
-        callback=lambda changes: logger.info("code changed, restarting worker"),
+    options = dev.DevOptions(
+        target=target,
+        reload=reload,
+        watch=watch,
+        ignore=ignore,
+        log_level=log_level,
+        client={k: v for k, v in given.items() if v is not None},
     )
-
-
-def _run_dev_worker(target: str, log_level: str) -> None:
-    _setup_logging(log_level)
-    try:
-        _start_worker(target)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    sys.exit(dev.run(options))
 
 
 STATES = ("active", "paused", "inactive", "stopped")

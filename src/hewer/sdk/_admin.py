@@ -323,3 +323,25 @@ async def aio_cancel(
     except grpc.RpcError as exc:
         raise translate(exc, "cancel") from exc
     return [str(i) for i in response.cancelled_tasks]
+
+
+class Metrics:
+    """``hw.metrics``: what is queued and running, as the engine's Task Stats API says."""
+
+    def __init__(self, client: ClientCore) -> None:
+        self._rest = RestClient(client)
+
+    def task_stats(self, task_names: Sequence[str] | None = None) -> dict[str, Any]:
+        """Per task name, ``{"queued": {"total", "queues", "concurrency", "oldest"?, ...},
+        "running": {...}}``. Naming tasks returns exactly those, zeros included."""
+        tenant = urllib.parse.quote(self._rest.tenant_id, safe="")
+        path = f"/api/v1/tenants/{tenant}/task-stats"
+        if task_names:
+            path += "?" + urllib.parse.urlencode([("taskNames", n) for n in task_names])
+        body = self._rest.call("GET", path, what="read task stats")
+        return dict(body or {})
+
+    def queued(self, task_names: Sequence[str]) -> int:
+        """Tasks of these names waiting in their queues now."""
+        stats = self.task_stats(task_names)
+        return sum(int(stats.get(n, {}).get("queued", {}).get("total", 0)) for n in task_names)

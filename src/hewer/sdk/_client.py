@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from hewer.config import ClientSettings
 from hewer.domain import StickyStrategy
-from hewer.sdk._admin import Workers
+from hewer.sdk._admin import Metrics, Workers
 from hewer.sdk._core import ClientCore
 from hewer.sdk._options import TaskKwargs, TaskOptions, WorkflowKwargs, WorkflowOptions
 from hewer.sdk._rate_limits import RateLimits
@@ -60,6 +60,8 @@ class Hewer(ClientCore):
         """The tenant's workers: ``list()``, ``get(id)``, ``pause(id)``, ``resume(id)``."""
         self.rate_limits = RateLimits(self)
         """Static rate-limit keys: ``put(key, limit, duration)``."""
+        self.metrics = Metrics(self)
+        """Queue depths per task: ``task_stats([names])``, ``queued([names])``."""
 
     # --- declarations --------------------------------------------------------------------
 

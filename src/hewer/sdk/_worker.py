@@ -136,6 +136,8 @@ class Worker:
         if not name:
             raise ConfigurationError("a worker needs a name")
         self._client = client
+        self.client = client
+        """The client the worker registers and reports through."""
         self.name = name
         self.slot_config = resolve_slot_config(slots, slot_config)
         """Size of each slot pool by slot type, as registered."""
@@ -161,13 +163,15 @@ class Worker:
         self._signalled = False
         self._running = False
         self._listener: ActionListener | None = None
-        self._healthcheck_port = (
+        self.healthcheck_port = (
             healthcheck_port
             if healthcheck_port is not None
             else client.settings.worker_healthcheck_port
         )
-        if self._healthcheck_port is not None:
-            check_port(self._healthcheck_port, "healthcheck_port")
+        """Port of the /health and /metrics server (None: off); may be changed before
+        ``start()``."""
+        if self.healthcheck_port is not None:
+            check_port(self.healthcheck_port, "healthcheck_port")
         self.health: WorkerHealth | None = None
         """What the health server reports, while it runs."""
         self.health_port: int | None = None
@@ -267,6 +271,12 @@ class Worker:
         assert self._stop_event is not None
         settings = self._client.settings
         connection = self._client.connection
+        logger.info(
+            "starting worker '%s' (slots %s) against the engine at %s",
+            self._client.namespaced(self.name),
+            self.slot_config,
+            connection.address,
+        )
         services = WorkerServices(connection, self._client.clock, self._labels)
         services.open()
         runner = Runner(
@@ -341,7 +351,7 @@ class Worker:
     def _start_health(
         self, runner: Runner, listener: ActionListener, beats: Heartbeater
     ) -> _HealthRun | None:
-        if self._healthcheck_port is None:
+        if self.healthcheck_port is None:
             return None
         settings = self._client.settings
         probes = WorkerProbes(
@@ -357,11 +367,11 @@ class Worker:
         )
         runner.on_finished = health.finished
         try:
-            server = HealthServer(health, settings.worker_healthcheck_host, self._healthcheck_port)
+            server = HealthServer(health, settings.worker_healthcheck_host, self.healthcheck_port)
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot serve health checks on {settings.worker_healthcheck_host}:"
-                f"{self._healthcheck_port}: {exc}"
+                f"{self.healthcheck_port}: {exc}"
             ) from exc
         server.start()
         self.health_port = server.port
