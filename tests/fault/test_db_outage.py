@@ -28,6 +28,7 @@ import pytest
 
 from hewer._proto import workflows_pb2_grpc as wg
 from hewer._proto.v1.shared import trigger_pb2 as tr
+from hewer.engine.api.ops import READY_TIMEOUT_S
 from hewer.store.postgres import COMMAND_TIMEOUT_S
 from hewer.testing import EngineThread
 from tests.conftest import HEARTBEAT, INACTIVE_AFTER
@@ -210,13 +211,23 @@ def test_engine_rides_out_a_database_outage(rig: Rig, outage: str) -> None:
     probe = Probe(engine).start()
     time.sleep(1.0)  # the pace of the scenario: a second of normal traffic on record
     began = time.monotonic()
+    seconds = 0.0
     if outage.startswith("restart-"):
         restart_server(outage.removeprefix("restart-"))
     else:
         rig.link.block()
-        time.sleep(float(outage.removeprefix("block-").removesuffix("s")))
+        seconds = float(outage.removeprefix("block-").removesuffix("s"))
+        if seconds > 2 * READY_TIMEOUT_S:
+            # Readiness says so while the database does not answer (a probe takes up to
+            # READY_TIMEOUT_S to give up), so an orchestrator stops routing to it.
+            wait_for(lambda: ready_status(engine) == 503, timeout=3 * READY_TIMEOUT_S,
+                     interval=0.2, what="/ready answering 503 during the outage")  # fmt: skip
+        time.sleep(max(0.0, began + seconds - time.monotonic()))
         rig.link.unblock()
     back = time.monotonic()
+    if seconds > 2 * READY_TIMEOUT_S:
+        wait_for(lambda: ready_status(engine) == 200, timeout=3 * READY_TIMEOUT_S,
+                 interval=0.2, what="/ready answering 200 once it is back")  # fmt: skip
 
     # Dispatch resumes: a new run goes all the way through soon after the database is back.
     probes: list[str] = []
@@ -271,6 +282,14 @@ def test_engine_rides_out_a_database_outage(rig: Rig, outage: str) -> None:
     assert {str(w.status) for w in workers} == {"active"}, [
         (w.name, w.status, w.status_reason) for w in workers
     ]
+
+
+def ready_status(engine: EngineThread) -> int:
+    try:
+        with urllib.request.urlopen(f"{engine.api_url}/ready", timeout=30) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
 
 
 def wait_for_done(engine: EngineThread, run_id: str, until: float) -> bool:

@@ -119,3 +119,60 @@ def _drive(
     assert after[("hewer_store_commit_seconds_count", ())] > 0
     assert after[("hewer_store_batch_ops_sum", ())] > 0
     assert after.get(queue, 0.0) == 0.0  # drained
+
+
+def test_metrics_count_rate_limited_and_timed_out_tasks_and_label_slots(
+    engine: EngineThread, client: Hewer
+) -> None:
+    from hewer import RateLimit, RateLimitDuration
+    from hewer.domain import TaskDef
+    from hewer.engine.core.ingest import TriggerSpec
+
+    tenant = engine.engine.default_tenant_id
+    twin = (("tenant_id", tenant),)
+    client.rate_limits.put("metered-api", 1, RateLimitDuration.HOUR)
+    gate = threading.Event()
+
+    @client.task(name="limited", rate_limits=[RateLimit(static_key="metered-api", units=1)])
+    def limited(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        gate.wait(30)
+        return {}
+
+    worker = client.worker("labelled", slots=3, workflows=[limited], labels={"gpu": "a100"})
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    try:
+        assert worker.ready.wait(20)
+        label = (
+            "hatchet_tenant_worker_label_slots",
+            (("label_key", "gpu"), ("label_value", "a100"), ("slot_type", "default"), *twin),
+        )
+        used_label = ("hatchet_tenant_used_worker_label_slots", label[1])
+        wait_for(lambda: scrape(engine).get(label) == 3.0, what="the worker's label slots")
+        # One unit an hour: the first run takes it, the second is held back by the limit.
+        refs = [limited.run_no_wait({}) for _ in range(2)]
+        wait_for(
+            lambda: scrape(engine).get(("hatchet_tenant_rate_limited_total", twin), 0) > 0,
+            what="a task held back by its rate limit",
+        )
+        after = scrape(engine)
+        assert after[("hatchet_rate_limited_total", ())] > 0
+        assert after[used_label] == 1.0
+
+        # A task no worker serves, with a short schedule timeout, is cancelled at it.
+        late = TaskDef("unserved", "unserved:act", schedule_timeout_s=0.2)
+        engine.call(engine.engine.core.put_workflow(tenant, "unserved", [late], None))
+        engine.call(engine.engine.core.trigger(tenant, [TriggerSpec("unserved")]))
+        wait_for(
+            lambda: scrape(engine).get(("hatchet_tenant_scheduling_timed_out_total", twin)) == 1.0,
+            what="one scheduling timeout",
+        )
+        assert scrape(engine)[("hatchet_scheduling_timed_out_total", ())] == 1.0
+        gate.set()
+        refs[0].result()
+        for ref in refs[1:]:
+            client.runs.cancel(ref.run_id)
+    finally:
+        gate.set()
+        worker.stop()
+        thread.join(20)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hewer.domain import TaskStatus
@@ -72,11 +72,37 @@ class EngineMetrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
-        self.core: EngineCore | None = None
-        """The core whose scheduler the slot gauges read: the current term's, None while
-        this replica relays (the scheduling replica reports the slots)."""
+        self._core: EngineCore | None = None
+        # What cores of earlier terms counted (their counts live in the core and go with it).
+        self._past: dict[str, dict[str, int]] = {"timed_out": {}, "rate_limited": {}}
         self._depths: list[tuple[str, str, str, int]] = []
         r.register(_Gauges(self))
+
+    @property
+    def core(self) -> EngineCore | None:
+        """The core whose scheduler the slot gauges read: the current term's, None while
+        this replica relays (the scheduling replica reports the slots)."""
+        return self._core
+
+    @core.setter
+    def core(self, core: EngineCore | None) -> None:
+        old, self._core = self._core, core
+        if old is not None and old is not core:
+            for name, counts in _core_counts(old).items():
+                past = self._past[name]
+                for tenant, n in counts.items():
+                    past[tenant] = past.get(tenant, 0) + n
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per counter name and tenant, what every term of this process counted."""
+        now = _core_counts(self._core) if self._core is not None else {}
+        out: dict[str, dict[str, int]] = {}
+        for name, past in self._past.items():
+            merged = dict(past)
+            for tenant, n in now.get(name, {}).items():
+                merged[tenant] = merged.get(tenant, 0) + n
+            out[name] = merged
+        return out
 
     def committed(self, info: CommitInfo) -> None:
         """Count what one committed turn wrote (called by the engine loop)."""
@@ -118,6 +144,23 @@ class EngineMetrics:
         return generate_latest(_OneTenant(self.registry, tenant_id))
 
 
+def _core_counts(core: EngineCore) -> dict[str, dict[str, int]]:
+    return {
+        "timed_out": dict(core.sweeps.schedule_timeouts),
+        "rate_limited": core.scheduler.rate_limited(),
+    }
+
+
+# Counters kept by the core (see EngineMetrics.counts): name, help.
+_CORE_COUNTERS = {
+    "timed_out": ("scheduling_timed_out", "Queued tasks cancelled at their schedule timeout"),
+    "rate_limited": (
+        "rate_limited",
+        "Times a queued task was held back by a rate limit in a scheduling pass",
+    ),
+}
+
+
 def _inc(pair: tuple[Counter, Counter], tenant_id: str) -> None:
     pair[0].inc()
     pair[1].labels(tenant_id).inc()
@@ -152,9 +195,21 @@ class _Gauges(Collector):
         for tenant, action, workflow, n in self._metrics._depths:
             queue.add_metric([tenant, action, workflow], n)
         yield queue
+        for key, counts in self._metrics.counts().items():
+            name, what = _CORE_COUNTERS[key]
+            total = CounterMetricFamily(f"hatchet_{name}", what)
+            total.add_metric([], sum(counts.values()))
+            yield total
+            per = CounterMetricFamily(
+                f"hatchet_tenant_{name}", f"{what}, per tenant", labels=["tenant_id"]
+            )
+            for tenant, n in sorted(counts.items()):
+                per.add_metric([tenant], n)
+            yield per
         core = self._metrics.core
-        workers = core.scheduler.workers() if core is not None else []
-        yield from _slot_families(workers)
+        workers = core.scheduler.worker_labels() if core is not None else []
+        yield from _slot_families([(t, cap, used) for t, _, cap, used in workers])
+        yield from _label_slot_families(workers)
 
 
 def _slot_families(
@@ -179,5 +234,34 @@ def _slot_families(
     for (tenant, slot_type), (cap, n) in sorted(totals.items()):
         limit.add_metric([tenant, slot_type], cap)
         used.add_metric([tenant, slot_type], n)
+    yield limit
+    yield used
+
+
+def _label_slot_families(
+    workers: Iterable[tuple[str, dict[str, str | int], dict[str, int], dict[str, int]]],
+) -> Iterator[Metric]:
+    """Slots per worker label (what affinity-routed work can use), upstream's names."""
+    names = ["tenant_id", "label_key", "label_value", "slot_type"]
+    limit = GaugeMetricFamily(
+        "hatchet_tenant_worker_label_slots",
+        "Slot units of the workers carrying a label, per slot type",
+        labels=names,
+    )
+    used = GaugeMetricFamily(
+        "hatchet_tenant_used_worker_label_slots",
+        "Slot units in use on the workers carrying a label, per slot type",
+        labels=names,
+    )
+    totals: dict[tuple[str, str, str, str], list[int]] = {}
+    for tenant, labels, capacity, in_use in workers:
+        for key, value in labels.items():
+            for slot_type, units in capacity.items():
+                entry = totals.setdefault((tenant, key, str(value), slot_type), [0, 0])
+                entry[0] += units
+                entry[1] += in_use.get(slot_type, 0)
+    for labelset, (cap, n) in sorted(totals.items()):
+        limit.add_metric(list(labelset), cap)
+        used.add_metric(list(labelset), n)
     yield limit
     yield used

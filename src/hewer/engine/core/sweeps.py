@@ -55,6 +55,8 @@ class Sweeps(Component):
         self._interval = 1.0
         self._reap: Callable[[], Awaitable[object]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self.schedule_timeouts: dict[str, int] = {}
+        """Per tenant, queued tasks cancelled at their schedule timeout (for metrics)."""
 
     async def expire(self) -> int:
         """One sweep of every kind; returns how many tasks or attempts ended."""
@@ -103,7 +105,12 @@ class Sweeps(Component):
                 by_tenant.setdefault(t.tenant_id, []).append(t.id)
             for tenant_id, task_ids in by_tenant.items():
                 reason = "schedule timeout: no worker took the task in time"
-                ended += len(await self.cancel(tenant_id, task_ids, reason))
+                cancelled = set(await self.cancel(tenant_id, task_ids, reason))
+                timed_out = len(cancelled.intersection(task_ids))
+                self.schedule_timeouts[tenant_id] = (
+                    self.schedule_timeouts.get(tenant_id, 0) + timed_out
+                )
+                ended += len(cancelled)
             if len(expired) < SWEEP_BATCH:
                 break
         return ended

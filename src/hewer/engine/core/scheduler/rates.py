@@ -44,6 +44,8 @@ class RateLimits:
         self._static: dict[tuple[str, str], tuple[int, float]] = {}
         self._buckets: dict[tuple[str, str], Bucket] = {}
         self.wake: float | None = None  # when a limited task may fit again
+        self.refused: dict[str, int] = {}
+        """Per tenant, times a queued task was held back by a rate limit (for metrics)."""
 
     def declare(self, tenant_id: str, key: str, limit: int, duration_s: float, now: float) -> None:
         self._static[(tenant_id, key)] = (limit, duration_s)
@@ -72,15 +74,19 @@ class RateLimits:
         for claim in item.rates:
             bucket = self._bucket(item.tenant_id, claim, now)
             if bucket is None:
-                return False
+                return self._refuse(item.tenant_id)
             bucket.refill(now)
             wait = bucket.wait(claim.units, now)
             if wait > 0:
                 if wait != float("inf"):
                     at = now + wait
                     self.wake = at if self.wake is None else min(self.wake, at)
-                return False
+                return self._refuse(item.tenant_id)
         return True
+
+    def _refuse(self, tenant_id: str) -> bool:
+        self.refused[tenant_id] = self.refused.get(tenant_id, 0) + 1
+        return False
 
     def consume(self, item: QueueItem, sign: int = 1) -> None:
         """Take the item's units (``sign`` -1: give them back)."""

@@ -487,6 +487,19 @@ class Scheduler:
         """(tenant id, capacity, used units) per slot type of every connected worker."""
         return [(w.tenant_id, dict(w.capacity), dict(w.used)) for w in self._workers.values()]
 
+    def worker_labels(
+        self,
+    ) -> list[tuple[str, dict[str, str | int], dict[str, int], dict[str, int]]]:
+        """(tenant id, labels, capacity, used units) of every connected worker."""
+        return [
+            (w.tenant_id, dict(w.labels), dict(w.capacity), dict(w.used))
+            for w in self._workers.values()
+        ]
+
+    def rate_limited(self) -> dict[str, int]:
+        """Per tenant, times a queued task was held back by a rate limit so far."""
+        return dict(self._rates.refused)
+
     def queued_count(self) -> int:
         return len(self._queued)
 
