@@ -135,30 +135,35 @@ class Supervisor:
             self.policy.interval,
         )
         try:
-            while not self._stop.is_set():
-                self._reap()
-                alive = [c for c in self.children if not c.retiring]
-                try:
-                    queued, running = self.load()
-                except Exception as exc:  # the engine is away: keep what runs, decide later
-                    logger.warning("autoscale: cannot read the task stats: %s", exc)
-                    step = +1 if len(alive) < self.policy.minimum else 0
-                    queued = running = -1
-                else:
-                    step = decider.decide(len(alive), queued, running, self.clock())
-                if step > 0:
-                    self._spawn(queued)
-                elif step < 0:
-                    self._retire(alive[-1], queued, running)
-                self._stop.wait(self.policy.interval)
-        except AutoscaleError as exc:
-            logger.error("autoscale: %s", exc)
-            self._stop_all()
-            return 1
+            try:
+                while not self._stop.is_set():
+                    self._turn(decider)
+                    self._stop.wait(self.policy.interval)
+            except AutoscaleError as exc:
+                logger.error("autoscale: %s", exc)
+                self._stop_all()
+                return 1
+            # Still under our handlers: a second signal while the children drain kills them.
+            return self._stop_all()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return self._stop_all()
+
+    def _turn(self, decider: Decider) -> None:
+        self._reap()
+        alive = [c for c in self.children if not c.retiring]
+        try:
+            queued, running = self.load()
+        except Exception as exc:  # the engine is away: keep what runs, decide later
+            logger.warning("autoscale: cannot read the task stats: %s", exc)
+            step = +1 if len(alive) < self.policy.minimum else 0
+            queued = running = -1
+        else:
+            step = decider.decide(len(alive), queued, running, self.clock())
+        if step > 0:
+            self._spawn(queued)
+        elif step < 0:
+            self._retire(alive[-1], queued, running)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
@@ -200,6 +205,8 @@ class Supervisor:
         for child in list(self.children):
             code = child.proc.poll()
             if code is None:
+                if self.clock() - child.started >= QUICK_EXIT_S:
+                    self._quick_exits = 0  # one started fine: what failed before was not a loop
                 continue
             self.children.remove(child)
             if child.retiring:
@@ -219,7 +226,8 @@ class Supervisor:
     def _stop_all(self) -> int:
         """SIGTERM every child and wait for them (their grace period bounds the wait)."""
         for child in self.children:
-            _send(child.proc, signal.SIGTERM)
+            if not child.retiring:  # a retiring one has its SIGTERM: a second skips its drain
+                _send(child.proc, signal.SIGTERM)
         status = 0
         for child in self.children:
             code = child.proc.wait()

@@ -381,12 +381,12 @@ def worker() -> None:
     show_default=True,
     help="How long the processes must be idle before one is retired.",
 )
-@_option(
+@click.option(
     "--healthcheck-port",
-    "HEWER_WORKER_HEALTHCHECK_PORT",
     type=click.IntRange(0, 65535),
-    help="Serve /health and /metrics on this port (with --autoscale: the first process's; "
-    "the others take the next ports).",
+    help="Serve /health and /metrics on this port, over HEWER_WORKER_HEALTHCHECK_PORT and "
+    "the worker's own healthcheck_port (with --autoscale: the first process's; the others "
+    "take the next ports).",
 )
 @log_level_option
 def worker_start(
@@ -409,13 +409,32 @@ def worker_start(
 
     try:
         minimum, maximum = parse_range(autoscale)
-        interval, up_after, idle_after = (
-            parse_duration(text).total_seconds()
-            for text in (autoscale_interval, autoscale_up_after, autoscale_idle_after)
-        )
-    except (AutoscaleError, InvalidDuration) as exc:
+    except AutoscaleError as exc:
         raise click.BadParameter(str(exc), param_hint="--autoscale") from None
+    periods: list[float] = []
+    for flag, text in (
+        ("--autoscale-interval", autoscale_interval),
+        ("--autoscale-up-after", autoscale_up_after),
+        ("--autoscale-idle-after", autoscale_idle_after),
+    ):
+        try:
+            seconds = parse_duration(text).total_seconds()
+        except InvalidDuration as exc:
+            raise click.BadParameter(str(exc), param_hint=flag) from None
+        if seconds <= 0:
+            raise click.BadParameter(f"must be longer than 0, got {text!r}", param_hint=flag)
+        periods.append(seconds)
+    interval, up_after, idle_after = periods
     worker = load_worker(target)
+    # The first process's port, the others the next ones: from the flag, else the worker's
+    # own (its code, else HEWER_WORKER_HEALTHCHECK_PORT).
+    base_port = healthcheck_port if healthcheck_port is not None else worker.healthcheck_port
+    if base_port is not None and not 0 < base_port <= 65536 - maximum:
+        raise click.BadParameter(
+            f"{maximum} processes need ports {base_port}..{base_port + maximum - 1}: give a "
+            f"port between 1 and {65536 - maximum}",
+            param_hint="--healthcheck-port",
+        )
     names = sorted({t.name for wf in worker.workflows for t in wf.tasks})
     policy = Policy(
         minimum=minimum,
@@ -439,12 +458,17 @@ def worker_start(
 
     def command(index: int) -> list[str]:
         argv = [sys.executable, "-m", "hewer", "worker", "start", target, "--log-level", log_level]
-        if healthcheck_port is not None:
-            argv += ["--healthcheck-port", str(healthcheck_port + index)]
+        if base_port is not None:
+            argv += ["--healthcheck-port", str(base_port + index)]
         return argv
 
-    # Children read HEWER_WORKER_HEALTHCHECK_PORT only through the flag each one is given.
-    env = {k: v for k, v in os.environ.items() if k != "HEWER_WORKER_HEALTHCHECK_PORT"}
+    # Each child is one worker: it must not read the autoscaling settings (it would become a
+    # supervisor itself), and takes its health port from the flag it is given.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("HEWER_AUTOSCALE") and k != "HEWER_WORKER_HEALTHCHECK_PORT"
+    }
     sys.exit(Supervisor(command, load, policy, env=env).run())
 
 

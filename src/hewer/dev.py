@@ -74,6 +74,8 @@ _ENGINE_ENV_DROPPED = (
     "HEWER_REPLICA_HOST",
 )
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+# No arguments: every field from the environment (spelled so that mypy, which sees the
+# fields as required keywords, accepts the call).
 _FROM_ENVIRONMENT: dict[str, Any] = {}
 
 
@@ -457,8 +459,6 @@ def _token_file_address(path: Path) -> str | None:
 
 
 # ------------------------------------------------------------------------ child processes
-
-
 
 
 def _status(code: int) -> int:

@@ -166,3 +166,65 @@ def test_a_bad_range_is_refused_before_anything_starts(tmp_path: Path) -> None:
         )
         assert result.returncode == 2, (bad, result.stderr)
         assert "--autoscale" in result.stderr and "MIN" in result.stderr
+
+
+def _children(pid: int) -> set[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return {int(p) for p in text.split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_configured_by_environment_and_a_second_signal_kills_draining_children(
+    cluster: Cluster,
+) -> None:
+    app_dir = _app(cluster)
+    cluster.env.update(
+        HEWER_AUTOSCALE="2:2",
+        HEWER_AUTOSCALE_INTERVAL="0.1s",
+        HEWER_GRACE_PERIOD="120s",  # the drain would outlast the test: only a kill ends it
+    )
+    supervisor = cluster.spawn("worker", "start", "app:worker", cwd=app_dir)
+    wait_for(lambda: active(cluster) == 2, timeout=30, what="two workers from HEWER_AUTOSCALE")
+    children = _children(supervisor.pid)
+    assert len(children) == 2
+    # Each child is one worker, not a supervisor of its own (they do not read HEWER_AUTOSCALE).
+    assert all(not _children(pid) for pid in children)
+
+    trigger = (
+        "from hewer import Hewer\nhw = Hewer()\n[hw.runs.trigger('scaled', {}) for _ in range(2)]\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", trigger], env=cluster.env, cwd=REPO, check=True, timeout=60
+    )
+    url, tenant, token = _api(cluster)
+
+    def running() -> int:
+        request = urllib.request.Request(
+            f"{url}/api/v1/tenants/{tenant}/task-stats?taskNames=scaled",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(request) as answer:
+            return int(json.loads(answer.read())["scaled"]["running"]["total"])
+
+    wait_for(lambda: running() == 2, timeout=30, what="both held tasks running")
+    supervisor.send_signal(signal.SIGTERM)  # the children drain: their tasks are held
+    wait_for(
+        lambda: cluster.logs().count("stopping: no new tasks; 1 running") == 2,
+        timeout=30,
+        what="both workers draining their held task",
+    )
+    assert all(_alive(pid) for pid in children)
+    supervisor.send_signal(signal.SIGTERM)  # a second one kills them
+    assert supervisor.wait(timeout=30) == 1
+    wait_for(lambda: not any(_alive(pid) for pid in children), timeout=10, what="children killed")
+    logs = cluster.logs()
+    assert logs.count("autoscaling 2..2 workers") == 1
+    assert "Traceback" not in logs

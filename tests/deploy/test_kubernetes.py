@@ -116,13 +116,19 @@ def test_the_pieces_refer_to_each_other_and_to_real_settings() -> None:
 
     # KEDA scales the worker Deployment, with the token of the Secret the worker uses.
     assert scaled["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
-    (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["type"] == "metrics-api"
-    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
-    assert trigger["metadata"]["authMode"] == "bearer"
+    triggers = scaled["spec"]["triggers"]
+    # One on what is queued, one on what runs (scaling in busy workers would redo work).
+    assert sorted(t["metadata"]["valueLocation"].split(".", 1)[1] for t in triggers) == [
+        "queued.total",
+        "running.total",
+    ]
     (ref,) = auth["spec"]["secretTargetRef"]
     assert ref["parameter"] == "token"
     assert worker_env["HEWER_TOKEN"]["secretKeyRef"] == {"name": ref["name"], "key": ref["key"]}
-    assert trigger["metadata"]["url"].startswith(
-        f"http://{service['metadata']['name']}:{EngineSettings().api_port}/api/v1/tenants/"
-    )
+    for trigger in triggers:
+        assert trigger["type"] == "metrics-api"
+        assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+        assert trigger["metadata"]["authMode"] == "bearer"
+        assert trigger["metadata"]["url"].startswith(
+            f"http://{service['metadata']['name']}:{EngineSettings().api_port}/api/v1/tenants/"
+        )

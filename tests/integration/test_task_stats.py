@@ -5,7 +5,6 @@ as the queue fills and drains."""
 from __future__ import annotations
 
 import threading
-import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -78,10 +77,10 @@ def test_queued_and_running_per_task_queue_and_concurrency_key(
     )
     queued, running = body["grouped"]["queued"], body["grouped"]["running"]
     assert queued["concurrency"] == [
-        {"expression": "input.group", "type": RR.value, "keys": {"a": 2}}
+        {"expression": "input.group", "type": "GROUP_ROUND_ROBIN", "keys": {"a": 2}}
     ]
     assert running["concurrency"] == [
-        {"expression": "input.group", "type": RR.value, "keys": {"a": 1, "b": 1}}
+        {"expression": "input.group", "type": "GROUP_ROUND_ROBIN", "keys": {"a": 1, "b": 1}}
     ]
     (queue,) = queued["queues"]
     assert queued["queues"] == {queue: 2} and "grouped" in queue
@@ -116,7 +115,7 @@ def test_task_names_select_and_fill_in_zeros(engine: EngineThread) -> None:
     assert body["parked-two"]["queued"]["total"] == 1
 
     # Repeated or comma-separated; unknown names read as zeros, others are left out.
-    for query in ("?taskNames=parked-one&taskNames=nobody", "?taskNames=parked-one,nobody"):
+    for query in ("?taskNames=parked-one&taskNames=nobody", "?taskNames=parked-one,%20nobody"):
         picked = stats(engine, query)
         assert set(picked) == {"parked-one", "nobody"}
         assert picked["parked-one"]["queued"]["total"] == 3
@@ -203,8 +202,7 @@ def _scrape(engine: EngineThread, path: str, token: str) -> str:
         engine.api_url + path, headers={"Authorization": f"Bearer {token}"}
     )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + 10
-    with opener.open(request, timeout=max(1.0, deadline - time.monotonic())) as response:
+    with opener.open(request, timeout=10) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
         return str(response.read().decode())

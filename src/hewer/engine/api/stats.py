@@ -24,7 +24,11 @@ def _status_json(stat: StatusStat, *, queues: bool) -> dict[str, Any]:
     if queues:
         body["queues"] = dict(sorted(stat.queues.items()))
     body["concurrency"] = [
-        {"expression": c.expression, "type": c.strategy, "keys": dict(sorted(c.keys.items()))}
+        {
+            "expression": c.expression,
+            "type": c.strategy.upper(),  # upstream's enum spelling, GROUP_ROUND_ROBIN
+            "keys": dict(sorted(c.keys.items())),
+        }
         for c in stat.concurrency
     ]
     if stat.oldest is not None:
@@ -44,10 +48,12 @@ def task_stat_json(stat: TaskStat) -> dict[str, Any]:
 
 
 def _names(request: Request) -> list[str] | None:
-    names = [n for value in request.query_params.getlist("taskNames") for n in value.split(",")]
+    names = [
+        n.strip() for value in request.query_params.getlist("taskNames") for n in value.split(",")
+    ]
     if not names:
         return None
-    if any(not n.strip() for n in names):
+    if any(not n for n in names):
         raise InvalidInput("'taskNames' must not contain empty names")
     if len(names) > MAX_TASK_NAMES:
         raise InvalidInput(f"at most {MAX_TASK_NAMES} 'taskNames' at once, got {len(names)}")
