@@ -179,6 +179,12 @@ def test_bad_input_gets_a_clear_status(stubs: Stubs) -> None:
         "nan": ('{"x": NaN}', grpc.StatusCode.INVALID_ARGUMENT, "not valid JSON"),
         "deep": ("[" * 100_000 + "]" * 100_000, grpc.StatusCode.INVALID_ARGUMENT, "JSON"),
         "surrogate": ('{"a": "\\ud800"}', grpc.StatusCode.INVALID_ARGUMENT, "surrogate"),
+        # Python reads 1e400 as infinity, and would hand it on as Infinity (not JSON).
+        "overflow": ('{"x": 1e400}', grpc.StatusCode.INVALID_ARGUMENT, "out of range"),
+        "negative overflow": ('{"x": [-1e999]}', grpc.StatusCode.INVALID_ARGUMENT, "range"),
+        # Neither backend can keep a NUL in text: refused on both, rather than altered.
+        "nul": ('{"a": "x\\u0000y"}', grpc.StatusCode.INVALID_ARGUMENT, "NUL"),
+        "nul key": ('{"a": {"k\\u0000": 1}}', grpc.StatusCode.INVALID_ARGUMENT, "NUL"),
     }
     for label, (text, expected, words) in cases.items():
         code, details = code_of(lambda text=text: stubs.trigger(input=text))
@@ -265,6 +271,45 @@ def test_heartbeat_without_stream_asks_for_reconnect(stubs: Stubs) -> None:
         lambda: stubs.dispatcher.Heartbeat(d.HeartbeatRequest(worker_id="nope"), metadata=stubs.md)
     )
     assert code is grpc.StatusCode.NOT_FOUND
+
+
+def test_an_output_that_cannot_be_stored_fails_its_task_with_the_reason(stubs: Stubs) -> None:
+    stubs.put_one_task()
+    worker = stubs.dispatcher.Register(
+        d.WorkerRegisterRequest(worker_name="a", actions=["edge:t"]), metadata=stubs.md
+    )
+    listen = iter(
+        stubs.dispatcher.ListenV2(
+            d.WorkerListenRequest(worker_id=worker.worker_id), metadata=stubs.md
+        )
+    )
+    for payload, words in (
+        ('{"x": 1e400}', "out of range"),
+        ('{"x": NaN}', "NaN"),
+        ('{"x": "\\u0000"}', "NUL"),
+    ):
+        run_id = stubs.trigger()
+        action = next(listen)
+        stubs.dispatcher.SendStepActionEvent(
+            d.StepActionEvent(
+                worker_id=worker.worker_id,
+                task_run_external_id=action.task_run_external_id,
+                retry_count=action.retry_count,
+                event_type=d.STEP_EVENT_TYPE_COMPLETED,
+                event_payload=payload,
+            ),
+            metadata=stubs.md,
+        )
+
+        def failed(run_id: str = run_id) -> Any:
+            details = stubs.admin.GetRunDetails(
+                v1.GetRunDetailsRequest(external_id=run_id), metadata=stubs.md
+            )
+            return details if details.status == v1.FAILED else None
+
+        details = wait_for(failed, what=f"the run failed for {payload}")
+        (task,) = details.task_runs.values()
+        assert words in task.error and "cannot be stored" in task.error, task.error
 
 
 def test_subscriptions_answer_finished_and_unknown_runs(stubs: Stubs) -> None:

@@ -93,3 +93,41 @@ async def test_a_database_of_the_first_schema_is_migrated_with_its_runs(tmp_path
         assert wf is not None and wf.version_id == "v1" and wf.tasks[0].action_id == "job:job"
     finally:
         await store.close()
+
+
+async def test_the_database_and_the_token_file_are_private_whatever_the_umask(
+    tmp_path: Path,
+) -> None:
+    import os
+    import stat
+
+    from hewer.engine.app import write_private
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    previous = os.umask(0o022)  # the usual default: files readable by everyone
+    try:
+        fresh = tmp_path / "fresh.db"
+        store = SqliteStore(fresh)
+        await store.open()
+        await store.meta_get_or_set("k", "v")  # a write: the WAL and its index exist
+        for path in (fresh, Path(f"{fresh}-wal"), Path(f"{fresh}-shm")):
+            assert mode(path) == 0o600, path
+        await store.close()
+
+        old = tmp_path / "old.db"
+        old.touch(mode=0o644)
+        store = SqliteStore(old)
+        await store.open()
+        assert mode(old) == 0o600  # an existing, readable database is made private
+        await store.close()
+
+        token = tmp_path / "state" / "token"
+        token.parent.mkdir()
+        token.write_text("old")
+        token.chmod(0o644)
+        write_private(token, "secret")
+        assert mode(token) == 0o600 and token.read_text() == "secret\n"
+    finally:
+        os.umask(previous)

@@ -345,6 +345,7 @@ def write_private(path: Path, text: str) -> None:
     """Write a secret file readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode applies only to a file it creates
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text + "\n")
 

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import operator
+import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
@@ -408,6 +409,7 @@ class SqliteStore:
     def _open_writer(self) -> None:
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            _private(Path(self._path))
         conn = self._connect()
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -871,3 +873,19 @@ _worker = _rows.worker_record
 def _json_list(values: Collection[str] | None) -> str | None:
     """A list parameter as the JSON text the queries read with ``json_each`` (NULL: none)."""
     return None if values is None else json.dumps(list(values))
+
+
+def _private(path: Path) -> None:
+    """The database holds the token signing secret: readable by its owner only, whatever
+    the umask. SQLite gives its -wal and -shm files the database file's mode."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot open the database {path}: {exc.strerror or exc}") from exc
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    except OSError as exc:  # another user's file we may write: say so, carry on
+        logger.warning("could not make %s private (mode 0600): %s", path, exc.strerror or exc)
+    finally:
+        os.close(fd)

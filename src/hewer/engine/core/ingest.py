@@ -147,13 +147,52 @@ def _reject_constant(name: str) -> object:
     raise InvalidInput(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        # Python would read it as infinity and write it back as Infinity, which no JSON
+        # parser (nor PostgreSQL) takes.
+        raise InvalidInput(f"the number {text[:40]} is out of range for JSON")
+    return value
+
+
+def strict_json(text: str) -> Any:
+    """Parse JSON as RFC 8259 defines it and both backends can store it: no NaN or
+    Infinity, no number beyond the range of a double, no NUL character in a string or a
+    key (PostgreSQL text cannot hold one). Raises InvalidInput or ValueError."""
+    value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    if "\\u" in text and _holds_nul(value):
+        raise InvalidInput("a string holds a NUL character (\\u0000), which cannot be stored")
+    return value
+
+
+def _holds_nul(value: Any) -> bool:
+    # Iterative: a deeply nested document must not hit the recursion limit here.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                if "\x00" in key:
+                    return True
+                stack.append(inner)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def json_object_text(text: str | None, what: str) -> str:
     """Validate that ``text`` is a JSON object (empty means ``{}``); return text to store:
     ``text`` itself when nothing in it needs a second look, else compact text."""
     if text is None or not text.strip():
         return "{}"
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = strict_json(text)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{what}: {exc}") from None
     except (ValueError, RecursionError) as exc:
         raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):

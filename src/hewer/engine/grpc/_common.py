@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 import grpc
 from grpc import aio
@@ -83,3 +83,109 @@ async def abort_for(exc: Exception, context: aio.ServicerContext[Any, Any], meth
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
     else:
         await context.abort(code, str(exc))
+
+
+class Undecodable:
+    """Stands for a request message that did not parse, so the call is refused with
+    INVALID_ARGUMENT by us (grpc would answer UNKNOWN and log a traceback per call)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def tolerant(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
+    """``handler`` with a request decoder that never raises: a request that is not a valid
+    message (random bytes, invalid UTF-8 in a string field) gets INVALID_ARGUMENT. A method
+    the engine does not implement answers UNIMPLEMENTED with no traceback (grpc logs one
+    per call for the generated stubs' NotImplementedError)."""
+    decode = handler.request_deserializer
+    if decode is None:
+        return handler
+    unimplemented = f"{method} is not implemented by this engine"
+
+    def safe_decode(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception as exc:  # protobuf's DecodeError, UnicodeDecodeError
+            return Undecodable(f"{method}: the request is not a valid message ({exc})")
+
+    async def refuse(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
+
+    async def checked(
+        requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        async for request in requests:
+            await refuse(request, context)
+            yield request
+
+    async def drain(result: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            else:  # a handler that writes with context.write() and returns nothing
+                await result
+        except NotImplementedError:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, unimplemented)
+
+    async def once(result: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await result
+        except NotImplementedError:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, unimplemented)
+
+    h = cast(Any, handler)
+    if h.unary_unary is not None:
+        inner_uu = h.unary_unary
+
+        async def unary_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            await refuse(request, context)
+            return await once(_call(inner_uu, request, context), context)
+
+        return h._replace(request_deserializer=safe_decode, unary_unary=unary_unary)
+    if h.unary_stream is not None:
+        inner_us = h.unary_stream
+
+        async def unary_stream(
+            request: Any, context: aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            await refuse(request, context)
+            async for item in drain(_call(inner_us, request, context), context):
+                yield item
+
+        return h._replace(request_deserializer=safe_decode, unary_stream=unary_stream)
+    if h.stream_unary is not None:
+        inner_su = h.stream_unary
+
+        async def stream_unary(
+            requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]
+        ) -> Any:
+            return await once(_call(inner_su, checked(requests, context), context), context)
+
+        return h._replace(request_deserializer=safe_decode, stream_unary=stream_unary)
+    inner_ss = h.stream_stream
+
+    async def stream_stream(
+        requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        async for item in drain(_call(inner_ss, checked(requests, context), context), context):
+            yield item
+
+    return h._replace(request_deserializer=safe_decode, stream_stream=stream_stream)
+
+
+async def _raise(exc: BaseException) -> Any:
+    raise exc
+
+
+def _call(fn: Any, request: Any, context: Any) -> Any:
+    """``fn(request, context)``, whose NotImplementedError (the generated stubs raise it
+    synchronously) surfaces where the result is awaited or iterated instead."""
+    try:
+        return fn(request, context)
+    except NotImplementedError as exc:
+        return _raise(exc)

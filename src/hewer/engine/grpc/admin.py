@@ -209,7 +209,11 @@ class AdminServicer(Servicer, pb_grpc.AdminServiceServicer):  # type: ignore[mis
             )
         tasks = [task_def(t) for t in request.tasks]
         priority = request.default_priority if request.HasField("default_priority") else None
-        sticky = _STICKY[request.sticky] if request.HasField("sticky") else None
+        sticky = None
+        if request.HasField("sticky"):
+            if request.sticky not in _STICKY:
+                raise InvalidInput(f"unknown sticky strategy {request.sticky}")
+            sticky = _STICKY[request.sticky]
         limits = [*request.concurrency_arr]
         if request.HasField("concurrency"):
             limits.insert(0, request.concurrency)

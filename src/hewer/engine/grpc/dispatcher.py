@@ -17,9 +17,10 @@ from hewer._proto import dispatcher_pb2_grpc as pb_grpc
 from hewer._version import __version__ as hewer_version
 from hewer.domain import DispatchInfo, EventType, RunDetails, TaskEvent, TaskStatus
 from hewer.durations import parse_duration
+from hewer.engine.core.ingest import strict_json
 from hewer.engine.core.service import Action, ActionKind, EngineCore
 from hewer.engine.grpc._common import Servicer, abort_for, unary
-from hewer.errors import NotSupported
+from hewer.errors import InvalidInput, NotSupported
 
 logger = logging.getLogger(__name__)
 
@@ -366,7 +367,9 @@ def _completed_output(payload: str) -> tuple[str, EventType]:
     if not payload:
         return "", EventType.COMPLETED
     try:
-        value = json.loads(payload)
+        value = strict_json(payload)
+    except InvalidInput as exc:
+        return f"task output cannot be stored: {exc}", EventType.FAILED
     except (ValueError, RecursionError):
         return f"task output is not valid JSON: {payload[:200]!r}", EventType.FAILED
     if not isinstance(value, dict):

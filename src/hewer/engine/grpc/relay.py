@@ -40,6 +40,7 @@ from hewer._proto.v1 import workflows_pb2_grpc as v1_workflows_pb2_grpc
 from hewer.engine.core.auth import TokenAuthority
 from hewer.engine.core.lease import RELAYED_HEADER, LeaseKeeper
 from hewer.engine.core.service import EngineCore
+from hewer.engine.grpc._common import tolerant
 from hewer.engine.grpc.admin import AdminServicer
 from hewer.engine.grpc.dispatcher import DispatcherServicer
 from hewer.engine.grpc.events import EventsServicer
@@ -114,7 +115,7 @@ def local_handlers(
     worker.max_message_bytes = max_message_bytes
     hewer_v1_grpc.add_WorkerServicer_to_server(worker, server)
     hewer_v1_grpc.add_RunsServicer_to_server(RunsServicer(core, auth), server)
-    return collector.handlers
+    return {method: tolerant(method, h) for method, h in collector.handlers.items()}
 
 
 class Switch(_GenericHandler):
