@@ -17,6 +17,7 @@ from hewer import defaults
 from hewer.durations import parse_duration
 
 DEFAULT_GRPC_HOST = "127.0.0.1"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 DEFAULT_GRPC_PORT = 7070
 DEFAULT_STATE_DIR = Path(".hewer")
 TOKEN_FILE_NAME = "token"

@@ -237,6 +237,37 @@ def test_engine_reports_a_busy_http_port_without_a_traceback(tmp_path: Path) -> 
     assert "Traceback" not in result.stderr
 
 
+def test_an_unusable_database_path_is_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("not a directory")
+    for database, words in (
+        (tmp_path / "afile" / "x.db", "cannot create the directory of the database"),
+        (tmp_path, "Is a directory"),
+    ):
+        env = dict(_base_env(tmp_path), HEWER_DATABASE=str(database))
+        result = subprocess.run(
+            [*HEWER, "engine"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 1, result.stderr
+        assert words in result.stderr and str(database) in result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_listening_beyond_loopback_without_tls_is_warned_about(tmp_path: Path) -> None:
+    env = dict(_base_env(tmp_path), HEWER_HOST="0.0.0.0")
+    log = tmp_path / "engine.log"
+    with log.open("wb") as out:
+        engine = subprocess.Popen(
+            [*HEWER, "engine"], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for(lambda: "without TLS" in log.read_text(), timeout=30, what="the TLS warning")
+        assert "listening beyond loopback (0.0.0.0)" in log.read_text()
+    finally:
+        engine.send_signal(signal.SIGTERM)
+        engine.wait(timeout=30)
+
+
 def test_admin_help_names_environment_variables() -> None:
     for command, variable in (
         (["engine"], "HEWER_API_PORT"),

@@ -17,7 +17,7 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from hewer.config import EngineSettings
+from hewer.config import LOOPBACK_HOSTS, EngineSettings
 from hewer.engine.api.app import build_app
 from hewer.engine.api.ops import build_ops_app
 from hewer.engine.api.relay import ApiSwitch
@@ -149,6 +149,18 @@ class Engine:
             DEFAULT_TENANT,
             self.settings.token_file,
         )
+        exposed = [
+            host
+            for host in {self.settings.host, self.settings.api_host or self.settings.host}
+            if host.lower() not in LOOPBACK_HOSTS
+        ]
+        if exposed:
+            logger.warning(
+                "listening beyond loopback (%s) without TLS: tokens and task data cross the "
+                "network in clear text; keep these ports on a private network or put a "
+                "TLS-terminating proxy in front",
+                ", ".join(sorted(exposed)),
+            )
 
     # -- replicas ---------------------------------------------------------------------------
 

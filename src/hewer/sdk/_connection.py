@@ -22,12 +22,12 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from hewer.config import ClientSettings
+from hewer.config import LOOPBACK_HOSTS, ClientSettings
 from hewer.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+LOCAL_HOSTS = LOOPBACK_HOSTS
 
 # A worker sits on long-lived streams; keepalive pings detect half-dead connections (an
 # engine replica paused or cut off: its socket stays open) within 8 s, so the worker moves

@@ -408,7 +408,13 @@ class SqliteStore:
 
     def _open_writer(self) -> None:
         if self._path != ":memory:":
-            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the directory of the database {self._path}: "
+                    f"{exc.strerror or exc}"
+                ) from exc
             _private(Path(self._path))
         conn = self._connect()
         conn.execute("PRAGMA synchronous=FULL")
