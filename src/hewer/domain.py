@@ -472,6 +472,7 @@ class WorkerRecord:
     last_heartbeat_at: float | None
     created_at: float
     runtime_info: dict[str, Any] = field(default_factory=dict)
+    owner_token: str | None = None  # the id of the token it registered with
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,15 @@ class NotFound(HewerError):
     """The named object does not exist for the caller's tenant."""
 
 
+class PermissionDenied(HewerError):
+    """The caller is who it says (a valid token of the tenant) but may not do this: act
+    as a worker another token registered."""
+
+
+class TooLarge(HewerError):
+    """An answer would exceed the message size limit."""
+
+
 class NotSupported(HewerError):
     """The request uses a feature this engine does not implement yet."""
 

@@ -17,6 +17,8 @@ from hewer._proto import events_pb2 as ev
 from hewer._proto import events_pb2_grpc as evg
 from hewer._proto import workflows_pb2 as w0
 from hewer._proto import workflows_pb2_grpc as wg
+from hewer._proto.hewer.v1 import worker_pb2 as hw
+from hewer._proto.hewer.v1 import worker_pb2_grpc as hwg
 from hewer._proto.v1 import workflows_pb2 as v1
 from hewer._proto.v1 import workflows_pb2_grpc as v1g
 from hewer._proto.v1.shared import trigger_pb2 as tr
@@ -129,6 +131,118 @@ def test_revoked_token_is_refused(small_engine: EngineThread) -> None:
     wait_for(refused, timeout=10, what="revoked token refused")
 
 
+def test_revoking_a_token_closes_its_open_streams_within_seconds(
+    small_engine: EngineThread, stubs: Stubs
+) -> None:
+    import time
+
+    from hewer.engine.core.auth import CACHE_SECONDS, STREAM_RECHECK_SECONDS
+
+    stubs.put_one_task()
+    token = other_tenant_token(small_engine, "default")
+    revocable = Stubs(small_engine, token)
+    worker = revocable.dispatcher.Register(
+        d.WorkerRegisterRequest(worker_name="leaver", actions=["edge:t"]), metadata=revocable.md
+    )
+    listen = revocable.dispatcher.ListenV2(
+        d.WorkerListenRequest(worker_id=worker.worker_id), metadata=revocable.md
+    )
+    first = stubs.trigger()
+    assert next(listen).workflow_run_id == first
+    assert asyncio.run(revoke_token(small_engine.settings, token))
+    revoked = time.monotonic()
+    with pytest.raises(grpc.RpcError) as ended:
+        for action in listen:  # nothing more is meant for it: the stream must end
+            raise AssertionError(f"a revoked stream got {action.workflow_run_id}")
+    took = time.monotonic() - revoked
+    assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked" in (ended.value.details() or "")
+    assert took <= CACHE_SECONDS + STREAM_RECHECK_SECONDS + 2.0, took
+    # Work triggered now goes to a worker whose token holds, not to the revoked one.
+    other = stubs.dispatcher.Register(
+        d.WorkerRegisterRequest(worker_name="stayer", actions=["edge:t"]), metadata=stubs.md
+    )
+    second = stubs.trigger()
+    stream = stubs.dispatcher.ListenV2(
+        d.WorkerListenRequest(worker_id=other.worker_id), metadata=stubs.md
+    )
+    assert next(iter(stream)).workflow_run_id == second
+    stream.cancel()
+
+
+def test_a_worker_id_is_only_good_with_the_token_it_registered_with(
+    small_engine: EngineThread, stubs: Stubs
+) -> None:
+    stubs.put_one_task()
+    worker = stubs.dispatcher.Register(
+        d.WorkerRegisterRequest(worker_name="real", actions=["edge:t"]), metadata=stubs.md
+    )
+    listen = iter(
+        stubs.dispatcher.ListenV2(
+            d.WorkerListenRequest(worker_id=worker.worker_id), metadata=stubs.md
+        )
+    )
+    run_id = stubs.trigger(input='{"secret": 1}')
+    action = next(listen)
+    # Another valid token of the same tenant, knowing the worker's id (it is in listings).
+    other = Stubs(small_engine, other_tenant_token(small_engine, "default"))
+    worker_id = worker.worker_id
+    forged = d.StepActionEvent(
+        worker_id=worker_id,
+        task_run_external_id=action.task_run_external_id,
+        retry_count=action.retry_count,
+        event_type=d.STEP_EVENT_TYPE_COMPLETED,
+        event_payload='{"forged": true}',
+    )
+    for label, call in {
+        "listen": lambda: next(
+            iter(
+                other.dispatcher.ListenV2(
+                    d.WorkerListenRequest(worker_id=worker_id), metadata=other.md
+                )
+            )
+        ),
+        "heartbeat": lambda: other.dispatcher.Heartbeat(
+            d.HeartbeatRequest(worker_id=worker_id), metadata=other.md
+        ),
+        "report": lambda: other.dispatcher.SendStepActionEvent(forged, metadata=other.md),
+        "batched report": lambda: hwg.WorkerStub(other.channel).Report(
+            hw.ReportBatch(events=[forged]), metadata=other.md
+        ),
+        "labels": lambda: other.dispatcher.UpsertWorkerLabels(
+            d.UpsertWorkerLabelsRequest(worker_id=worker_id), metadata=other.md
+        ),
+        "unsubscribe": lambda: other.dispatcher.Unsubscribe(
+            d.WorkerUnsubscribeRequest(worker_id=worker_id), metadata=other.md
+        ),
+    }.items():
+        code, details = code_of(call)
+        assert code is grpc.StatusCode.PERMISSION_DENIED, (label, code)
+        assert "another token" in details, label
+    # The real worker kept its stream and its task: its own report completes the run.
+    stubs.dispatcher.SendStepActionEvent(
+        d.StepActionEvent(
+            worker_id=worker_id,
+            task_run_external_id=action.task_run_external_id,
+            retry_count=action.retry_count,
+            event_type=d.STEP_EVENT_TYPE_COMPLETED,
+            event_payload='{"real": true}',
+        ),
+        metadata=stubs.md,
+    )
+
+    def done() -> Any:
+        details = stubs.admin.GetRunDetails(
+            v1.GetRunDetailsRequest(external_id=run_id), metadata=stubs.md
+        )
+        return details if details.done else None
+
+    (task,) = wait_for(done, what="the run completed").task_runs.values()
+    assert json.loads(task.output) == {"real": True}
+    second = stubs.trigger()
+    assert next(listen).workflow_run_id == second  # still this worker's stream
+
+
 def test_tenants_cannot_see_or_touch_each_other(small_engine: EngineThread, stubs: Stubs) -> None:
     stubs.put_one_task()
     run_id = stubs.trigger()
@@ -234,13 +348,103 @@ def test_bad_workflow_definitions_are_refused(stubs: Stubs) -> None:
 
 
 def test_oversized_messages_are_refused_and_the_engine_carries_on(stubs: Stubs) -> None:
+    from hewer.engine.core.service import ASSIGNMENT_RESERVE_BYTES
+
     stubs.put_one_task()
-    fits = json.dumps({"blob": "x" * (LIMIT - 1024)})
-    assert stubs.trigger(input=fits)
+    fits = json.dumps({"blob": "x" * (LIMIT - ASSIGNMENT_RESERVE_BYTES - 64)})
+    run_id = stubs.trigger(input=fits)
+    # Under the request limit, but its assignment would not fit in a message to a worker:
+    # refused now, rather than accepted and then lost.
+    code, details = code_of(lambda: stubs.trigger(input=json.dumps({"blob": "x" * (LIMIT - 1024)})))
+    assert (
+        code is grpc.StatusCode.INVALID_ARGUMENT
+        and f"at most {LIMIT - ASSIGNMENT_RESERVE_BYTES}" in details
+    )
+    # What was accepted is delivered.
+    worker = stubs.dispatcher.Register(
+        d.WorkerRegisterRequest(worker_name="a", actions=["edge:t"]), metadata=stubs.md
+    )
+    listen = stubs.dispatcher.ListenV2(
+        d.WorkerListenRequest(worker_id=worker.worker_id), metadata=stubs.md
+    )
+    action = next(iter(listen))
+    assert action.workflow_run_id == run_id
+    assert len(action.action_payload) > LIMIT - ASSIGNMENT_RESERVE_BYTES
+    listen.cancel()
     code, details = code_of(lambda: stubs.trigger(input=json.dumps({"blob": "x" * (LIMIT + 1)})))
     assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert str(LIMIT) in details
     assert stubs.trigger(input="{}")
+
+
+def test_a_task_whose_parents_outputs_cannot_be_sent_fails_saying_why(
+    small_engine: EngineThread, stubs: Stubs
+) -> None:
+    task = v1.CreateTaskOpts
+    stubs.admin.PutWorkflow(
+        v1.CreateWorkflowVersionRequest(
+            name="fan",
+            tasks=[
+                task(readable_id="a", action="fan:a"),
+                task(readable_id="b", action="fan:b"),
+                task(readable_id="join", action="fan:join", parents=["a", "b"]),
+            ],
+        ),
+        metadata=stubs.md,
+    )
+    run_id = stubs.trigger("fan")
+    worker = stubs.dispatcher.Register(
+        d.WorkerRegisterRequest(worker_name="a", actions=["fan:a", "fan:b", "fan:join"]),
+        metadata=stubs.md,
+    )
+    listen = iter(
+        stubs.dispatcher.ListenV2(
+            d.WorkerListenRequest(worker_id=worker.worker_id), metadata=stubs.md
+        )
+    )
+    # Each output fits; together, in the join task's assignment, they do not.
+    big = json.dumps({"blob": "y" * (LIMIT * 2 // 3)})
+    for _ in range(2):
+        action = next(listen)
+        stubs.dispatcher.SendStepActionEvent(
+            d.StepActionEvent(
+                worker_id=worker.worker_id,
+                task_run_external_id=action.task_run_external_id,
+                retry_count=action.retry_count,
+                event_type=d.STEP_EVENT_TYPE_COMPLETED,
+                event_payload=big,
+            ),
+            metadata=stubs.md,
+        )
+
+    engine = small_engine
+    tenant = engine.engine.default_tenant_id
+
+    def failed() -> Any:
+        details = engine.call(engine.engine.core.run_details(tenant, run_id))
+        return details if str(details.status) == "failed" else None
+
+    details = wait_for(failed, what="the join task failed")
+    join = next(t for t in details.tasks if t.readable_id == "join")
+    assert join.error and "message limit" in join.error and "cannot be sent" in join.error
+    # Reading the run back: too large for one message, said plainly; a subscriber gets the
+    # outputs that fit and, for the others, why not.
+    code, message = code_of(
+        lambda: stubs.admin.GetRunDetails(
+            v1.GetRunDetailsRequest(external_id=run_id), metadata=stubs.md
+        )
+    )
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and "message limit" in message
+    (event,) = stubs.dispatcher.SubscribeToWorkflowRuns(
+        iter([d.SubscribeToWorkflowRunsRequest(workflow_run_id=run_id)]), metadata=stubs.md
+    )
+    by_name = {r.task_name: r for r in event.results}
+    assert "cannot be sent" in by_name["join"].error
+    assert sum(bool(r.output) for r in event.results) == 1
+    assert sum("does not fit" in r.error for r in event.results) == 1
+    # The worker's stream survived the task it could not be sent: it still gets work.
+    run2 = stubs.trigger("fan")
+    assert next(listen).workflow_run_id == run2
 
 
 def test_unimplemented_methods_say_so(stubs: Stubs) -> None:

@@ -82,6 +82,7 @@ class Engine:
             self.clock,
             inactive_after=s.inactive_after.total_seconds(),
             max_reassignments=None if s.max_reassignments < 0 else s.max_reassignments,
+            max_message_bytes=s.max_message_bytes,
         )
 
     @property

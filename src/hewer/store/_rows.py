@@ -65,7 +65,7 @@ def run_row(r: StoredRow) -> RunRow:
 
 def worker_record(row: StoredRow) -> WorkerRecord:
     """A worker row: id, tenant, name, then actions, slot config, labels and runtime info
-    as JSON text, then status, reason and times."""
+    as JSON text, then status, reason and times, and the token it registered with."""
     return WorkerRecord(
         id=row[0],
         tenant_id=row[1],
@@ -79,6 +79,7 @@ def worker_record(row: StoredRow) -> WorkerRecord:
         status_changed_at=row[9],
         last_heartbeat_at=row[10],
         created_at=row[11],
+        owner_token=row[12],
     )
 
 

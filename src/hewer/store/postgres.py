@@ -431,6 +431,7 @@ async def _write(conn: Conn, c: Changes) -> None:
                     w.status_changed_at,
                     w.last_heartbeat_at,
                     w.created_at,
+                    w.owner_token,
                 )
                 for w in c.new_workers
             ),

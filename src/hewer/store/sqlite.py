@@ -326,6 +326,7 @@ def _write(conn: sqlite3.Connection, c: Changes) -> None:
                     w.status_changed_at,
                     w.last_heartbeat_at,
                     w.created_at,
+                    w.owner_token,
                 )
                 for w in c.new_workers
             ],

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from hewer.durations import InvalidDuration
 from hewer.engine.core.auth import TokenAuthority, Unauthenticated, bearer
 from hewer.engine.core.service import FailedPrecondition
-from hewer.errors import HewerError, InvalidInput, NotFound, NotSupported
+from hewer.errors import HewerError, InvalidInput, NotFound, NotSupported, PermissionDenied
 from hewer.store import StoreError
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class PayloadTooLarge(HewerError):
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (Unauthenticated, 401),
     (Forbidden, 403),
+    (PermissionDenied, 403),
     (NotFound, 404),
     (InvalidInput, 400),
     (InvalidDuration, 400),

@@ -22,8 +22,12 @@ SECRET_KEY = "jwt_secret"
 ISSUER = "hewer"
 ALGORITHM = "HS256"
 # A validated token is trusted this long before its row is read again, so a revocation
-# takes effect within this window without a database read on every call.
-CACHE_SECONDS = 5.0
+# takes effect within this window without a database read on every call (one read per
+# token per window, however many calls and streams use it).
+CACHE_SECONDS = 2.0
+# How often an open stream checks its token again: a revoked or expired token loses its
+# streams within this plus CACHE_SECONDS (under a worker's heartbeat interval of 4 s).
+STREAM_RECHECK_SECONDS = 1.0
 # How long a token checked before waits for the database to check it again.
 RECHECK_TIMEOUT_SECONDS = 1.0
 

@@ -49,11 +49,15 @@ class Ingest:
         workflows: Workflows,
         rate_limits: dict[tuple[str, str], RateLimitRecord],
         worker_actions: WorkerActions,
+        max_payload_bytes: int | None = None,
     ) -> None:
         self.loop = loop
         self.workflows = workflows
         self.rate_limits = rate_limits
         self.worker_actions = worker_actions
+        self.max_payload_bytes = max_payload_bytes
+        """The most input plus metadata a run may carry: what still fits in the message
+        that assigns its first task (None: no bound)."""
 
     async def trigger(self, tenant_id: str, specs: Sequence[TriggerSpec]) -> list[str]:
         """Create runs durably, then queue their root tasks; returns run ids in order."""
@@ -75,6 +79,16 @@ class Ingest:
             if spec.additional_metadata
             else None
         )
+        limit = self.max_payload_bytes
+        if limit is not None:
+            # Metadata travels twice in an assignment (beside the input, and on its own).
+            size = len(input_text.encode()) + 2 * len((meta or "").encode())
+            if size > limit:
+                raise InvalidInput(
+                    f"input and additional metadata take {size} bytes in the message that "
+                    f"assigns the task; at most {limit} fit (the message size limit, less "
+                    "room for the rest of the assignment)"
+                )
         priority = spec.priority if spec.priority else wf.default_priority
         check_priority(priority)
         ids = new_ids(1 if len(wf.tasks) == 1 else 1 + len(wf.tasks))

@@ -88,6 +88,10 @@ __all__ = [
 ]
 
 
+# Room an assignment needs beside a run's input and metadata (ids, names, envelope).
+ASSIGNMENT_RESERVE_BYTES = 8 * 1024
+
+
 class EngineCore(Component):
     """Domain operations; one instance per engine process."""
 
@@ -99,6 +103,7 @@ class EngineCore(Component):
         inactive_after: float = defaults.INACTIVE_AFTER_S,
         reaper_interval: float | None = None,
         max_reassignments: int | None = defaults.MAX_REASSIGNMENTS,
+        max_message_bytes: int | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -121,7 +126,14 @@ class EngineCore(Component):
         )
         self.workflows = Workflows(store, clock, self.versions)
         self._rate_limits: dict[tuple[str, str], RateLimitRecord] = {}
-        self.ingest = Ingest(self.loop, self.workflows, self._rate_limits, self.sessions.actions_of)
+        self.max_message_bytes = max_message_bytes
+        self.ingest = Ingest(
+            self.loop,
+            self.workflows,
+            self._rate_limits,
+            self.sessions.actions_of,
+            None if max_message_bytes is None else max_message_bytes - ASSIGNMENT_RESERVE_BYTES,
+        )
         self.subscriptions = Subscriptions(store, self._spawn)
         self.sweeps = Sweeps(
             store, clock, self.loop, self.sessions, self.cancel, inactive_after=inactive_after
@@ -373,10 +385,18 @@ class EngineCore(Component):
         slot_config: dict[str, int],
         labels: dict[str, str | int],
         runtime_info: dict[str, object],
+        owner_token: str | None = None,
     ) -> WorkerRecord:
+        """Register a worker; only callers with ``owner_token`` (the id of the token it
+        registered with) may then act as it (:meth:`check_worker_caller`)."""
         return await self.sessions.register(
-            tenant_id, name, actions, slot_config, labels, runtime_info
+            tenant_id, name, actions, slot_config, labels, runtime_info, owner_token
         )
+
+    async def check_worker_caller(self, tenant_id: str, worker_id: str, token_id: str) -> None:
+        """Raise PermissionDenied unless the caller's token is the one the worker registered
+        with (NotFound for a worker the tenant does not have)."""
+        await self.sessions.check_caller(tenant_id, worker_id, token_id)
 
     async def open_session(self, tenant_id: str, worker_id: str) -> Session:
         """Make a new session the worker's action stream (replacing an older one)."""

@@ -30,7 +30,7 @@ from hewer.engine.core.transitions import (
     SetLabels,
     SetWorkerStatus,
 )
-from hewer.errors import HewerError, InvalidInput, NotFound, StoreError
+from hewer.errors import HewerError, InvalidInput, NotFound, PermissionDenied, StoreError
 from hewer.store import Store
 
 logger = logging.getLogger(__name__)
@@ -195,6 +195,7 @@ class Sessions(Component):
         slot_config: dict[str, int],
         labels: dict[str, str | int],
         runtime_info: dict[str, object],
+        owner_token: str | None = None,
     ) -> WorkerRecord:
         if not name.strip():
             raise InvalidInput("worker name must not be empty")
@@ -215,6 +216,7 @@ class Sessions(Component):
             last_heartbeat_at=now,
             created_at=now,
             runtime_info=dict(runtime_info),
+            owner_token=owner_token,
         )
         # Memory first: a worker whose caller went away mid-call must still be known to the
         # reaper, or its row would stay ACTIVE forever.
@@ -240,6 +242,27 @@ class Sessions(Component):
             extra={"worker_id": record.id, "worker_name": name, "actions": list(actions)},
         )
         return record
+
+    async def check_caller(self, tenant_id: str, worker_id: str, token_id: str) -> None:
+        """A worker's id is a capability only for the token it registered with: another
+        token of the same tenant may not open its stream (and take its tasks), heartbeat
+        for it or report for its attempts."""
+        state = self.workers.get(worker_id)
+        record = state.record if state is not None else None
+        if record is None:
+            record = await self.store.worker_get(tenant_id, worker_id)
+        if record is None or record.tenant_id != tenant_id:
+            raise NotFound(f"worker {worker_id!r} not found")
+        if record.owner_token is None:
+            # Registered before owners were kept: the first caller to check takes it.
+            if state is not None:
+                state.record = replace(record, owner_token=token_id)
+            return
+        if record.owner_token != token_id:
+            raise PermissionDenied(
+                f"worker {worker_id!r} was registered with another token: only that "
+                "token's caller may act as it"
+            )
 
     def get(self, tenant_id: str, worker_id: str) -> WorkerState:
         state = self.workers.get(worker_id)

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar, cast
 
 import grpc
 from grpc import aio
 
 from hewer.durations import InvalidDuration
-from hewer.engine.core.auth import TokenAuthority, Unauthenticated, bearer
+from hewer.engine.core.auth import (
+    STREAM_RECHECK_SECONDS,
+    Principal,
+    TokenAuthority,
+    Unauthenticated,
+    bearer,
+)
 from hewer.engine.core.service import EngineCore, FailedPrecondition
-from hewer.errors import InvalidInput, NotFound, NotSupported
+from hewer.errors import InvalidInput, NotFound, NotSupported, PermissionDenied, TooLarge
 from hewer.store import StoreError
 
 logger = logging.getLogger(__name__)
@@ -26,6 +34,8 @@ Resp = TypeVar("Resp")
 _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidDuration, grpc.StatusCode.INVALID_ARGUMENT),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
@@ -50,10 +60,55 @@ class Servicer:
         self.auth = auth
 
     async def tenant(self, context: aio.ServicerContext[Any, Any]) -> str:
+        """The caller's tenant; the call's principal is then :func:`caller`."""
         metadata = dict(context.invocation_metadata() or ())
         value = metadata.get("authorization")
         principal = await self.auth.verify(bearer(value if isinstance(value, str) else None))
+        _CALLER.set(principal)
         return principal.tenant_id
+
+
+class TokenWatch:
+    """Checks the token of a long-lived stream again every STREAM_RECHECK_SECONDS; once it
+    is revoked or expired, ``stop()`` ends the stream and ``reason`` says why."""
+
+    def __init__(
+        self, auth: TokenAuthority, context: aio.ServicerContext[Any, Any], stop: Callable[[], Any]
+    ) -> None:
+        value = dict(context.invocation_metadata() or ()).get("authorization")
+        self._token = bearer(value if isinstance(value, str) else None)
+        self._auth = auth
+        self._stop = stop
+        self.reason: str | None = None
+        self._task = asyncio.create_task(self._run(), name="hewer-token-watch")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(STREAM_RECHECK_SECONDS)
+            try:
+                await self._auth.verify(self._token)
+            except Unauthenticated as exc:
+                self.reason = str(exc)
+                self._stop()
+                return
+
+    def cancel(self) -> None:
+        """Stop watching (however the stream ended)."""
+        self._task.cancel()
+
+    async def refuse_if_invalid(self, context: aio.ServicerContext[Any, Any]) -> None:
+        """If the token went bad, end the call with UNAUTHENTICATED (not a clean end)."""
+        if self.reason is not None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, self.reason)
+
+
+# Each call runs in a task of its own, with its own copy of the context.
+_CALLER: ContextVar[Principal] = ContextVar("hewer_grpc_caller")
+
+
+def caller() -> Principal:
+    """Who makes the current call (set by :meth:`Servicer.tenant`)."""
+    return _CALLER.get()
 
 
 Handler = Callable[[Any, str, Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]

@@ -21,7 +21,7 @@ from hewer.durations import parse_duration
 from hewer.engine.api.filters import run_filter
 from hewer.engine.grpc._common import Servicer, unary
 from hewer.engine.grpc._labels import desired_labels
-from hewer.errors import InvalidInput, NotSupported
+from hewer.errors import InvalidInput, NotSupported, TooLarge
 
 _STICKY = {pb.SOFT: StickyStrategy.SOFT, pb.HARD: StickyStrategy.HARD}
 
@@ -226,7 +226,16 @@ class AdminServicer(Servicer, pb_grpc.AdminServiceServicer):  # type: ignore[mis
     @unary
     async def GetRunDetails(self, tenant_id: str, request: Any, context: Any) -> Any:
         details = await self.core.run_details(tenant_id, request.external_id)
-        return run_details_response(details)
+        response = run_details_response(details)
+        limit = self.core.max_message_bytes
+        if limit is not None and response.ByteSize() > limit:
+            # grpc would fail the send with no word to the client (and a traceback here).
+            raise TooLarge(
+                f"run {request.external_id}: its outputs take {response.ByteSize()} bytes, "
+                f"over the {limit}-byte message limit; raise HEWER_MAX_MESSAGE_BYTES (and the "
+                "client's limit) to read it"
+            )
+        return response
 
     @unary
     async def CancelTasks(self, tenant_id: str, request: Any, context: Any) -> Any:

@@ -19,7 +19,7 @@ from hewer.domain import DispatchInfo, EventType, RunDetails, TaskEvent, TaskSta
 from hewer.durations import parse_duration
 from hewer.engine.core.ingest import strict_json
 from hewer.engine.core.service import Action, ActionKind, EngineCore
-from hewer.engine.grpc._common import Servicer, abort_for, unary
+from hewer.engine.grpc._common import Servicer, TokenWatch, abort_for, caller, unary
 from hewer.errors import InvalidInput, NotSupported
 
 logger = logging.getLogger(__name__)
@@ -52,8 +52,12 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def run_event(details: RunDetails, now: float) -> pb.WorkflowRunEvent:
-    """The FINISHED event for a done run: every task's output or error."""
+def run_event(
+    details: RunDetails, now: float, limit: int | None = None
+) -> pb.WorkflowRunEvent:
+    """The FINISHED event for a done run: every task's output or error. Under ``limit``
+    bytes: the largest outputs that do not fit are replaced by an error saying so (a
+    client is told, rather than its stream broken)."""
     results = []
     for task in details.tasks:
         if task.status is TaskStatus.SKIPPED:
@@ -69,12 +73,23 @@ def run_event(details: RunDetails, now: float) -> pb.WorkflowRunEvent:
             if task.status is TaskStatus.CANCELLED:
                 result.error = f"task cancelled: {task.error or 'cancelled'}"
         results.append(result)
-    return pb.WorkflowRunEvent(
+    event = pb.WorkflowRunEvent(
         workflow_run_id=details.id,
         event_type=pb.WORKFLOW_RUN_EVENT_TYPE_FINISHED,
         event_timestamp=_timestamp(now),
         results=results,
     )
+    if limit is not None and event.ByteSize() > limit - _FRAME_BYTES:
+        for result in sorted(event.results, key=lambda r: -len(r.output)):
+            if event.ByteSize() <= limit - _FRAME_BYTES or not result.output:
+                break
+            size = len(result.output)
+            result.ClearField("output")
+            result.error = (
+                f"the output ({size} bytes) does not fit in a message under the {limit}-byte "
+                "limit with the run's other outputs"
+            )
+    return event
 
 
 def missing_run_event(run_id: str, now: float) -> pb.WorkflowRunEvent:
@@ -132,6 +147,32 @@ def assigned_action(tenant_id: str, action: Action) -> Any:
     return msg
 
 
+# Room for the stream's own framing beside one AssignedAction.
+_FRAME_BYTES = 1024
+
+
+async def deliverable(
+    core: EngineCore, tenant_id: str, worker_id: str, action: Action, msg: Any
+) -> bool:
+    """Whether ``msg`` fits in a message to the worker. One that does not (a task whose
+    parents' outputs together exceed the limit) would break the stream at every attempt:
+    the task fails at once, saying why."""
+    limit = core.max_message_bytes
+    size = msg.ByteSize()
+    if limit is None or action.info is None or size <= limit - _FRAME_BYTES:
+        return True
+    reason = (
+        f"the task's assignment (its run's input and its parents' outputs) takes {size} "
+        f"bytes, over the {limit}-byte message limit: it cannot be sent to a worker"
+    )
+    info = action.info
+    event = TaskEvent(
+        tenant_id, info.task_id, info.retry_count, worker_id, EventType.FAILED, reason, True
+    )
+    await core.task_events([event])
+    return False
+
+
 def task_event(tenant_id: str, request: Any) -> TaskEvent | None:
     """A StepActionEvent as the core's report; None for ACKNOWLEDGED (informational: the
     engine owns terminal states)."""
@@ -180,6 +221,7 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
             slot_config,
             labels_from_proto(request.labels),
             runtime,
+            owner_token=caller().token_id,
         )
         return pb.WorkerRegisterResponse(
             tenant_id=tenant_id, worker_id=record.id, worker_name=record.name
@@ -188,28 +230,36 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
     async def ListenV2(self, request: Any, context: Any) -> AsyncIterator[Any]:
         try:
             tenant_id = await self.tenant(context)
+            await self.core.check_worker_caller(tenant_id, request.worker_id, caller().token_id)
             session = await self.core.open_session(tenant_id, request.worker_id)
         except Exception as exc:
             await abort_for(exc, context, "ListenV2")
             return
+        watch = TokenWatch(self.auth, context, lambda: self.core.close_session(session))
         try:
             # Confirms the stream at once; a client need not wait for the first action.
             await context.send_initial_metadata(())
             while True:
                 action = await session.next()
                 if action is None:
-                    return
-                yield assigned_action(tenant_id, action)
+                    break
+                msg = assigned_action(tenant_id, action)
+                if await deliverable(self.core, tenant_id, request.worker_id, action, msg):
+                    yield msg
         finally:
+            watch.cancel()
             self.core.close_session(session)
+        await watch.refuse_if_invalid(context)
 
     @unary
     async def Heartbeat(self, tenant_id: str, request: Any, context: Any) -> Any:
+        await self.core.check_worker_caller(tenant_id, request.worker_id, caller().token_id)
         await self.core.heartbeat(tenant_id, request.worker_id)
         return pb.HeartbeatResponse()
 
     @unary
     async def SendStepActionEvent(self, tenant_id: str, request: Any, context: Any) -> Any:
+        await self.core.check_worker_caller(tenant_id, request.worker_id, caller().token_id)
         event = task_event(tenant_id, request)
         if event is not None:
             await self.core.task_event(event)
@@ -217,6 +267,7 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
 
     @unary
     async def Unsubscribe(self, tenant_id: str, request: Any, context: Any) -> Any:
+        await self.core.check_worker_caller(tenant_id, request.worker_id, caller().token_id)
         await self.core.unsubscribe(tenant_id, request.worker_id)
         return pb.WorkerUnsubscribeResponse(tenant_id=tenant_id, worker_id=request.worker_id)
 
@@ -235,6 +286,7 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
 
     @unary
     async def UpsertWorkerLabels(self, tenant_id: str, request: Any, context: Any) -> Any:
+        await self.core.check_worker_caller(tenant_id, request.worker_id, caller().token_id)
         await self.core.upsert_labels(
             tenant_id, request.worker_id, labels_from_proto(request.labels)
         )
@@ -311,7 +363,7 @@ async def watch_runs(
     failed = False
 
     def on_done(details: RunDetails) -> None:
-        ready.put_nowait(run_event(details, clock.now()))
+        ready.put_nowait(run_event(details, clock.now(), core.max_message_bytes))
 
     def on_missing(run_id: str) -> None:
         ready.put_nowait(missing_run_event(run_id, clock.now()))

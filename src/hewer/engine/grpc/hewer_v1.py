@@ -9,8 +9,14 @@ from typing import Any
 from hewer._proto.hewer.v1 import worker_pb2 as pb
 from hewer._proto.hewer.v1 import worker_pb2_grpc as pb_grpc
 from hewer.domain import EventType, TaskEvent
-from hewer.engine.grpc._common import Servicer, abort_for, unary
-from hewer.engine.grpc.dispatcher import ENGINE_VERSION, assigned_action, task_event, watch_runs
+from hewer.engine.grpc._common import Servicer, TokenWatch, abort_for, caller, unary
+from hewer.engine.grpc.dispatcher import (
+    ENGINE_VERSION,
+    assigned_action,
+    deliverable,
+    task_event,
+    watch_runs,
+)
 from hewer.errors import InvalidInput
 
 MAX_ACTIONS_PER_BATCH = 256
@@ -35,12 +41,14 @@ class WorkerServicer(Servicer, pb_grpc.WorkerServicer):  # type: ignore[misc]
     async def Listen(self, request: Any, context: Any) -> AsyncIterator[Any]:
         try:
             tenant_id = await self.tenant(context)
+            await self.core.check_worker_caller(tenant_id, request.worker_id, caller().token_id)
             session = await self.core.open_session(tenant_id, request.worker_id)
         except Exception as exc:
             await abort_for(exc, context, "Listen")
             return
         limit = min(request.max_batch or MAX_ACTIONS_PER_BATCH, MAX_ACTIONS_PER_BATCH)
         budget = self.max_message_bytes - _BATCH_OVERHEAD
+        watch = TokenWatch(self.auth, context, lambda: self.core.close_session(session))
         try:
             if request.running:
                 started = [
@@ -58,11 +66,15 @@ class WorkerServicer(Servicer, pb_grpc.WorkerServicer):  # type: ignore[misc]
             while True:
                 actions = await session.next_batch(limit)
                 if actions is None:
-                    return
+                    break
                 batch = pb.ActionBatch()
                 size = 0
                 for action in actions:
                     msg = assigned_action(tenant_id, action)
+                    if not await deliverable(
+                        self.core, tenant_id, request.worker_id, action, msg
+                    ):
+                        continue
                     n = msg.ByteSize() + 8
                     if batch.actions and size + n > budget:
                         # Bounded messages: what does not fit goes in the next one.
@@ -71,14 +83,20 @@ class WorkerServicer(Servicer, pb_grpc.WorkerServicer):  # type: ignore[misc]
                         size = 0
                     batch.actions.append(msg)
                     size += n
-                yield batch
+                if batch.actions:
+                    yield batch
         finally:
+            watch.cancel()
             self.core.close_session(session)
+        await watch.refuse_if_invalid(context)
 
     @unary
     async def Report(self, tenant_id: str, request: Any, context: Any) -> Any:
         if len(request.events) > MAX_REPORTS_PER_CALL:
             raise InvalidInput(f"at most {MAX_REPORTS_PER_CALL} events per report call")
+        token_id = caller().token_id
+        for worker_id in sorted({e.worker_id for e in request.events}):
+            await self.core.check_worker_caller(tenant_id, worker_id, token_id)
         events = [task_event(tenant_id, e) for e in request.events]
         outcomes = iter(await self.core.task_events([e for e in events if e is not None]))
         response = pb.ReportResults()

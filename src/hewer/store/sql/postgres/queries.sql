@@ -154,15 +154,17 @@ WHERE a.task_id = v.task_id AND a.retry_count = v.retry_count;
 
 -- name: worker_insert
 INSERT INTO workers (id, tenant_id, name, actions, slot_config, labels, runtime_info, status,
-                     status_reason, status_changed_at, last_heartbeat_at, created_at)
+                     status_reason, status_changed_at, last_heartbeat_at, created_at,
+                     owner_token)
 SELECT id, tenant_id, name, actions::jsonb, slot_config::jsonb, labels::jsonb,
        runtime_info::jsonb, status, status_reason, status_changed_at, last_heartbeat_at,
-       created_at
+       created_at, owner_token
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::text[], $9::text[], $10::float8[], $11::float8[], $12::float8[])
+            $7::text[], $8::text[], $9::text[], $10::float8[], $11::float8[], $12::float8[],
+            $13::text[])
   WITH ORDINALITY
   AS v (id, tenant_id, name, actions, slot_config, labels, runtime_info, status,
-        status_reason, status_changed_at, last_heartbeat_at, created_at, ord)
+        status_reason, status_changed_at, last_heartbeat_at, created_at, owner_token, ord)
 ORDER BY ord;
 
 -- name: worker_set_status
@@ -370,12 +372,12 @@ SELECT tenant_id, key, limit_value, duration_s FROM rate_limits ORDER BY tenant_
 
 -- name: worker_get
 SELECT id, tenant_id, name, actions, slot_config, labels, runtime_info, status, status_reason,
-       status_changed_at, last_heartbeat_at, created_at
+       status_changed_at, last_heartbeat_at, created_at, owner_token
 FROM workers WHERE id = $1 AND tenant_id = $2;
 
 -- name: workers_list
 SELECT id, tenant_id, name, actions, slot_config, labels, runtime_info, status, status_reason,
-       status_changed_at, last_heartbeat_at, created_at
+       status_changed_at, last_heartbeat_at, created_at, owner_token
 FROM workers WHERE ($1::text IS NULL OR tenant_id = $1) ORDER BY created_at, pos;
 
 -- name: logs_list

@@ -253,17 +253,18 @@ SELECT tenant_id, key, limit_value, duration_s FROM rate_limits;
 
 -- name: worker_insert
 INSERT INTO workers (id, tenant_id, name, actions, slot_config, labels, runtime_info, status,
-                     status_reason, status_changed_at, last_heartbeat_at, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+                     status_reason, status_changed_at, last_heartbeat_at, created_at,
+                     owner_token)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: worker_get
 SELECT id, tenant_id, name, actions, slot_config, labels, runtime_info, status, status_reason,
-       status_changed_at, last_heartbeat_at, created_at
+       status_changed_at, last_heartbeat_at, created_at, owner_token
 FROM workers WHERE id = :id AND tenant_id = :tenant_id;
 
 -- name: workers_list
 SELECT id, tenant_id, name, actions, slot_config, labels, runtime_info, status, status_reason,
-       status_changed_at, last_heartbeat_at, created_at
+       status_changed_at, last_heartbeat_at, created_at, owner_token
 FROM workers WHERE coalesce(:tenant_id, tenant_id) = tenant_id ORDER BY created_at;
 
 -- name: worker_set_status
