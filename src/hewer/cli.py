@@ -224,12 +224,22 @@ def token() -> None:
 @engine_options
 @_option("--tenant", "HEWER_TENANT", default="default", show_default=True, help="Tenant name.")
 @click.option("--name", default="cli", show_default=True, help="A label for the token.")
-def token_create(tenant: str, name: str, **given: Any) -> None:
+@click.option(
+    "--scope",
+    type=click.Choice(["admin", "client", "worker", "read"]),
+    default="admin",
+    show_default=True,
+    help="What the token may do: everything (admin); trigger, cancel and read runs, register "
+    "workflows (client); run workers and spawn child runs from their tasks (worker); read "
+    "only (read).",
+)
+def token_create(tenant: str, name: str, scope: str, **given: Any) -> None:
     """Mint a token against the database and print it (the engine need not run)."""
     from hewer.engine.app import mint_token
+    from hewer.engine.core.scopes import Scope
 
     settings = _engine_settings(**given)
-    click.echo(asyncio.run(mint_token(settings, tenant, name)))
+    click.echo(asyncio.run(mint_token(settings, tenant, name, Scope(scope))))
 
 
 @token.command("inspect")
@@ -247,6 +257,7 @@ def token_inspect(token_value: str) -> None:
     shown = {
         "tenant_id": claims.get("sub"),
         "token_id": claims.get("token_id"),
+        "scope": claims.get("scope", "admin"),
         "grpc_address": claims.get("grpc_broadcast_address"),
         "server_url": claims.get("server_url"),
         "expires_at": _iso(datetime.fromtimestamp(expires, UTC))

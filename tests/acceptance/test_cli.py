@@ -187,6 +187,16 @@ def test_token_create_mints_a_working_token_and_bad_tokens_are_refused(
     bad = cluster.hewer("token", "inspect", "not-a-token")
     assert bad.returncode == 1 and "not a Hewer token" in bad.stderr
 
+    # A read-only token reads but cannot start anything.
+    read = cluster.hewer("token", "create", "--scope", "read").stdout.strip()
+    assert json.loads(cluster.hewer("token", "inspect", read).stdout)["scope"] == "read"
+    assert shown["scope"] == "admin"
+    read_env = dict(env, HEWER_TOKEN=read, HEWER_SERVER_URL=local["server_url"])
+    listed = cluster.hewer("worker", "list", "--json", env=read_env)
+    assert listed.returncode == 0, listed.stderr
+    denied = cluster.hewer("run", "it-noop", env=read_env)
+    assert denied.returncode != 0 and "may not call" in denied.stderr
+
 
 def test_engine_refuses_to_start_on_an_unreachable_database(tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nothing listens on

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from hewer import Context, Hewer
+from hewer.engine.core.scopes import Scope
 from hewer.testing import EngineThread
 from tests.helpers import wait_for
 from tests.integration.test_rest import tenant
@@ -129,7 +130,18 @@ def test_gjson_paths_as_keda_reads_them() -> None:
 def test_keda_scales_the_worker_with_the_queue_from_zero_to_max_and_back(
     engine: EngineThread, client: Hewer, in_process_worker: Any
 ) -> None:
-    keda = Keda(engine, {("hewer-token", "token"): engine.token})
+    # What KEDA holds: a read-only token (the manifests' Secret hewer-read-token).
+    read_token = engine.call(
+        engine.engine.auth.mint(
+            engine.engine.default_tenant_id,
+            "keda",
+            3600,
+            server_url=engine.api_url,
+            grpc_address=engine.address,
+            scope=Scope.READ,
+        )
+    )
+    keda = Keda(engine, {("hewer-read-token", "token"): read_token})
     # The task the triggers watch: the one they name in taskNames (zeros while idle).
     (task_name,) = {parse_qs(urlsplit(t.url).query)["taskNames"][0] for t in keda.triggers.values()}
     queued, running = f"{task_name}.queued.total", f"{task_name}.running.total"

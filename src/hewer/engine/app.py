@@ -25,6 +25,7 @@ from hewer.engine.api.server import ApiServer
 from hewer.engine.core.auth import TokenAuthority, Unauthenticated, unverified_claims
 from hewer.engine.core.clock import Clock, SystemClock
 from hewer.engine.core.lease import LeaseKeeper
+from hewer.engine.core.scopes import Scope
 from hewer.engine.core.service import EngineCore
 from hewer.engine.grpc.relay import Relay, Switch, local_handlers
 from hewer.engine.grpc.server import new_server
@@ -363,7 +364,9 @@ def write_private(path: Path, text: str) -> None:
         f.write(text + "\n")
 
 
-async def mint_token(settings: EngineSettings, tenant: str, name: str) -> str:
+async def mint_token(
+    settings: EngineSettings, tenant: str, name: str, scope: Scope = Scope.ADMIN
+) -> str:
     """Mint a token straight against the database (the engine need not be running)."""
     clock = SystemClock()
     store = open_store(settings.store_url, pool_size=settings.database_pool_size)
@@ -378,6 +381,7 @@ async def mint_token(settings: EngineSettings, tenant: str, name: str) -> str:
             settings.token_ttl.total_seconds(),
             server_url=settings.server_url,
             grpc_address=settings.advertised_address,
+            scope=scope,
         )
     finally:
         await store.close()

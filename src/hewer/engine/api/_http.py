@@ -18,7 +18,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from hewer.durations import InvalidDuration
+from hewer.engine.core import scopes
 from hewer.engine.core.auth import TokenAuthority, Unauthenticated, bearer
+from hewer.engine.core.scopes import Permission
 from hewer.engine.core.service import FailedPrecondition
 from hewer.errors import HewerError, InvalidInput, NotFound, NotSupported, PermissionDenied
 from hewer.store import StoreError
@@ -90,12 +92,14 @@ async def server_error(request: Request, exc: Exception) -> Response:
 Handler = Callable[[Request, str], Awaitable[Any]]
 
 
-def endpoint(auth: TokenAuthority) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+def endpoint(
+    auth: TokenAuthority,
+) -> Callable[[Handler, Permission], Callable[[Request], Awaitable[Response]]]:
     """Wrap a handler ``(request, tenant_id) -> JSON value`` (or a ready response):
-    authenticate the bearer token, check a ``{tenant}`` path parameter against it,
-    translate domain errors."""
+    authenticate the bearer token, check a ``{tenant}`` path parameter against it and the
+    token's scope against what the route ``needs``, translate domain errors."""
 
-    def wrap(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
+    def wrap(fn: Handler, needs: Permission) -> Callable[[Request], Awaitable[Response]]:
         @functools.wraps(fn)
         async def handle(request: Request) -> Response:
             try:
@@ -104,6 +108,8 @@ def endpoint(auth: TokenAuthority) -> Callable[[Handler], Callable[[Request], Aw
                 tenant = request.path_params.get("tenant")
                 if tenant is not None and tenant != principal.tenant_id:
                     raise Forbidden(f"the token does not grant access to tenant {tenant!r}")
+                scopes.check(principal.scope, needs, f"{request.method} {request.url.path}")
+                request.state.principal = principal
                 result = await fn(request, principal.tenant_id)
                 return result if isinstance(result, Response) else JSONResponse(result)
             except Exception as exc:

@@ -11,6 +11,7 @@ from hewer.engine.api.stats import StatsRoutes
 from hewer.engine.api.tasks import TaskRoutes
 from hewer.engine.api.workers import WorkerRoutes
 from hewer.engine.core.auth import TokenAuthority
+from hewer.engine.core.scopes import Permission
 from hewer.engine.core.service import EngineCore
 from hewer.engine.metrics import EngineMetrics
 
@@ -19,32 +20,35 @@ def build_app(core: EngineCore, auth: TokenAuthority, metrics: EngineMetrics) ->
     """The REST API of one engine; every route needs a bearer token (``/health``, ``/ready``
     and ``/metrics``, which need none, are served beside it: :mod:`hewer.engine.api.ops`)."""
     authed = endpoint(auth)
+    READ, WORK = Permission.READ, Permission.WORK
     workers = WorkerRoutes(core)
     tasks = TaskRoutes(core)
     stats = StatsRoutes(core, metrics)
     routes = [
-        Route("/api/v1/workers/{worker}", authed(workers.get), methods=["GET"]),
-        Route("/api/v1/workers/{worker}", authed(workers.update), methods=["PATCH"]),
-        Route("/api/v1/tenants/{tenant}/worker", authed(workers.list), methods=["GET"]),
-        Route("/api/v1/tenants/{tenant}/task-stats", authed(stats.task_stats), methods=["GET"]),
+        Route("/api/v1/workers/{worker}", authed(workers.get, READ), methods=["GET"]),
+        Route("/api/v1/workers/{worker}", authed(workers.update, WORK), methods=["PATCH"]),
+        Route("/api/v1/tenants/{tenant}/worker", authed(workers.list, READ), methods=["GET"]),
+        Route(
+            "/api/v1/tenants/{tenant}/task-stats", authed(stats.task_stats, READ), methods=["GET"]
+        ),
         Route(
             "/api/v1/stable/tenants/{tenant}/task-metrics",
-            authed(stats.task_metrics),
+            authed(stats.task_metrics, READ),
             methods=["GET"],
         ),
         Route(
             "/api/v1/tenants/{tenant}/step-run-queue-metrics",
-            authed(stats.queue_metrics),
+            authed(stats.queue_metrics, READ),
             methods=["GET"],
         ),
         Route(
             "/api/v1/tenants/{tenant}/prometheus-metrics",
-            authed(stats.prometheus),
+            authed(stats.prometheus, READ),
             methods=["GET"],
         ),
         Route(
             "/api/v1/stable/tenants/{tenant}/tasks/cancel",
-            authed(tasks.cancel),
+            authed(tasks.cancel, Permission.RUN),
             methods=["POST"],
         ),
     ]

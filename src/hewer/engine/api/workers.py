@@ -16,6 +16,8 @@ from starlette.requests import Request
 
 from hewer.domain import WorkerStatus
 from hewer.engine.api._http import json_object
+from hewer.engine.core.auth import Principal
+from hewer.engine.core.scopes import Scope
 from hewer.engine.core.service import EngineCore, WorkerView
 from hewer.errors import InvalidInput
 
@@ -111,6 +113,11 @@ class WorkerRoutes:
         """``{"isPaused": bool}``; an empty object changes nothing (as upstream)."""
         body = await json_object(request)
         worker_id = request.path_params["worker"]
+        principal: Principal = request.state.principal
+        if principal.scope is not Scope.ADMIN:
+            # A worker token pauses its own worker (hatchet-sdk does, as it stops); only an
+            # admin token pauses or resumes others.
+            await self.core.check_worker_caller(tenant_id, worker_id, principal.token_id)
         paused = body.get("isPaused")
         if paused is None:
             return worker_json(await self.core.worker_view(tenant_id, worker_id))

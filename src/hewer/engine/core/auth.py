@@ -15,7 +15,8 @@ import jwt
 
 from hewer.domain import ApiToken
 from hewer.engine.core.clock import Clock
-from hewer.errors import HewerError, StoreError
+from hewer.engine.core.scopes import Scope, parse_scope
+from hewer.errors import HewerError, InvalidInput, StoreError
 from hewer.store import Store
 
 SECRET_KEY = "jwt_secret"
@@ -40,6 +41,7 @@ class Unauthenticated(HewerError):
 class Principal:
     tenant_id: str
     token_id: str
+    scope: Scope = Scope.ADMIN
 
 
 class TokenAuthority:
@@ -61,9 +63,17 @@ class TokenAuthority:
         return self._secret
 
     async def mint(
-        self, tenant_id: str, name: str, ttl_seconds: float, *, server_url: str, grpc_address: str
+        self,
+        tenant_id: str,
+        name: str,
+        ttl_seconds: float,
+        *,
+        server_url: str,
+        grpc_address: str,
+        scope: Scope = Scope.ADMIN,
     ) -> str:
-        """A new token; the addresses are where clients holding it will connect."""
+        """A new token; the addresses are where clients holding it will connect, the scope
+        what it may do (:mod:`hewer.engine.core.scopes`)."""
         now = self._clock.now()
         token_id = str(uuid.uuid4())
         expires = now + ttl_seconds
@@ -76,6 +86,7 @@ class TokenAuthority:
             "token_id": token_id,
             "server_url": server_url,
             "grpc_broadcast_address": grpc_address,
+            "scope": scope.value,
         }
         return jwt.encode(claims, self.secret, algorithm=ALGORITHM)
 
@@ -112,7 +123,12 @@ class TokenAuthority:
                 return cached[0]
         if row is None or row.revoked_at is not None or row.tenant_id != claims["sub"]:
             raise Unauthenticated("invalid auth token: revoked or unknown")
-        principal = Principal(tenant_id=row.tenant_id, token_id=row.id)
+        scope = claims.get("scope")
+        try:
+            parsed = parse_scope(scope if isinstance(scope, str) or scope is None else str(scope))
+        except InvalidInput as exc:
+            raise Unauthenticated(f"invalid auth token: {exc}") from None
+        principal = Principal(tenant_id=row.tenant_id, token_id=row.id, scope=parsed)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[token] = (principal, min(now + CACHE_SECONDS, row.expires_at))

@@ -69,7 +69,7 @@ from hewer.engine.core.transitions import (
 )
 from hewer.engine.core.versions import Versions
 from hewer.engine.core.workflows import Workflows
-from hewer.errors import HewerError, InvalidInput, NotFound
+from hewer.errors import HewerError, InvalidInput, NotFound, PermissionDenied
 from hewer.store import Store
 
 logger = logging.getLogger(__name__)
@@ -392,6 +392,19 @@ class EngineCore(Component):
         return await self.sessions.register(
             tenant_id, name, actions, slot_config, labels, runtime_info, owner_token
         )
+
+    async def check_spawn(self, tenant_id: str, parent_task_id: str, token_id: str) -> None:
+        """A worker token may trigger a run only as the child of a task running on one of
+        its own workers (PermissionDenied otherwise)."""
+        run_id = await self.store.task_run_id(tenant_id, parent_task_id)
+        found = await self.store.run_get(tenant_id, run_id) if run_id is not None else None
+        task = next((t for t in found[1] if t.id == parent_task_id), None) if found else None
+        if task is None or task.status is not TaskStatus.RUNNING or task.worker_id is None:
+            raise PermissionDenied(
+                f"a worker token may trigger only child runs of a task it runs; "
+                f"{parent_task_id!r} is not running"
+            )
+        await self.check_worker_caller(tenant_id, task.worker_id, token_id)
 
     async def check_worker_caller(self, tenant_id: str, worker_id: str, token_id: str) -> None:
         """Raise PermissionDenied unless the caller's token is the one the worker registered

@@ -13,6 +13,7 @@ import grpc
 from grpc import aio
 
 from hewer.durations import InvalidDuration
+from hewer.engine.core import scopes
 from hewer.engine.core.auth import (
     STREAM_RECHECK_SECONDS,
     Principal,
@@ -65,7 +66,24 @@ class Servicer:
         value = metadata.get("authorization")
         principal = await self.auth.verify(bearer(value if isinstance(value, str) else None))
         _CALLER.set(principal)
+        method = _METHOD.get(None)
+        # Every call is checked here, at authentication (methods not served: no check).
+        spawn_only = method is not None and not scopes.check_method(principal.scope, method)
+        _SPAWN_ONLY.set(spawn_only)
         return principal.tenant_id
+
+    async def check_spawn(self, tenant_id: str, parent_task_ids: list[str]) -> None:
+        """For a caller that may trigger only child runs (a worker token): every trigger
+        must name a parent task that runs on one of its own workers."""
+        if not _SPAWN_ONLY.get(False):
+            return
+        token_id = caller().token_id
+        for parent in parent_task_ids:
+            if not parent:
+                raise PermissionDenied(
+                    "a worker token may trigger only child runs (from a task it runs)"
+                )
+            await self.core.check_spawn(tenant_id, parent, token_id)
 
 
 class TokenWatch:
@@ -104,6 +122,8 @@ class TokenWatch:
 
 # Each call runs in a task of its own, with its own copy of the context.
 _CALLER: ContextVar[Principal] = ContextVar("hewer_grpc_caller")
+_METHOD: ContextVar[str] = ContextVar("hewer_grpc_method")
+_SPAWN_ONLY: ContextVar[bool] = ContextVar("hewer_grpc_spawn_only")
 
 
 def caller() -> Principal:
@@ -198,6 +218,7 @@ def tolerant(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
         inner_uu = h.unary_unary
 
         async def unary_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            _METHOD.set(method)  # read at authentication, for the token's scope
             await refuse(request, context)
             return await once(_call(inner_uu, request, context), context)
 
@@ -208,6 +229,7 @@ def tolerant(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
         async def unary_stream(
             request: Any, context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
+            _METHOD.set(method)
             await refuse(request, context)
             async for item in drain(_call(inner_us, request, context), context):
                 yield item
@@ -219,6 +241,7 @@ def tolerant(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
         async def stream_unary(
             requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]
         ) -> Any:
+            _METHOD.set(method)
             return await once(_call(inner_su, checked(requests, context), context), context)
 
         return h._replace(request_deserializer=safe_decode, stream_unary=stream_unary)
@@ -227,6 +250,7 @@ def tolerant(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
     async def stream_stream(
         requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
+        _METHOD.set(method)
         async for item in drain(_call(inner_ss, checked(requests, context), context), context):
             yield item
 

@@ -41,6 +41,7 @@ class WorkflowServicer(Servicer, pb_grpc.WorkflowServiceServicer):  # type: igno
 
     @unary
     async def TriggerWorkflow(self, tenant_id: str, request: Any, context: Any) -> Any:
+        await self.check_spawn(tenant_id, [request.parent_task_run_external_id])
         (run_id,) = await self.core.trigger(tenant_id, [trigger_spec(request)])
         return pb.TriggerWorkflowResponse(workflow_run_id=run_id)
 
@@ -50,5 +51,7 @@ class WorkflowServicer(Servicer, pb_grpc.WorkflowServiceServicer):  # type: igno
             raise InvalidInput("workflows must not be empty")
         if len(request.workflows) > MAX_BULK_TRIGGER:
             raise InvalidInput(f"at most {MAX_BULK_TRIGGER} workflows per bulk trigger")
+        parents = [w.parent_task_run_external_id for w in request.workflows]
+        await self.check_spawn(tenant_id, parents)
         run_ids = await self.core.trigger(tenant_id, [trigger_spec(w) for w in request.workflows])
         return pb.BulkTriggerWorkflowResponse(workflow_run_ids=run_ids)

@@ -1,0 +1,184 @@
+"""Token scopes, as each kind of token's holder would try them: every gRPC method (found
+from the proto descriptors, so a method added later is covered) and every REST route, with
+a token of each scope; a worker token running real tasks that spawn children."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pool, message_factory
+
+from hewer import Context, Hewer
+from hewer._proto import workflows_pb2_grpc as wg
+from hewer._proto.v1.shared import trigger_pb2 as w0
+from hewer.engine.core.scopes import GRANTS, METHODS, SPAWNING, Permission, Scope
+from hewer.engine.grpc.relay import method_shapes
+from hewer.testing import EngineThread
+from tests.helpers import wait_for
+from tests.integration.test_rest import http, park_workflow, tenant
+
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+
+def mint(engine: EngineThread, scope: Scope) -> str:
+    return engine.call(
+        engine.engine.auth.mint(
+            tenant(engine),
+            f"{scope.value}-token",
+            3600,
+            server_url=engine.api_url,
+            grpc_address=engine.address,
+            scope=scope,
+        )
+    )
+
+
+def _empty(method: str) -> bytes:
+    service_name, _, name = method.strip("/").rpartition("/")
+    service = descriptor_pool.Default().FindServiceByName(service_name)
+    desc = service.FindMethodByName(name).input_type
+    return bytes(message_factory.GetMessageClass(desc)().SerializeToString())
+
+
+def _code(channel: grpc.Channel, method: str, token: str) -> grpc.StatusCode:
+    client_streams, server_streams = method_shapes()[method]
+    identity = (lambda b: b, lambda b: b)
+    md = [("authorization", f"bearer {token}")]
+    payload = _empty(method)
+    try:
+        if not client_streams and not server_streams:
+            channel.unary_unary(method, *identity)(payload, metadata=md, timeout=2)
+        elif not client_streams:
+            for _ in channel.unary_stream(method, *identity)(payload, metadata=md, timeout=1):
+                break
+        elif not server_streams:
+            channel.stream_unary(method, *identity)(iter([payload]), metadata=md, timeout=2)
+        else:
+            for _ in channel.stream_stream(method, *identity)(
+                iter([payload]), metadata=md, timeout=1
+            ):
+                break
+    except grpc.RpcError as exc:
+        return exc.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+@pytest.fixture
+def channel(engine: EngineThread) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(engine.address) as ch:
+        yield ch
+
+
+def test_every_method_is_open_exactly_to_the_scopes_that_grant_it(
+    engine: EngineThread, channel: grpc.Channel
+) -> None:
+    tokens = {scope: mint(engine, scope) for scope in Scope}
+    served = [
+        m
+        for m in sorted(method_shapes())
+        if _code(channel, m, tokens[Scope.ADMIN]) is not grpc.StatusCode.UNIMPLEMENTED
+    ]
+    # A method the engine serves must have been given a permission on purpose.
+    assert set(served) <= set(METHODS), set(served) - set(METHODS)
+    for method in served:
+        needed = METHODS[method]
+        for scope, token in tokens.items():
+            code = _code(channel, method, token)
+            if needed in GRANTS[scope]:
+                assert code is not grpc.StatusCode.PERMISSION_DENIED, (method, scope)
+            elif method in SPAWNING and Permission.SPAWN in GRANTS[scope]:
+                # A worker token may trigger as a child spawn only: an empty request names
+                # no parent (refused), or no run at all (invalid).
+                assert code in (DENIED, grpc.StatusCode.INVALID_ARGUMENT), (method, scope)
+            else:
+                assert code is DENIED, (method, scope, code)
+
+
+def test_rest_routes_follow_the_same_scopes(engine: EngineThread) -> None:
+    park_workflow(engine, "scoped")
+    run_id = engine.call(engine.engine.core.trigger(tenant(engine), [_spec("scoped")]))[0]
+    t = tenant(engine)
+    routes = [
+        ("GET", f"/api/v1/tenants/{t}/worker", None, Permission.READ),
+        ("GET", f"/api/v1/tenants/{t}/task-stats", None, Permission.READ),
+        ("GET", f"/api/v1/tenants/{t}/step-run-queue-metrics", None, Permission.READ),
+        ("POST", f"/api/v1/stable/tenants/{t}/tasks/cancel", {"externalIds": [run_id]}, None),
+    ]
+    for scope in Scope:
+        token = mint(engine, scope)
+        for method, path, body, needed in routes:
+            status, answer, _ = http(engine, method, path, body, token=token)
+            granted = (
+                (needed is None
+                and Permission.RUN in GRANTS[scope])
+                or (needed is not None and needed in GRANTS[scope])
+            )
+            if granted:
+                assert status == 200, (scope, path, answer)
+            else:
+                assert status == 403, (scope, path, status)
+                assert "may not call" in answer["errors"][0]["description"]
+
+
+def _spec(name: str) -> Any:
+    from hewer.engine.core.ingest import TriggerSpec
+
+    return TriggerSpec(name, "{}")
+
+
+def test_a_worker_token_runs_tasks_and_spawns_children_but_triggers_nothing_else(
+    engine: EngineThread,
+) -> None:
+    worker_token = mint(engine, Scope.WORKER)
+    hw = Hewer(settings=engine.client_settings(token=worker_token, heartbeat_interval=0.2))
+    child = hw.workflow("scoped-child")
+
+    @child.task()
+    def kid(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return {"n": input["n"] * 2}
+
+    @hw.task(name="scoped-parent")
+    def parent(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        # Spawned from a running task: allowed for the token its worker holds.
+        return {"kid": child.run({"n": input["n"]})["kid"]["n"]}
+
+    worker = hw.worker("scoped-worker", slots=4, workflows=[parent, child])
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    try:
+        assert worker.ready.wait(20)
+        # A client token triggers; the worker token's worker runs the run and its child.
+        client = Hewer(settings=engine.client_settings(token=mint(engine, Scope.CLIENT)))
+        try:
+            assert client.runs.trigger("scoped-parent", {"n": 21}).result() == {
+                "scoped-parent": {"kid": 42}
+            }
+        finally:
+            client.close()
+        # The worker token on its own may not start runs.
+        stub = wg.WorkflowServiceStub(grpc.insecure_channel(engine.address))
+        md = [("authorization", f"bearer {worker_token}")]
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.TriggerWorkflow(
+                w0.TriggerWorkflowRequest(name="scoped-child", input="{}"), metadata=md
+            )
+        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "only child runs" in (refused.value.details() or "")
+        # Naming a parent task that is not running on its worker does not help either.
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.TriggerWorkflow(
+                w0.TriggerWorkflowRequest(
+                    name="scoped-child", input="{}", parent_task_run_external_id="not-a-task"
+                ),
+                metadata=md,
+            )
+        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        worker.stop()
+        thread.join(20)
+        hw.close()
+    wait_for(lambda: not thread.is_alive(), what="worker stopped")
