@@ -143,6 +143,56 @@ def test_hatchet_worker_sigterm_pause_call_succeeds(
     wait_for(gone, timeout=30, what="worker no longer active after SIGTERM")
 
 
+def test_hatchet_worker_runs_with_a_worker_scoped_token(
+    engine: EngineThread, tmp_path: Path
+) -> None:
+    from hewer.engine.core.scopes import Scope
+
+    token = engine.call(
+        engine.engine.auth.mint(
+            engine.engine.default_tenant_id,
+            "hatchet-worker",
+            3600,
+            server_url=engine.api_url,
+            grpc_address=engine.address,
+            scope=Scope.WORKER,
+        )
+    )
+    log_path = tmp_path / "scoped-worker.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(APP), "worker"],
+            env=dict(hatchet_env(engine), HATCHET_CLIENT_TOKEN=token),
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(
+            lambda: any(
+                w.name == "compat-worker" for w in engine.call(engine.engine.store.workers_list())
+            )
+            or proc.poll() is not None,
+            timeout=60,
+            what="the scoped hatchet worker registered (its workflows too)",
+        )
+        assert proc.poll() is None, log_path.read_text()[-4000:]
+        # Everything a hatchet-sdk worker calls is open to a worker token; the client
+        # (admin token) triggers.
+        out = run_client(hatchet_env(engine), tmp_path)
+        assert out["double"] == {"y": 42}
+        assert out["dag"] == {"first": {"a": 2}, "second": {"b": 20}}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        text = log_path.read_text()
+        assert "task assignment paused" in text, text[-4000:]  # it pauses its own worker
+        assert "PERMISSION_DENIED" not in text and "403" not in text, text[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
 ADMIN = Path(__file__).with_name("hatchet_admin.py")
 
 

@@ -158,6 +158,16 @@ def test_revoking_a_token_closes_its_open_streams_within_seconds(
     assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert "revoked" in (ended.value.details() or "")
     assert took <= CACHE_SECONDS + STREAM_RECHECK_SECONDS + 2.0, took
+    # Its subscription to runs answers nothing more either.
+    with pytest.raises(grpc.RpcError) as ended:
+        list(
+            revocable.dispatcher.SubscribeToWorkflowRuns(
+                iter([d.SubscribeToWorkflowRunsRequest(workflow_run_id=first)]),
+                metadata=revocable.md,
+                timeout=10,
+            )
+        )
+    assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED
     # Work triggered now goes to a worker whose token holds, not to the revoked one.
     other = stubs.dispatcher.Register(
         d.WorkerRegisterRequest(worker_name="stayer", actions=["edge:t"]), metadata=stubs.md
@@ -214,6 +224,27 @@ def test_a_worker_id_is_only_good_with_the_token_it_registered_with(
         ),
         "unsubscribe": lambda: other.dispatcher.Unsubscribe(
             d.WorkerUnsubscribeRequest(worker_id=worker_id), metadata=other.md
+        ),
+        # Calls about the task's attempt, which name no worker, are the worker's too.
+        "release slot": lambda: other.dispatcher.ReleaseSlot(
+            d.ReleaseSlotRequest(task_run_external_id=action.task_run_external_id),
+            metadata=other.md,
+        ),
+        "refresh timeout": lambda: other.dispatcher.RefreshTimeout(
+            d.RefreshTimeoutRequest(
+                task_run_external_id=action.task_run_external_id, increment_timeout_by="1h"
+            ),
+            metadata=other.md,
+        ),
+        "log": lambda: other.events.PutLog(
+            ev.PutLogRequest(task_run_external_id=action.task_run_external_id, message="x"),
+            metadata=other.md,
+        ),
+        "stream": lambda: other.events.PutStreamEvent(
+            ev.PutStreamEventRequest(
+                task_run_external_id=action.task_run_external_id, message=b"forged"
+            ),
+            metadata=other.md,
         ),
     }.items():
         code, details = code_of(call)

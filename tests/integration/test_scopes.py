@@ -182,3 +182,39 @@ def test_a_worker_token_runs_tasks_and_spawns_children_but_triggers_nothing_else
         thread.join(20)
         hw.close()
     wait_for(lambda: not thread.is_alive(), what="worker stopped")
+
+
+def test_a_worker_token_cannot_spawn_from_or_pause_another_tokens_worker(
+    engine: EngineThread,
+) -> None:
+    from hewer._proto import dispatcher_pb2 as d
+    from hewer._proto import dispatcher_pb2_grpc as dg
+
+    owner, intruder = mint(engine, Scope.WORKER), mint(engine, Scope.WORKER)
+    park_workflow(engine, "held")
+    channel = grpc.insecure_channel(engine.address)
+    dispatcher = dg.DispatcherStub(channel)
+    md = [("authorization", f"bearer {owner}")]
+    worker = dispatcher.Register(
+        d.WorkerRegisterRequest(worker_name="owner", actions=["held:act"]), metadata=md
+    )
+    listen = dispatcher.ListenV2(d.WorkerListenRequest(worker_id=worker.worker_id), metadata=md)
+    engine.call(engine.engine.core.trigger(tenant(engine), [_spec("held")]))
+    action = next(iter(listen))  # a task running on the owner's worker
+    stub = wg.WorkflowServiceStub(channel)
+    request = w0.TriggerWorkflowRequest(
+        name="held", input="{}", parent_task_run_external_id=action.task_run_external_id
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.TriggerWorkflow(request, metadata=[("authorization", f"bearer {intruder}")])
+    assert refused.value.code() is DENIED
+    # The owner's own token may spawn from it.
+    assert stub.TriggerWorkflow(request, metadata=md).workflow_run_id
+    # Pausing is for the worker's own token (hatchet-sdk pauses itself as it stops).
+    path = f"/api/v1/workers/{worker.worker_id}"
+    status, _, _ = http(engine, "PATCH", path, {"isPaused": True}, token=intruder)
+    assert status == 403
+    status, body, _ = http(engine, "PATCH", path, {"isPaused": True}, token=owner)
+    assert status == 200 and body["status"] == "PAUSED"
+    listen.cancel()
+    channel.close()

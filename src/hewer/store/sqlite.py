@@ -416,7 +416,9 @@ class SqliteStore:
                     f"cannot create the directory of the database {self._path}: "
                     f"{exc.strerror or exc}"
                 ) from exc
-            _private(Path(self._path))
+            for path in (self._path, f"{self._path}-wal", f"{self._path}-shm"):
+                if path == self._path or Path(path).exists():
+                    _private(Path(path))
         conn = self._connect()
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")

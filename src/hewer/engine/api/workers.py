@@ -117,7 +117,7 @@ class WorkerRoutes:
         if principal.scope is not Scope.ADMIN:
             # A worker token pauses its own worker (hatchet-sdk does, as it stops); only an
             # admin token pauses or resumes others.
-            await self.core.check_worker_caller(tenant_id, worker_id, principal.token_id)
+            await self.core.check_worker_caller(tenant_id, worker_id, principal)
         paused = body.get("isPaused")
         if paused is None:
             return worker_json(await self.core.worker_view(tenant_id, worker_id))

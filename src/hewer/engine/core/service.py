@@ -35,11 +35,13 @@ from hewer.domain import (
     StickyStrategy,
     TaskDef,
     TaskEvent,
+    TaskRow,
     TaskStatus,
     WorkerRecord,
     Workflow,
 )
 from hewer.engine.core import stats
+from hewer.engine.core.auth import Principal
 from hewer.engine.core.clock import Clock
 from hewer.engine.core.component import Component
 from hewer.engine.core.ingest import Ingest, TriggerSpec, check_rate_limit_put
@@ -88,6 +90,8 @@ __all__ = [
 ]
 
 
+# How long a checked (task, token) pair is trusted before its task's worker is read again.
+TASK_CALLER_TTL_S = 2.0
 # Room an assignment needs beside a run's input and metadata (ids, names, envelope).
 ASSIGNMENT_RESERVE_BYTES = 8 * 1024
 
@@ -139,6 +143,7 @@ class EngineCore(Component):
             store, clock, self.loop, self.sessions, self.cancel, inactive_after=inactive_after
         )
         self._background: set[asyncio.Task[Any]] = set()
+        self._task_callers: dict[tuple[str, str], float] = {}
         self._started = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -393,23 +398,44 @@ class EngineCore(Component):
             tenant_id, name, actions, slot_config, labels, runtime_info, owner_token
         )
 
-    async def check_spawn(self, tenant_id: str, parent_task_id: str, token_id: str) -> None:
+    async def check_spawn(self, tenant_id: str, parent_task_id: str, who: Principal) -> None:
         """A worker token may trigger a run only as the child of a task running on one of
         its own workers (PermissionDenied otherwise)."""
-        run_id = await self.store.task_run_id(tenant_id, parent_task_id)
-        found = await self.store.run_get(tenant_id, run_id) if run_id is not None else None
-        task = next((t for t in found[1] if t.id == parent_task_id), None) if found else None
+        task = await self._task(tenant_id, parent_task_id)
         if task is None or task.status is not TaskStatus.RUNNING or task.worker_id is None:
             raise PermissionDenied(
                 f"a worker token may trigger only child runs of a task it runs; "
                 f"{parent_task_id!r} is not running"
             )
-        await self.check_worker_caller(tenant_id, task.worker_id, token_id)
+        await self.check_worker_caller(tenant_id, task.worker_id, who)
 
-    async def check_worker_caller(self, tenant_id: str, worker_id: str, token_id: str) -> None:
+    async def check_task_caller(self, tenant_id: str, task_id: str, who: Principal) -> None:
+        """Calls about one task's attempt (release its slot, extend its timeout, log, stream)
+        come from the token of the worker it was assigned to. A positive answer is kept
+        for TASK_CALLER_TTL_S, so a chatty task costs one lookup per window."""
+        key = (task_id, who.token_id)
+        now = self.clock.monotonic()
+        if self._task_callers.get(key, 0.0) > now:
+            return
+        task = await self._task(tenant_id, task_id)
+        if task is None:
+            raise NotFound(f"task {task_id!r} not found")
+        if task.worker_id is None:
+            raise PermissionDenied(f"task {task_id!r} was never assigned to a worker")
+        await self.check_worker_caller(tenant_id, task.worker_id, who)
+        if len(self._task_callers) > 100_000:
+            self._task_callers.clear()
+        self._task_callers[key] = now + TASK_CALLER_TTL_S
+
+    async def _task(self, tenant_id: str, task_id: str) -> TaskRow | None:
+        run_id = await self.store.task_run_id(tenant_id, task_id)
+        found = await self.store.run_get(tenant_id, run_id) if run_id is not None else None
+        return next((t for t in found[1] if t.id == task_id), None) if found else None
+
+    async def check_worker_caller(self, tenant_id: str, worker_id: str, who: Principal) -> None:
         """Raise PermissionDenied unless the caller's token is the one the worker registered
         with (NotFound for a worker the tenant does not have)."""
-        await self.sessions.check_caller(tenant_id, worker_id, token_id)
+        await self.sessions.check_caller(tenant_id, worker_id, who.token_id, who.scope)
 
     async def open_session(self, tenant_id: str, worker_id: str) -> Session:
         """Make a new session the worker's action stream (replacing an older one)."""

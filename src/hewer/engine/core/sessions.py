@@ -20,6 +20,7 @@ from hewer.engine.core.clock import Clock
 from hewer.engine.core.component import Component
 from hewer.engine.core.loop import EngineLoop
 from hewer.engine.core.scheduler import Scheduler, worker_slots
+from hewer.engine.core.scopes import Scope
 from hewer.engine.core.transitions import (
     DropAttempts,
     Heartbeat,
@@ -243,7 +244,9 @@ class Sessions(Component):
         )
         return record
 
-    async def check_caller(self, tenant_id: str, worker_id: str, token_id: str) -> None:
+    async def check_caller(
+        self, tenant_id: str, worker_id: str, token_id: str, scope: Scope = Scope.ADMIN
+    ) -> None:
         """A worker's id is a capability only for the token it registered with: another
         token of the same tenant may not open its stream (and take its tasks), heartbeat
         for it or report for its attempts."""
@@ -254,9 +257,13 @@ class Sessions(Component):
         if record is None or record.tenant_id != tenant_id:
             raise NotFound(f"worker {worker_id!r} not found")
         if record.owner_token is None:
-            # Registered before owners were kept: the first caller to check takes it.
-            if state is not None:
-                state.record = replace(record, owner_token=token_id)
+            # Registered before owners were kept (and before scopes: with an admin token).
+            # Any admin token may go on acting for it; scoped tokens came later, never its.
+            if scope is not Scope.ADMIN:
+                raise PermissionDenied(
+                    f"worker {worker_id!r} predates worker ownership: only an admin token "
+                    "may act as it (restart the worker to register it anew)"
+                )
             return
         if record.owner_token != token_id:
             raise PermissionDenied(

@@ -66,24 +66,24 @@ class Servicer:
         value = metadata.get("authorization")
         principal = await self.auth.verify(bearer(value if isinstance(value, str) else None))
         _CALLER.set(principal)
-        method = _METHOD.get(None)
-        # Every call is checked here, at authentication (methods not served: no check).
-        spawn_only = method is not None and not scopes.check_method(principal.scope, method)
-        _SPAWN_ONLY.set(spawn_only)
+        # Every call is checked here, at authentication; a call whose method is unknown
+        # (not wrapped by ``tolerant``) needs what only admin tokens have.
+        method = _METHOD.get("")
+        _SPAWN_ONLY.set(not scopes.check_method(principal.scope, method))
         return principal.tenant_id
 
     async def check_spawn(self, tenant_id: str, parent_task_ids: list[str]) -> None:
         """For a caller that may trigger only child runs (a worker token): every trigger
         must name a parent task that runs on one of its own workers."""
-        if not _SPAWN_ONLY.get(False):
+        if not _SPAWN_ONLY.get(True):
             return
-        token_id = caller().token_id
-        for parent in parent_task_ids:
+        who = caller()
+        for parent in dict.fromkeys(parent_task_ids):
             if not parent:
                 raise PermissionDenied(
                     "a worker token may trigger only child runs (from a task it runs)"
                 )
-            await self.core.check_spawn(tenant_id, parent, token_id)
+            await self.core.check_spawn(tenant_id, parent, who)
 
 
 class TokenWatch:
@@ -109,6 +109,23 @@ class TokenWatch:
                 self.reason = str(exc)
                 self._stop()
                 return
+            except Exception:  # the database is away: the next round checks again
+                logger.debug("could not check a stream's token", exc_info=True)
+
+    async def valid(self) -> bool:
+        """Whether the token still holds (checked now; a failure is kept as ``reason``)."""
+        if self.reason is None:
+            try:
+                await self._auth.verify(self._token)
+            except Unauthenticated as exc:
+                self.reason = str(exc)
+        return self.reason is None
+
+    async def check(self, context: aio.ServicerContext[Any, Any]) -> None:
+        """For streams that answer what they are sent: end the call with UNAUTHENTICATED
+        if the token went bad."""
+        if not await self.valid():
+            await self.refuse_if_invalid(context)
 
     def cancel(self) -> None:
         """Stop watching (however the stream ended)."""
@@ -198,20 +215,18 @@ def tolerant(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
             yield request
 
     async def drain(result: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        try:
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    yield item
-            else:  # a handler that writes with context.write() and returns nothing
-                await result
-        except NotImplementedError:
+        if result is _UNIMPLEMENTED:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, unimplemented)
+        if hasattr(result, "__aiter__"):
+            async for item in result:
+                yield item
+        else:  # a handler that writes with context.write() and returns nothing
+            await result
 
     async def once(result: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            return await result
-        except NotImplementedError:
+        if result is _UNIMPLEMENTED:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, unimplemented)
+        return await result
 
     h = cast(Any, handler)
     if h.unary_unary is not None:
@@ -257,14 +272,14 @@ def tolerant(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
     return h._replace(request_deserializer=safe_decode, stream_stream=stream_stream)
 
 
-async def _raise(exc: BaseException) -> Any:
-    raise exc
+_UNIMPLEMENTED = object()
 
 
 def _call(fn: Any, request: Any, context: Any) -> Any:
-    """``fn(request, context)``, whose NotImplementedError (the generated stubs raise it
-    synchronously) surfaces where the result is awaited or iterated instead."""
+    """``fn(request, context)``; the generated stub of a method no servicer implements
+    raises NotImplementedError at once, which becomes the _UNIMPLEMENTED marker (an error
+    raised later, inside a real handler, stays the error it is)."""
     try:
         return fn(request, context)
-    except NotImplementedError as exc:
-        return _raise(exc)
+    except NotImplementedError:
+        return _UNIMPLEMENTED

@@ -230,7 +230,7 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
     async def ListenV2(self, request: Any, context: Any) -> AsyncIterator[Any]:
         try:
             tenant_id = await self.tenant(context)
-            await self.core.check_worker_caller(tenant_id, request.worker_id, caller().token_id)
+            await self.core.check_worker_caller(tenant_id, request.worker_id, caller())
             session = await self.core.open_session(tenant_id, request.worker_id)
         except Exception as exc:
             await abort_for(exc, context, "ListenV2")
@@ -253,13 +253,13 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
 
     @unary
     async def Heartbeat(self, tenant_id: str, request: Any, context: Any) -> Any:
-        await self.core.check_worker_caller(tenant_id, request.worker_id, caller().token_id)
+        await self.core.check_worker_caller(tenant_id, request.worker_id, caller())
         await self.core.heartbeat(tenant_id, request.worker_id)
         return pb.HeartbeatResponse()
 
     @unary
     async def SendStepActionEvent(self, tenant_id: str, request: Any, context: Any) -> Any:
-        await self.core.check_worker_caller(tenant_id, request.worker_id, caller().token_id)
+        await self.core.check_worker_caller(tenant_id, request.worker_id, caller())
         event = task_event(tenant_id, request)
         if event is not None:
             await self.core.task_event(event)
@@ -267,17 +267,21 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
 
     @unary
     async def Unsubscribe(self, tenant_id: str, request: Any, context: Any) -> Any:
-        await self.core.check_worker_caller(tenant_id, request.worker_id, caller().token_id)
+        await self.core.check_worker_caller(tenant_id, request.worker_id, caller())
         await self.core.unsubscribe(tenant_id, request.worker_id)
         return pb.WorkerUnsubscribeResponse(tenant_id=tenant_id, worker_id=request.worker_id)
 
     @unary
     async def ReleaseSlot(self, tenant_id: str, request: Any, context: Any) -> Any:
+        task_id = request.task_run_external_id
+        await self.core.check_task_caller(tenant_id, task_id, caller())
         await self.core.release_slot(tenant_id, request.task_run_external_id)
         return pb.ReleaseSlotResponse()
 
     @unary
     async def RefreshTimeout(self, tenant_id: str, request: Any, context: Any) -> Any:
+        task_id = request.task_run_external_id
+        await self.core.check_task_caller(tenant_id, task_id, caller())
         delta = parse_duration(request.increment_timeout_by)
         timeout_at = await self.core.refresh_timeout(
             tenant_id, request.task_run_external_id, delta.total_seconds()
@@ -286,7 +290,7 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
 
     @unary
     async def UpsertWorkerLabels(self, tenant_id: str, request: Any, context: Any) -> Any:
-        await self.core.check_worker_caller(tenant_id, request.worker_id, caller().token_id)
+        await self.core.check_worker_caller(tenant_id, request.worker_id, caller())
         await self.core.upsert_labels(
             tenant_id, request.worker_id, labels_from_proto(request.labels)
         )
@@ -303,9 +307,11 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
         except Exception as exc:
             await abort_for(exc, context, "SubscribeToWorkflowEvents")
             return
+        watch = TokenWatch(self.auth, context, lambda: queue.put_nowait(None))
         try:
             while True:
                 event = await queue.get()
+                await watch.check(context)
                 if event is None:
                     yield pb.WorkflowEvent(
                         workflow_run_id=request.workflow_run_id,
@@ -328,6 +334,7 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
                     msg.event_index = event.index
                 yield msg
         finally:
+            watch.cancel()
             unsubscribe()
 
     async def SubscribeToWorkflowRuns(
@@ -339,13 +346,22 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
             await abort_for(exc, context, "SubscribeToWorkflowRuns")
             return
 
+        watch = TokenWatch(self.auth, context, lambda: None)
+
         async def run_ids() -> AsyncIterator[list[str]]:
             async for req in request_iterator:
+                if not await watch.valid():  # a revoked token asks for nothing more
+                    return
                 yield [req.workflow_run_id]
 
-        async for events in watch_runs(self.core, tenant_id, run_ids(), batch=1):
-            for event in events:
-                yield event
+        try:
+            async for events in watch_runs(self.core, tenant_id, run_ids(), batch=1):
+                await watch.check(context)  # nor is told anything more
+                for event in events:
+                    yield event
+            await watch.refuse_if_invalid(context)
+        finally:
+            watch.cancel()
 
 
 _READER_DONE = object()

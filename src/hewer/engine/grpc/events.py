@@ -7,7 +7,7 @@ from typing import Any
 from hewer._proto import events_pb2 as pb
 from hewer._proto import events_pb2_grpc as pb_grpc
 from hewer.domain import LogLine
-from hewer.engine.grpc._common import Servicer, unary
+from hewer.engine.grpc._common import Servicer, caller, unary
 from hewer.errors import InvalidInput
 
 MAX_LOG_CHARS = 10_000
@@ -18,6 +18,8 @@ class EventsServicer(Servicer, pb_grpc.EventsServiceServicer):  # type: ignore[m
     async def PutLog(self, tenant_id: str, request: Any, context: Any) -> Any:
         if not request.task_run_external_id:
             raise InvalidInput("task_run_external_id must not be empty")
+        task_id = request.task_run_external_id
+        await self.core.check_task_caller(tenant_id, task_id, caller())
         created = (
             request.created_at.ToNanoseconds() / 1e9
             if request.HasField("created_at")
@@ -37,6 +39,8 @@ class EventsServicer(Servicer, pb_grpc.EventsServiceServicer):  # type: ignore[m
     async def PutStreamEvent(self, tenant_id: str, request: Any, context: Any) -> Any:
         if not request.task_run_external_id:
             raise InvalidInput("task_run_external_id must not be empty")
+        task_id = request.task_run_external_id
+        await self.core.check_task_caller(tenant_id, task_id, caller())
         await self.core.put_stream_event(
             tenant_id,
             request.task_run_external_id,

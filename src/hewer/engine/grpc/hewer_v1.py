@@ -41,7 +41,7 @@ class WorkerServicer(Servicer, pb_grpc.WorkerServicer):  # type: ignore[misc]
     async def Listen(self, request: Any, context: Any) -> AsyncIterator[Any]:
         try:
             tenant_id = await self.tenant(context)
-            await self.core.check_worker_caller(tenant_id, request.worker_id, caller().token_id)
+            await self.core.check_worker_caller(tenant_id, request.worker_id, caller())
             session = await self.core.open_session(tenant_id, request.worker_id)
         except Exception as exc:
             await abort_for(exc, context, "Listen")
@@ -94,9 +94,9 @@ class WorkerServicer(Servicer, pb_grpc.WorkerServicer):  # type: ignore[misc]
     async def Report(self, tenant_id: str, request: Any, context: Any) -> Any:
         if len(request.events) > MAX_REPORTS_PER_CALL:
             raise InvalidInput(f"at most {MAX_REPORTS_PER_CALL} events per report call")
-        token_id = caller().token_id
+        who = caller()
         for worker_id in sorted({e.worker_id for e in request.events}):
-            await self.core.check_worker_caller(tenant_id, worker_id, token_id)
+            await self.core.check_worker_caller(tenant_id, worker_id, who)
         events = [task_event(tenant_id, e) for e in request.events]
         outcomes = iter(await self.core.task_events([e for e in events if e is not None]))
         response = pb.ReportResults()
@@ -117,11 +117,33 @@ class RunsServicer(Servicer, pb_grpc.RunsServicer):  # type: ignore[misc]
             await abort_for(exc, context, "Wait")
             return
 
+        watch = TokenWatch(self.auth, context, lambda: None)
+
         async def run_ids() -> AsyncIterator[list[str]]:
             async for req in request_iterator:
+                if not await watch.valid():  # a revoked token asks for nothing more
+                    return
                 if len(req.run_ids) > MAX_RUNS_PER_WAIT:
                     raise InvalidInput(f"at most {MAX_RUNS_PER_WAIT} run ids per wait request")
                 yield list(req.run_ids)
 
-        async for events in watch_runs(self.core, tenant_id, run_ids(), batch=MAX_RUNS_PER_WAIT):
-            yield pb.WaitResponse(events=events)
+        budget = (self.core.max_message_bytes or 4 * 1024 * 1024) - _BATCH_OVERHEAD
+        try:
+            async for events in watch_runs(
+                self.core, tenant_id, run_ids(), batch=MAX_RUNS_PER_WAIT
+            ):
+                await watch.check(context)  # nor is told anything more
+                # Bounded messages: events that do not fit together go in the next one.
+                response, size = pb.WaitResponse(), 0
+                for event in events:
+                    n = event.ByteSize() + 8
+                    if response.events and size + n > budget:
+                        yield response
+                        response, size = pb.WaitResponse(), 0
+                    response.events.append(event)
+                    size += n
+                if response.events:
+                    yield response
+            await watch.refuse_if_invalid(context)
+        finally:
+            watch.cancel()
