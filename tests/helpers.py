@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hewer.domain import Changes
+from hewer.engine.core.scopes import Scope
 from hewer.store import SqliteStore
+from hewer.testing import EngineThread
 
 T = TypeVar("T")
 
@@ -55,3 +57,17 @@ class GatedStore(SqliteStore):
             if self.gate is not None and any(self.holds(c) for c in staged):
                 self.entered.set()
                 await self.gate.wait()
+
+
+def scoped_token(engine: EngineThread, scope: Scope, name: str | None = None) -> str:
+    """A new token of the engine's default tenant with ``scope``."""
+    return engine.call(
+        engine.engine.auth.mint(
+            engine.engine.default_tenant_id,
+            name or f"{scope.value}-token",
+            3600,
+            server_url=engine.api_url,
+            grpc_address=engine.address,
+            scope=scope,
+        )
+    )

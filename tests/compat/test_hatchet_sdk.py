@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hewer.testing import EngineThread
-from tests.helpers import wait_for
+from tests.helpers import scoped_token, wait_for
 
 APP = Path(__file__).with_name("hatchet_app.py")
 
@@ -148,16 +148,7 @@ def test_hatchet_worker_runs_with_a_worker_scoped_token(
 ) -> None:
     from hewer.engine.core.scopes import Scope
 
-    token = engine.call(
-        engine.engine.auth.mint(
-            engine.engine.default_tenant_id,
-            "hatchet-worker",
-            3600,
-            server_url=engine.api_url,
-            grpc_address=engine.address,
-            scope=Scope.WORKER,
-        )
-    )
+    token = scoped_token(engine, Scope.WORKER, "hatchet-worker")
     log_path = tmp_path / "scoped-worker.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

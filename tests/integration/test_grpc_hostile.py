@@ -12,11 +12,12 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pool, message_factory
+from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from hewer.engine.grpc.relay import method_shapes
 from hewer.testing import EngineThread
+from tests.grpc_raw import call_raw, input_type
 
 GARBAGE = b"\xff\xfe\xfd\xfc not a message"
 BAD_UTF8 = b"\x0a\x03\xff\xfe\xfd"  # field 1, length 3, bytes that are not UTF-8
@@ -24,12 +25,6 @@ UNKNOWN_ENUM = 97
 BAD_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 INVALID = (grpc.StatusCode.INVALID_ARGUMENT,)
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
-
-
-def _input_type(method: str) -> Descriptor:
-    service_name, _, name = method.strip("/").rpartition("/")
-    service = descriptor_pool.Default().FindServiceByName(service_name)
-    return service.FindMethodByName(name).input_type
 
 
 def _with_unknown_enums(desc: Descriptor, depth: int = 0) -> Any:
@@ -56,31 +51,6 @@ def _with_unknown_enums(desc: Descriptor, depth: int = 0) -> Any:
     return msg
 
 
-def _call(
-    channel: grpc.Channel, method: str, payload: bytes, metadata: list[tuple[str, str]]
-) -> grpc.StatusCode:
-    client_streams, server_streams = method_shapes()[method]
-    identity = (lambda b: b, lambda b: b)
-    try:
-        if not client_streams and not server_streams:
-            channel.unary_unary(method, *identity)(payload, metadata=metadata, timeout=10)
-        elif not client_streams:
-            for _ in channel.unary_stream(method, *identity)(
-                payload, metadata=metadata, timeout=3
-            ):
-                break
-        elif not server_streams:
-            channel.stream_unary(method, *identity)(iter([payload]), metadata=metadata, timeout=10)
-        else:
-            for _ in channel.stream_stream(method, *identity)(
-                iter([payload]), metadata=metadata, timeout=3
-            ):
-                break
-    except grpc.RpcError as exc:
-        return exc.code()  # type: ignore[no-any-return]
-    return grpc.StatusCode.OK
-
-
 @pytest.fixture
 def channel(engine: EngineThread) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(engine.address) as ch:
@@ -95,15 +65,15 @@ def test_undecodable_requests_are_invalid_argument_on_every_method(
     assert len(methods) > 20
     with caplog.at_level(logging.INFO):
         for method in methods:
-            first = _input_type(method).fields_by_number.get(1)
+            first = input_type(method).fields_by_number.get(1)
             # Field 1 as a string holding invalid UTF-8 is undecodable; for other messages
             # the same bytes are some other (or an unknown) field, which must parse.
             bad_utf8 = first is not None and first.type == FieldDescriptor.TYPE_STRING
             # Without a token, a stream may be refused before its first message is read.
             for metadata, refused in ((md, INVALID), ([], (*INVALID, UNAUTHENTICATED))):
-                code = _call(channel, method, GARBAGE, metadata)
+                code = call_raw(channel, method, GARBAGE, metadata)
                 assert code in refused, (method, metadata, code)
-                code = _call(channel, method, BAD_UTF8, metadata)
+                code = call_raw(channel, method, BAD_UTF8, metadata)
                 if bad_utf8:
                     assert code in refused, (method, metadata, code)
                 else:
@@ -117,8 +87,8 @@ def test_unknown_enum_values_get_a_clear_status_on_every_method(
     md = [("authorization", f"bearer {engine.token}")]
     with caplog.at_level(logging.INFO):
         for method in sorted(method_shapes()):
-            request = _with_unknown_enums(_input_type(method))
-            code = _call(channel, method, request.SerializeToString(), md)
+            request = _with_unknown_enums(input_type(method))
+            code = call_raw(channel, method, request.SerializeToString(), md)
             assert code not in BAD_CODES, (method, code)
     assert not [r for r in caplog.records if r.exc_info], [
         r.getMessage() for r in caplog.records if r.exc_info

@@ -21,7 +21,7 @@ import yaml
 from hewer import Context, Hewer
 from hewer.engine.core.scopes import Scope
 from hewer.testing import EngineThread
-from tests.helpers import wait_for
+from tests.helpers import scoped_token, wait_for
 from tests.integration.test_rest import tenant
 
 KEDA_YAML = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "keda.yaml"
@@ -131,16 +131,7 @@ def test_keda_scales_the_worker_with_the_queue_from_zero_to_max_and_back(
     engine: EngineThread, client: Hewer, in_process_worker: Any
 ) -> None:
     # What KEDA holds: a read-only token (the manifests' Secret hewer-read-token).
-    read_token = engine.call(
-        engine.engine.auth.mint(
-            engine.engine.default_tenant_id,
-            "keda",
-            3600,
-            server_url=engine.api_url,
-            grpc_address=engine.address,
-            scope=Scope.READ,
-        )
-    )
+    read_token = scoped_token(engine, Scope.READ, "keda")
     keda = Keda(engine, {("hewer-read-token", "token"): read_token})
     # The task the triggers watch: the one they name in taskNames (zeros while idle).
     (task_name,) = {parse_qs(urlsplit(t.url).query)["taskNames"][0] for t in keda.triggers.values()}

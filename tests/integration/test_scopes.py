@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pool, message_factory
+from google.protobuf import message_factory
 
 from hewer import Context, Hewer
 from hewer._proto import workflows_pb2_grpc as wg
@@ -18,53 +18,21 @@ from hewer._proto.v1.shared import trigger_pb2 as w0
 from hewer.engine.core.scopes import GRANTS, METHODS, SPAWNING, Permission, Scope
 from hewer.engine.grpc.relay import method_shapes
 from hewer.testing import EngineThread
-from tests.helpers import wait_for
+from tests.grpc_raw import call_raw, input_type
+from tests.helpers import scoped_token, wait_for
 from tests.integration.test_rest import http, park_workflow, tenant
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 
 
 def mint(engine: EngineThread, scope: Scope) -> str:
-    return engine.call(
-        engine.engine.auth.mint(
-            tenant(engine),
-            f"{scope.value}-token",
-            3600,
-            server_url=engine.api_url,
-            grpc_address=engine.address,
-            scope=scope,
-        )
-    )
-
-
-def _empty(method: str) -> bytes:
-    service_name, _, name = method.strip("/").rpartition("/")
-    service = descriptor_pool.Default().FindServiceByName(service_name)
-    desc = service.FindMethodByName(name).input_type
-    return bytes(message_factory.GetMessageClass(desc)().SerializeToString())
+    return scoped_token(engine, scope)
 
 
 def _code(channel: grpc.Channel, method: str, token: str) -> grpc.StatusCode:
-    client_streams, server_streams = method_shapes()[method]
-    identity = (lambda b: b, lambda b: b)
+    empty = message_factory.GetMessageClass(input_type(method))().SerializeToString()
     md = [("authorization", f"bearer {token}")]
-    payload = _empty(method)
-    try:
-        if not client_streams and not server_streams:
-            channel.unary_unary(method, *identity)(payload, metadata=md, timeout=2)
-        elif not client_streams:
-            for _ in channel.unary_stream(method, *identity)(payload, metadata=md, timeout=1):
-                break
-        elif not server_streams:
-            channel.stream_unary(method, *identity)(iter([payload]), metadata=md, timeout=2)
-        else:
-            for _ in channel.stream_stream(method, *identity)(
-                iter([payload]), metadata=md, timeout=1
-            ):
-                break
-    except grpc.RpcError as exc:
-        return exc.code()  # type: ignore[no-any-return]
-    return grpc.StatusCode.OK
+    return call_raw(channel, method, empty, md, timeout=2, stream_timeout=1)
 
 
 @pytest.fixture
