@@ -49,6 +49,19 @@ class Stubs:
             metadata=self.md,
         )
 
+    def complete(self, worker_id: str, action: Any, payload: str) -> None:
+        """Report ``action``'s attempt COMPLETED with ``payload``, as its worker."""
+        self.dispatcher.SendStepActionEvent(
+            d.StepActionEvent(
+                worker_id=worker_id,
+                task_run_external_id=action.task_run_external_id,
+                retry_count=action.retry_count,
+                event_type=d.STEP_EVENT_TYPE_COMPLETED,
+                event_payload=payload,
+            ),
+            metadata=self.md,
+        )
+
     def trigger(self, name: str = "edge", input: str = "{}", **kw: Any) -> str:
         resp = self.workflows.TriggerWorkflow(
             tr.TriggerWorkflowRequest(name=name, input=input, **kw), metadata=self.md
@@ -251,16 +264,7 @@ def test_a_worker_id_is_only_good_with_the_token_it_registered_with(
         assert code is grpc.StatusCode.PERMISSION_DENIED, (label, code)
         assert "another token" in details, label
     # The real worker kept its stream and its task: its own report completes the run.
-    stubs.dispatcher.SendStepActionEvent(
-        d.StepActionEvent(
-            worker_id=worker_id,
-            task_run_external_id=action.task_run_external_id,
-            retry_count=action.retry_count,
-            event_type=d.STEP_EVENT_TYPE_COMPLETED,
-            event_payload='{"real": true}',
-        ),
-        metadata=stubs.md,
-    )
+    stubs.complete(worker_id, action, '{"real": true}')
 
     def done() -> Any:
         details = stubs.admin.GetRunDetails(
@@ -437,16 +441,7 @@ def test_a_task_whose_parents_outputs_cannot_be_sent_fails_saying_why(
     big = json.dumps({"blob": "y" * (LIMIT * 2 // 3)})
     for _ in range(2):
         action = next(listen)
-        stubs.dispatcher.SendStepActionEvent(
-            d.StepActionEvent(
-                worker_id=worker.worker_id,
-                task_run_external_id=action.task_run_external_id,
-                retry_count=action.retry_count,
-                event_type=d.STEP_EVENT_TYPE_COMPLETED,
-                event_payload=big,
-            ),
-            metadata=stubs.md,
-        )
+        stubs.complete(worker.worker_id, action, big)
 
     engine = small_engine
     tenant = engine.engine.default_tenant_id
@@ -525,16 +520,7 @@ def test_an_output_that_cannot_be_stored_fails_its_task_with_the_reason(stubs: S
     ):
         run_id = stubs.trigger()
         action = next(listen)
-        stubs.dispatcher.SendStepActionEvent(
-            d.StepActionEvent(
-                worker_id=worker.worker_id,
-                task_run_external_id=action.task_run_external_id,
-                retry_count=action.retry_count,
-                event_type=d.STEP_EVENT_TYPE_COMPLETED,
-                event_payload=payload,
-            ),
-            metadata=stubs.md,
-        )
+        stubs.complete(worker.worker_id, action, payload)
 
         def failed(run_id: str = run_id) -> Any:
             details = stubs.admin.GetRunDetails(
@@ -558,16 +544,7 @@ def test_subscriptions_answer_finished_and_unknown_runs(stubs: Stubs) -> None:
     )
     action = next(iter(listen))
     assert json.loads(action.action_payload)["input"] == {"v": 1}
-    stubs.dispatcher.SendStepActionEvent(
-        d.StepActionEvent(
-            worker_id=worker.worker_id,
-            task_run_external_id=action.task_run_external_id,
-            retry_count=action.retry_count,
-            event_type=d.STEP_EVENT_TYPE_COMPLETED,
-            event_payload='{"done": true}',
-        ),
-        metadata=stubs.md,
-    )
+    stubs.complete(worker.worker_id, action, '{"done": true}')
     listen.cancel()
 
     def finished() -> bool:

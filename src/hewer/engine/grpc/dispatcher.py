@@ -152,13 +152,12 @@ _FRAME_BYTES = 1024
 
 
 async def deliverable(
-    core: EngineCore, tenant_id: str, worker_id: str, action: Action, msg: Any
+    core: EngineCore, tenant_id: str, worker_id: str, action: Action, size: int
 ) -> bool:
-    """Whether ``msg`` fits in a message to the worker. One that does not (a task whose
-    parents' outputs together exceed the limit) would break the stream at every attempt:
-    the task fails at once, saying why."""
+    """Whether an assignment of ``size`` bytes fits in a message to the worker. One that
+    does not (a task whose parents' outputs together exceed the limit) would break the
+    stream at every attempt: the task fails at once, saying why."""
     limit = core.max_message_bytes
-    size = msg.ByteSize()
     if limit is None or action.info is None or size <= limit - _FRAME_BYTES:
         return True
     reason = (
@@ -244,7 +243,8 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
                 if action is None:
                     break
                 msg = assigned_action(tenant_id, action)
-                if await deliverable(self.core, tenant_id, request.worker_id, action, msg):
+                size = msg.ByteSize()
+                if await deliverable(self.core, tenant_id, request.worker_id, action, size):
                     yield msg
         finally:
             watch.cancel()

@@ -71,11 +71,10 @@ class WorkerServicer(Servicer, pb_grpc.WorkerServicer):  # type: ignore[misc]
                 size = 0
                 for action in actions:
                     msg = assigned_action(tenant_id, action)
-                    if not await deliverable(
-                        self.core, tenant_id, request.worker_id, action, msg
-                    ):
+                    n = msg.ByteSize()
+                    if not await deliverable(self.core, tenant_id, request.worker_id, action, n):
                         continue
-                    n = msg.ByteSize() + 8
+                    n += 8
                     if batch.actions and size + n > budget:
                         # Bounded messages: what does not fit goes in the next one.
                         yield batch
