@@ -310,9 +310,13 @@ class TaskDef:
     desired_labels: tuple[DesiredLabel, ...] = ()
     concurrency: tuple[ConcurrencySpec, ...] = ()
     rate_limits: tuple[RateLimitSpec, ...] = ()
+    # The workflow's on-failure task: no parents, queued only once the other tasks are all
+    # done and one of them failed (skipped otherwise).
+    on_failure: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "on_failure": self.on_failure,
             "rate_limits": [r.to_json() for r in self.rate_limits],
             "desired_labels": [d.to_json() for d in self.desired_labels],
             "concurrency": [c.to_json() for c in self.concurrency],
@@ -342,6 +346,7 @@ class TaskDef:
             desired_labels=tuple(DesiredLabel.from_json(d) for d in data.get("desired_labels", ())),
             concurrency=tuple(ConcurrencySpec.from_json(c) for c in data.get("concurrency", ())),
             rate_limits=tuple(RateLimitSpec.from_json(r) for r in data.get("rate_limits", ())),
+            on_failure=bool(data.get("on_failure", False)),
         )
 
 
@@ -358,6 +363,10 @@ class Workflow:
     default_priority: int = defaults.DEFAULT_PRIORITY
     sticky: StickyStrategy | None = None
     concurrency: tuple[ConcurrencySpec, ...] = ()  # workflow-level, applied in order
+    event_triggers: tuple[str, ...] = ()  # event keys that start a run
+    cron_triggers: tuple[str, ...] = ()  # cron expressions declared with the workflow
+    cron_input: str | None = None  # the input of runs its declared crons start (JSON)
+    idempotency: IdempotencySpec | None = None
     steps: Mapping[str, TaskDef] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -373,7 +382,15 @@ class Workflow:
             "default_priority": self.default_priority,
             "sticky": self.sticky,
             "concurrency": [c.to_json() for c in self.concurrency],
+            "event_triggers": list(self.event_triggers),
+            "cron_triggers": list(self.cron_triggers),
+            "cron_input": self.cron_input,
+            "idempotency": self.idempotency.to_json() if self.idempotency else None,
         }
+
+    @property
+    def on_failure(self) -> TaskDef | None:
+        return next((t for t in self.tasks if t.on_failure), None)
 
     @classmethod
     def from_definition(
@@ -388,7 +405,121 @@ class Workflow:
             data["default_priority"],
             StickyStrategy(data["sticky"]) if data.get("sticky") else None,
             tuple(ConcurrencySpec.from_json(c) for c in data.get("concurrency", ())),
+            tuple(data.get("event_triggers", ())),
+            tuple(data.get("cron_triggers", ())),
+            data.get("cron_input"),
+            IdempotencySpec.from_json(data["idempotency"]) if data.get("idempotency") else None,
         )
+
+
+class IdempotencyMethod(StrEnum):
+    TTL = "ttl"  # a key used once is refused until its TTL has passed
+    STATUS = "status"  # refused while the run that used it is unfinished (TTL as a bound)
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencySpec:
+    """A workflow's idempotency: a CEL expression over the input gives each run's key."""
+
+    expression: str
+    ttl_s: float
+    method: IdempotencyMethod = IdempotencyMethod.TTL
+
+    def to_json(self) -> dict[str, Any]:
+        return {"expression": self.expression, "ttl_s": self.ttl_s, "method": str(self.method)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> IdempotencySpec:
+        return cls(data["expression"], float(data["ttl_s"]), IdempotencyMethod(data["method"]))
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """The key a new run takes (refused while another run of the workflow holds it)."""
+
+    workflow_id: str
+    key: str
+    expires_at: float
+    method: IdempotencyMethod
+
+
+@dataclass(slots=True, eq=False)
+class IdempotencyRow:
+    """Who holds a key: the run that took it, until when, and whether that run finished."""
+
+    tenant_id: str
+    workflow_id: str
+    key: str
+    run_id: str
+    expires_at: float
+    method: str
+    run_finished: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RunLinks:
+    """Where a run came from: the task that spawned it (a child run), or the event that
+    triggered it."""
+
+    parent_run_id: str | None = None
+    parent_task_id: str | None = None
+    child_index: int | None = None
+    child_key: str | None = None
+    event_id: str | None = None
+    event_key: str | None = None
+    triggered_by: str = "manual"  # manual | event | cron | schedule
+
+
+NO_LINKS = RunLinks()
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A pushed event, kept as it arrived."""
+
+    id: str
+    tenant_id: str
+    key: str
+    payload: str  # a JSON object's text
+    additional_metadata: str | None
+    priority: int | None
+    scope: str | None
+    created_at: float
+
+
+@dataclass(slots=True, eq=False)
+class ScheduleRecord:
+    """A run to start once at ``trigger_at``; ``run_id`` is set when it fired."""
+
+    id: str
+    tenant_id: str
+    workflow_name: str
+    trigger_at: float
+    input: str
+    additional_metadata: str | None
+    priority: int | None
+    created_at: float
+    run_id: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class CronRecord:
+    """A run to start at every tick of a cron expression. ``next_at`` is the next tick to
+    fire; ``declared`` crons come with their workflow's definition (named by expression),
+    the others were created at run time."""
+
+    id: str
+    tenant_id: str
+    workflow_name: str
+    name: str
+    expression: str
+    input: str
+    additional_metadata: str | None
+    priority: int | None
+    created_at: float
+    next_at: float
+    declared: bool = False
+    enabled: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +536,8 @@ class NewRun:
     desired_worker_id: str | None = None  # a sticky child run starts on its parent's worker
     gates: tuple[tuple[GateClaim, ...], ...] = ()  # per task (same order as task_ids)
     rates: tuple[tuple[RateClaim, ...], ...] = ()  # per task (same order as task_ids)
+    links: RunLinks = NO_LINKS
+    idempotency: IdempotencyClaim | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,6 +589,8 @@ class DispatchInfo:
     input: str  # the run's input, a JSON object's text
     parents: Mapping[str, str]  # readable id -> output JSON text, of the parents it depends on
     additional_metadata: str | None
+    links: RunLinks = NO_LINKS
+    errors: Mapping[str, str] | None = None  # an on-failure task's: failed task -> error
 
 
 @dataclass(frozen=True, slots=True)
@@ -663,6 +798,25 @@ class RunRow:
     desired_labels: str | None = None  # the trigger's, as JSON; they win over the tasks'
     created_at: float = 0.0
     finished_at: float | None = None
+    parent_run_id: str | None = None
+    parent_task_id: str | None = None
+    child_index: int | None = None
+    child_key: str | None = None
+    event_id: str | None = None
+    event_key: str | None = None
+    triggered_by: str = "manual"
+
+    @property
+    def links(self) -> RunLinks:
+        return RunLinks(
+            self.parent_run_id,
+            self.parent_task_id,
+            self.child_index,
+            self.child_key,
+            self.event_id,
+            self.event_key,
+            self.triggered_by,
+        )
 
 
 @dataclass(slots=True, eq=False)
@@ -710,15 +864,33 @@ class Keys:
     run_ids: set[str] = field(default_factory=set)  # runs by id, with all their tasks
     running_on: set[str] = field(default_factory=set)  # workers: their running tasks
     attempts_of: set[str] = field(default_factory=set)  # workers: slot-holding/lost attempts
+    schedule_ids: set[str] = field(default_factory=set)  # scheduled runs by id
+    cron_ids: set[str] = field(default_factory=set)  # crons by id
+    # (tenant, parent task, child key): runs already spawned under that key
+    child_keys: set[tuple[str, str, str]] = field(default_factory=set)
+    idempotency_keys: set[tuple[str, str, str]] = field(default_factory=set)  # (t, wf, key)
 
     def __bool__(self) -> bool:
-        return bool(self.task_ids or self.run_ids or self.running_on or self.attempts_of)
+        return bool(
+            self.task_ids
+            or self.run_ids
+            or self.running_on
+            or self.attempts_of
+            or self.schedule_ids
+            or self.cron_ids
+            or self.child_keys
+            or self.idempotency_keys
+        )
 
     def merge(self, other: Keys) -> None:
         self.task_ids |= other.task_ids
         self.run_ids |= other.run_ids
         self.running_on |= other.running_on
         self.attempts_of |= other.attempts_of
+        self.schedule_ids |= other.schedule_ids
+        self.cron_ids |= other.cron_ids
+        self.child_keys |= other.child_keys
+        self.idempotency_keys |= other.idempotency_keys
 
 
 @dataclass(slots=True)
@@ -736,6 +908,10 @@ class Changes:
     heartbeats: dict[str, float] = field(default_factory=dict)
     worker_labels: dict[str, dict[str, str | int]] = field(default_factory=dict)
     logs: list[tuple[str, LogLine]] = field(default_factory=list)
+    new_events: list[EventRecord] = field(default_factory=list)
+    schedules_fired: dict[str, str] = field(default_factory=dict)  # schedule id -> run id
+    cron_next: dict[str, float] = field(default_factory=dict)  # cron id -> next tick
+    idempotency: list[IdempotencyRow] = field(default_factory=list)  # keys taken (upserted)
 
     def task(self, row: TaskRow) -> None:
         """Mark a loaded (or new) task row changed."""
@@ -765,6 +941,10 @@ class Changes:
                 self.heartbeats,
                 self.worker_labels,
                 self.logs,
+                self.new_events,
+                self.schedules_fired,
+                self.cron_next,
+                self.idempotency,
             )
         )
 
@@ -784,6 +964,11 @@ class WorkingSet:
     changes: Changes = field(default_factory=Changes)
     # Tasks whose slot-holding attempts are in ``attempts`` (all of them, if any).
     attempts_known: set[str] = field(default_factory=set)
+    schedules: dict[str, ScheduleRecord] = field(default_factory=dict)
+    crons: dict[str, CronRecord] = field(default_factory=dict)
+    # (tenant, parent task, child key) -> the run spawned under it (None: there is none)
+    children: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
+    idempotency: dict[tuple[str, str, str], IdempotencyRow] = field(default_factory=dict)
 
     def add_run(self, run: RunRow, tasks: list[TaskRow]) -> None:
         """A run created in this batch."""

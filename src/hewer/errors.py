@@ -26,6 +26,38 @@ class TooLarge(HewerError):
     """An answer would exceed the message size limit."""
 
 
+class AlreadyExists(HewerError):
+    """An object of that name (or key) exists already."""
+
+
+class IdempotencyCollision(AlreadyExists):
+    """Runs refused because another run of their workflow holds their idempotency key:
+    ``collisions`` pairs (existing run id, refused run id); the rest of the trigger
+    (``created``) went through."""
+
+    def __init__(self, created: list[str], collisions: list[tuple[str, str]]) -> None:
+        super().__init__("idempotency key collision")
+        self.created = created
+        self.collisions = collisions
+
+
+class IdempotencyCollisionError(HewerError):
+    """A trigger refused (client side): another run of the workflow holds its idempotency
+    key. ``existing_run_ids``: the runs holding the keys; ``created_run_ids``: the runs of a
+    bulk trigger that went through."""
+
+    def __init__(
+        self, message: str, existing_run_ids: list[str], created_run_ids: list[str]
+    ) -> None:
+        super().__init__(message)
+        self.existing_run_ids = existing_run_ids
+        self.created_run_ids = created_run_ids
+
+    @property
+    def existing_run_id(self) -> str | None:
+        return self.existing_run_ids[0] if self.existing_run_ids else None
+
+
 class NotSupported(HewerError):
     """The request uses a feature this engine does not implement yet."""
 

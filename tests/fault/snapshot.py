@@ -72,6 +72,13 @@ class StoreReader:
         future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return future.result(timeout)
 
+    call = _call
+
+    @property
+    def store(self) -> Store:
+        """The store, for reads through ``call`` (the store's methods are coroutines)."""
+        return self._store
+
     def state(self) -> dict[str, list[dict[str, Any]]]:
         return self._call(read_state(self._store))
 

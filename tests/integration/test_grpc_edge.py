@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from hewer._proto import dispatcher_pb2 as d
 from hewer._proto import dispatcher_pb2_grpc as dg
@@ -475,15 +476,39 @@ def test_a_task_whose_parents_outputs_cannot_be_sent_fails_saying_why(
 
 def test_unimplemented_methods_say_so(stubs: Stubs) -> None:
     code, _ = code_of(
-        lambda: stubs.events.Push(ev.PushEventRequest(key="k", payload="{}"), metadata=stubs.md)
+        lambda: stubs.events.ReplaySingleEvent(
+            ev.ReplayEventRequest(event_id="e"), metadata=stubs.md
+        )
     )
     assert code is grpc.StatusCode.UNIMPLEMENTED
-    code, _ = code_of(
+
+
+def test_bad_pushes_and_schedules_are_refused(stubs: Stubs) -> None:
+    code, details = code_of(
+        lambda: stubs.events.Push(ev.PushEventRequest(key="", payload="{}"), metadata=stubs.md)
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "key" in details
+    code, details = code_of(
+        lambda: stubs.events.Push(ev.PushEventRequest(key="k", payload="[1]"), metadata=stubs.md)
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "JSON object" in details
+    code, details = code_of(
+        lambda: stubs.events.BulkPush(ev.BulkPushEventRequest(), metadata=stubs.md)
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    code, details = code_of(
         lambda: stubs.workflows.ScheduleWorkflow(
             w0.ScheduleWorkflowRequest(name="edge"), metadata=stubs.md
         )
     )
-    assert code is grpc.StatusCode.UNIMPLEMENTED
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "time" in details
+    code, details = code_of(
+        lambda: stubs.workflows.ScheduleWorkflow(
+            w0.ScheduleWorkflowRequest(name="no-such", schedules=[Timestamp(seconds=1)]),
+            metadata=stubs.md,
+        )
+    )
+    assert code is grpc.StatusCode.NOT_FOUND
 
 
 def test_heartbeat_without_stream_asks_for_reconnect(stubs: Stubs) -> None:

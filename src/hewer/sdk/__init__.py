@@ -15,10 +15,16 @@ from hewer.sdk._controls import (
     RateLimitDuration,
     WorkerLabelComparator,
 )
-from hewer.sdk._options import TaskOptions, WorkflowOptions
+from hewer.sdk._options import (
+    StatusBasedIdempotencyConfig,
+    TaskOptions,
+    TTLBasedIdempotencyConfig,
+    WorkflowOptions,
+)
 from hewer.sdk._rate_limits import RateLimits
 from hewer.sdk._task import RunRef, StandaloneTask, Task, Workflow
 from hewer.sdk._time import Clock, SystemClock
+from hewer.sdk._triggers import Cron, Crons, Event, EventPush, Events, Scheduled, ScheduledRun
 from hewer.sdk._worker import Worker
 
 __all__ = [
@@ -27,16 +33,25 @@ __all__ = [
     "ConcurrencyLimitStrategy",
     "Connection",
     "Context",
+    "Cron",
+    "Crons",
     "DesiredWorkerLabel",
+    "Event",
+    "EventPush",
+    "Events",
     "Hewer",
     "RateLimit",
     "RateLimitDuration",
     "RateLimits",
     "RunFilter",
     "RunRef",
+    "Scheduled",
+    "ScheduledRun",
     "StandaloneTask",
+    "StatusBasedIdempotencyConfig",
     "StickyStrategy",
     "SystemClock",
+    "TTLBasedIdempotencyConfig",
     "Task",
     "TaskOptions",
     "Worker",

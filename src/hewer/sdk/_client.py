@@ -16,11 +16,18 @@ from hewer.config import ClientSettings
 from hewer.domain import StickyStrategy
 from hewer.sdk._admin import Metrics, Workers
 from hewer.sdk._core import ClientCore
-from hewer.sdk._options import TaskKwargs, TaskOptions, WorkflowKwargs, WorkflowOptions
+from hewer.sdk._options import (
+    IdempotencyConfig,
+    TaskKwargs,
+    TaskOptions,
+    WorkflowKwargs,
+    WorkflowOptions,
+)
 from hewer.sdk._rate_limits import RateLimits
 from hewer.sdk._runs_api import Runs
 from hewer.sdk._task import StandaloneDecorator, StandaloneTask, Workflow
 from hewer.sdk._time import SYSTEM_CLOCK, Clock
+from hewer.sdk._triggers import Crons, Events, Scheduled
 from hewer.sdk._worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -62,6 +69,13 @@ class Hewer(ClientCore):
         """Static rate-limit keys: ``put(key, limit, duration)``."""
         self.metrics = Metrics(self)
         """Queue depths per task: ``task_stats([names])``, ``queued([names])``."""
+        self.events = Events(self)
+        """Push events: ``push(key, payload)``, ``bulk_push([EventPush(...)])``."""
+        self.scheduled = Scheduled(self)
+        """Runs at a time: ``create``, ``list``, ``get``, ``delete``."""
+        self.crons = Crons(self)
+        """Runs at every tick of a cron expression: ``create``, ``list``, ``get``,
+        ``delete``."""
 
     # --- declarations --------------------------------------------------------------------
 
@@ -71,18 +85,31 @@ class Hewer(ClientCore):
         name: str | None = None,
         default_priority: int | None = None,
         sticky: StickyStrategy | None = None,
+        on_events: Sequence[str] = (),
+        on_crons: Sequence[str] = (),
+        cron_input: Mapping[str, Any] | None = None,
+        idempotency: IdempotencyConfig | None = None,
         **options: Unpack[TaskKwargs],
     ) -> StandaloneDecorator:
         """Decorator making a function a standalone task (a one-task workflow).
 
         ``name`` defaults to the function name; ``default_priority`` and ``sticky`` apply to
-        its workflow, the other options are those of ``TaskOptions`` (``concurrency`` limits
-        the task itself, as hatchet-sdk does).
+        its workflow, as do ``on_events`` (event keys that start a run, the event's payload
+        as input), ``on_crons`` (cron expressions, UTC) and ``cron_input``; the other options
+        are those of ``TaskOptions`` (``concurrency`` limits the task itself, as hatchet-sdk
+        does).
         """
         opts = TaskOptions(**options)
+        workflow_options = WorkflowKwargs(
+            default_priority=default_priority,
+            sticky=sticky,
+            on_events=on_events,
+            on_crons=on_crons,
+            cron_input=cron_input,
+            idempotency=idempotency,
+        )
         # Checked now, so a bad value fails where the decorator is written.
-        WorkflowOptions(default_priority=default_priority, sticky=sticky)
-        workflow_options = WorkflowKwargs(default_priority=default_priority, sticky=sticky)
+        WorkflowOptions(**workflow_options)
 
         def decorate(fn: Callable[..., Any]) -> StandaloneTask[Any, Any]:
             task_name = name or str(getattr(fn, "__name__", ""))

@@ -99,11 +99,15 @@ class Context:
         services: TaskServices,
         input: Mapping[str, Any] | None = None,
         parents: Mapping[str, Any] | None = None,
+        errors: Mapping[str, str] | None = None,
+        triggered_by: str | None = None,
     ) -> None:
         self._action = action
         self._services = services
         self._input: dict[str, Any] = dict(input or {})
         self._parents: dict[str, Any] = dict(parents or {})
+        self._errors: dict[str, str] = dict(errors or {})
+        self._triggered_by = triggered_by or "manual"
         self._stream_index = 0
         self._stream_lock = threading.Lock()
         self._child_index = 0
@@ -173,6 +177,41 @@ class Context:
     def additional_metadata(self) -> dict[str, Any]:
         """Metadata the run was triggered with."""
         return metadata_object(self._action.additional_metadata)
+
+    @property
+    def triggered_by(self) -> str:
+        """What started the run: "manual" (a trigger), "event", "cron" or "schedule"."""
+        return self._triggered_by
+
+    @property
+    def triggering_event_id(self) -> str | None:
+        """Id of the event that started the run (None unless ``triggered_by`` is "event")."""
+        return self._action.triggering_event_id
+
+    @property
+    def triggering_event_key(self) -> str | None:
+        """Key of the event that started the run."""
+        return self._action.triggering_event_key
+
+    @property
+    def parent_workflow_run_id(self) -> str | None:
+        """Id of the run whose task triggered this run (None for a top-level run)."""
+        return self._action.parent_workflow_run_id
+
+    @property
+    def child_index(self) -> int:
+        """This run's place among the children its parent task triggered (0, 1, ...)."""
+        return self._action.child_index
+
+    @property
+    def child_key(self) -> str | None:
+        """The ``child_key`` its parent task triggered this run with."""
+        return self._action.child_key
+
+    @property
+    def task_run_errors(self) -> dict[str, str]:
+        """In an on-failure task: ``{task name: error}`` of the tasks that failed."""
+        return dict(self._errors)
 
     @property
     def workflow_input(self) -> dict[str, Any]:

@@ -115,12 +115,38 @@ class TaskOptions:
         return int(seconds) + (0 if seconds == int(seconds) else 1)
 
 
+@dataclass(frozen=True)
+class TTLBasedIdempotencyConfig:
+    """Runs whose ``key_expression`` (CEL over ``input`` and ``additional_metadata``) gives
+    a key used by another run of the workflow within ``ttl`` are refused
+    (``IdempotencyCollisionError`` names that run)."""
+
+    key_expression: str
+    ttl: timedelta
+
+
+@dataclass(frozen=True)
+class StatusBasedIdempotencyConfig:
+    """Runs whose key another run of the workflow holds are refused while that run is
+    unfinished (and at most for ``fallback_ttl``)."""
+
+    key_expression: str
+    fallback_ttl: timedelta
+
+
+IdempotencyConfig = TTLBasedIdempotencyConfig | StatusBasedIdempotencyConfig
+
+
 class WorkflowKwargs(TypedDict, total=False):
     """Keyword options of ``hw.workflow(...)``; see ``WorkflowOptions``."""
 
     default_priority: int | None
     sticky: StickyStrategy | None
     concurrency: ConcurrencyArg
+    on_events: Sequence[str]
+    on_crons: Sequence[str]
+    cron_input: Mapping[str, Any] | None
+    idempotency: IdempotencyConfig | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,9 +159,35 @@ class WorkflowOptions:
     """Keep a run's tasks on one worker (SOFT: preferably, HARD: only)."""
     concurrency: ConcurrencyArg = None
     """Limits on runs of this workflow at once (as ``TaskOptions.concurrency``)."""
+    on_events: Sequence[str] = ()
+    """Event keys that start a run (with the event's payload as input; namespaced)."""
+    on_crons: Sequence[str] = ()
+    """Cron expressions (UTC; 5 fields, or 6 with seconds first) that start a run at every
+    tick."""
+    cron_input: Mapping[str, Any] | None = None
+    """The input of the runs ``on_crons`` start."""
+    idempotency: IdempotencyConfig | None = None
+    """Refuse runs whose key another run holds (``TTLBasedIdempotencyConfig`` or
+    ``StatusBasedIdempotencyConfig``)."""
 
     def __post_init__(self) -> None:
         check_priority(self.default_priority)
+        for label, values in (("on_events", self.on_events), ("on_crons", self.on_crons)):
+            if isinstance(values, str) or not all(isinstance(v, str) and v.strip() for v in values):
+                raise ConfigurationError(f"{label} must be a list of non-empty strings")
+            object.__setattr__(self, label, tuple(values))
+        if self.cron_input is not None and not isinstance(self.cron_input, Mapping):
+            raise ConfigurationError("cron_input must be a mapping")
+        idem = self.idempotency
+        if idem is not None:
+            if not isinstance(idem, TTLBasedIdempotencyConfig | StatusBasedIdempotencyConfig):
+                raise ConfigurationError(
+                    "idempotency must be a TTLBasedIdempotencyConfig or a "
+                    "StatusBasedIdempotencyConfig"
+                )
+            ttl = idem.ttl if isinstance(idem, TTLBasedIdempotencyConfig) else idem.fallback_ttl
+            if not idem.key_expression.strip() or ttl.total_seconds() <= 0:
+                raise ConfigurationError("idempotency needs a key expression and a positive TTL")
         if self.sticky is not None:
             object.__setattr__(self, "sticky", coerce_enum(StickyStrategy, self.sticky, "sticky"))
         object.__setattr__(self, "concurrency", concurrency_chain(self.concurrency, "concurrency"))
@@ -157,12 +209,15 @@ class TriggerKwargs(TypedDict, total=False):
       ``desired_worker_labels``.
     - ``sticky``: only from inside a task: run the child on this task's worker (the child
       workflow should declare a sticky strategy).
+    - ``child_key``: only from inside a task: a child triggered again with the same key by
+      the same task is not started again; the trigger returns the first one's run id.
     """
 
     additional_metadata: Mapping[str, Any] | None
     priority: int | None
     desired_worker_labels: Mapping[str, DesiredWorkerLabel] | None
     sticky: bool
+    child_key: str | None
 
 
 def check_priority(priority: int | None) -> int | None:

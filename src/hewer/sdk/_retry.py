@@ -9,8 +9,16 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import TypeVar
 
 import grpc
+from google.rpc import status_pb2  # type: ignore[import-untyped]
 
-from hewer.errors import ConfigurationError, HewerError, InvalidInput, NotFound
+from hewer._proto.v1 import workflows_pb2 as v1_workflows_pb2
+from hewer.errors import (
+    ConfigurationError,
+    HewerError,
+    IdempotencyCollisionError,
+    InvalidInput,
+    NotFound,
+)
 from hewer.sdk._connection import status_code, status_details
 from hewer.sdk._time import CALL_BACKOFF, SYSTEM_CLOCK, Backoff, Clock
 
@@ -95,6 +103,36 @@ async def aio_call_with_retry(
             await sleep(delay)
 
 
+COLLISION = "idempotency key collision"
+
+
+def collision(exc: grpc.RpcError, what: str) -> IdempotencyCollisionError:
+    """The run(s) an idempotency key collision names, from the status detail."""
+    existing: list[str] = []
+    created: list[str] = []
+    trailer = getattr(exc, "trailing_metadata", None)
+    raw = (
+        next(
+            (v for k, v in (trailer() or ()) if k == "grpc-status-details-bin"),
+            None,
+        )
+        if callable(trailer)
+        else None
+    )
+    details = status_pb2.Status.FromString(raw).details if isinstance(raw, bytes) else ()
+    for detail in details:
+        single = v1_workflows_pb2.IdempotencyCollisionError()
+        bulk = v1_workflows_pb2.BulkTriggerIdempotencyCollisionError()
+        if detail.Unpack(single):
+            existing.append(single.existing_run_external_id)
+        elif detail.Unpack(bulk):
+            created.extend(bulk.successful_workflow_run_external_ids)
+            existing.extend(c.existing_run_external_id for c in bulk.collisions)
+    return IdempotencyCollisionError(
+        f"{what}: {COLLISION} (held by run {', '.join(existing) or '?'})", existing, created
+    )
+
+
 def translate(exc: grpc.RpcError, what: str) -> HewerError:
     """A Hewer error for an RPC error the caller cannot do anything about by retrying."""
     code = status_code(exc)
@@ -106,5 +144,7 @@ def translate(exc: grpc.RpcError, what: str) -> HewerError:
         return InvalidInput(message)
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return ConfigurationError(f"{what}: the engine rejected the token ({details})")
+    if code == grpc.StatusCode.ALREADY_EXISTS and details == COLLISION:
+        return collision(exc, what)
     name = code.name if code is not None else "error"
     return HewerError(f"{what} failed ({name}): {details}")

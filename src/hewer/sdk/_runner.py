@@ -258,11 +258,15 @@ class Runner:
         payload = parse_payload(action.payload)
         raw_input = payload.get("input")
         parents = payload.get("parents")
+        errors = payload.get("step_run_errors")
+        triggered_by = payload.get("triggered_by")
         ctx = Context(
             action,
             services=self._services,
             input=raw_input if isinstance(raw_input, dict) else {},
             parents=parents if isinstance(parents, dict) else {},
+            errors=errors if isinstance(errors, dict) else None,
+            triggered_by=triggered_by if isinstance(triggered_by, str) else None,
         )
         task = self._registry.get(action.action_id)
         run = _Run(action, ctx, is_async=task is not None and task.is_async)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar, Unpack, overload
 
 from pydantic import BaseModel
 
 from hewer.errors import ConfigurationError
-from hewer.sdk import _serde, _trigger, _wire
+from hewer.sdk import _serde, _trigger, _triggers, _wire
 from hewer.sdk._context import Context
 from hewer.sdk._core import ClientCore
 from hewer.sdk._options import (
@@ -205,6 +206,49 @@ class _Runnable(Generic[InT, ResultT]):
         refs = await self.aio_run_many_no_wait(inputs, **options)
         return list(await asyncio.gather(*(ref.aio_result() for ref in refs)))
 
+    def _schedule_request(
+        self,
+        run_at: datetime | Sequence[datetime],
+        input: TaskInput[InT],
+        additional_metadata: Mapping[str, Any] | None,
+        priority: int | None,
+    ) -> Any:
+        times = [run_at] if isinstance(run_at, datetime) else list(run_at)
+        wf = self._workflow
+        return _triggers.schedule_request(
+            wf.namespaced_name,
+            times,
+            _serde.input_json(input, self._input_model),
+            additional_metadata,
+            priority,
+        )
+
+    def schedule(
+        self,
+        run_at: datetime | Sequence[datetime],
+        input: TaskInput[InT] = None,
+        *,
+        additional_metadata: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+    ) -> list[_triggers.ScheduledRun]:
+        """Start a run at ``run_at`` (an aware datetime, or several: one run each); it
+        survives engine restarts and can be deleted with ``hw.scheduled.delete`` until it
+        fires."""
+        request = self._schedule_request(run_at, input, additional_metadata, priority)
+        return _triggers.schedule(self._client, request)
+
+    async def aio_schedule(
+        self,
+        run_at: datetime | Sequence[datetime],
+        input: TaskInput[InT] = None,
+        *,
+        additional_metadata: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+    ) -> list[_triggers.ScheduledRun]:
+        """Start a run at ``run_at`` (as ``schedule``)."""
+        request = self._schedule_request(run_at, input, additional_metadata, priority)
+        return await _triggers.aio_schedule(self._client, request)
+
 
 class TaskDecorator(Protocol):
     """What ``workflow.task(...)`` returns: turns a function into a ``Task``."""
@@ -236,6 +280,7 @@ class Workflow(_Runnable[InT, dict[str, Any]]):
         self.input_validator = input_validator
         self.options = WorkflowOptions(**options)
         self.tasks: list[Task[Any, Any]] = []
+        self.on_failure: Task[Any, Any] | None = None
 
     @property
     def default_priority(self) -> int | None:
@@ -301,6 +346,33 @@ class Workflow(_Runnable[InT, dict[str, Any]]):
 
         return decorate
 
+    def on_failure_task(
+        self, *, name: str | None = None, **options: Unpack[TaskKwargs]
+    ) -> TaskDecorator:
+        """Decorator adding the task that runs once after any task of a run failed (the run
+        stays FAILED). It sees the errors with ``ctx.task_run_errors``; it is named
+        ``<name or function name>-on-failure``."""
+        opts = TaskOptions(**options)
+
+        def decorate(fn: Callable[..., Any]) -> Task[Any, Any]:
+            if self.on_failure is not None:
+                raise ConfigurationError(f"workflow {self.name!r} has an on-failure task")
+            base = name or getattr(fn, "__name__", "")
+            if not base:
+                raise ConfigurationError(f"cannot name a task after {fn!r}; pass name=")
+            task_name = f"{base.lower()}-on-failure"
+            if any(t.name.lower() == task_name for t in self.tasks):
+                raise ConfigurationError(f"workflow {self.name!r} already has {task_name!r}")
+            self.on_failure = Task(fn, name=task_name, workflow=self, options=opts)
+            return self.on_failure
+
+        return decorate
+
+    @property
+    def all_tasks(self) -> list[Task[Any, Any]]:
+        """Its tasks and its on-failure task: every action a worker serving it runs."""
+        return [*self.tasks, *([self.on_failure] if self.on_failure else [])]
+
     def specs(self) -> list[_wire.TaskSpec]:
         """Registration specs of all tasks."""
         return [t.spec() for t in self.tasks]
@@ -309,7 +381,13 @@ class Workflow(_Runnable[InT, dict[str, Any]]):
         """The PutWorkflow request registering this workflow."""
         if not self.tasks:
             raise ConfigurationError(f"workflow {self.name!r} has no tasks")
-        return _wire.put_workflow_request(self.namespaced_name, self.specs(), self.options)
+        return _wire.put_workflow_request(
+            self.namespaced_name,
+            self.specs(),
+            self.options,
+            on_failure=self.on_failure.spec() if self.on_failure else None,
+            event_keys=[self._client.namespaced(k) for k in self.options.on_events],
+        )
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name} tasks={[t.name for t in self.tasks]}>"

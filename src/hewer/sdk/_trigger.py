@@ -42,10 +42,20 @@ def trigger_request(name: str, input_json: str, options: TriggerKwargs) -> Any:
             f"sticky=True (triggering {name!r}) runs the child on the worker of the task that "
             "triggers it, so it only works from inside a running task"
         )
+    child_key = options.get("child_key")
+    if child_key is not None and (not isinstance(child_key, str) or not child_key):
+        raise ConfigurationError(f"child_key must be a non-empty string, got {child_key!r}")
+    if child_key is not None and ctx is None:
+        raise ConfigurationError(
+            f"child_key (triggering {name!r}) names a child of the running task, so it only "
+            "works from inside a running task"
+        )
     parent = (
         None
         if ctx is None
-        else _wire.Parent(ctx.workflow_run_id, ctx.task_run_external_id, ctx._next_child_index())
+        else _wire.Parent(
+            ctx.workflow_run_id, ctx.task_run_external_id, ctx._next_child_index(), child_key
+        )
     )
     return _wire.trigger_request(
         name,

@@ -41,7 +41,7 @@ from hewer.sdk._controls import (
     RateLimitDuration,
     WorkerLabelComparator,
 )
-from hewer.sdk._options import TaskOptions, WorkflowOptions
+from hewer.sdk._options import StatusBasedIdempotencyConfig, TaskOptions, WorkflowOptions
 
 
 def sdk_version() -> str:
@@ -228,33 +228,32 @@ class TaskSpec:
 
 
 def put_workflow_request(
-    name: str, tasks: Sequence[TaskSpec], options: WorkflowOptions | None = None
+    name: str,
+    tasks: Sequence[TaskSpec],
+    options: WorkflowOptions | None = None,
+    *,
+    on_failure: TaskSpec | None = None,
+    event_keys: Sequence[str] = (),
 ) -> Any:
-    """``CreateWorkflowVersionRequest`` for ``v1.AdminService/PutWorkflow``."""
+    """``CreateWorkflowVersionRequest`` for ``v1.AdminService/PutWorkflow``; ``event_keys``
+    are ``options.on_events`` namespaced."""
     options = options or WorkflowOptions()
     request = v1_workflows_pb2.CreateWorkflowVersionRequest(name=name)
     for spec in tasks:
-        opts = spec.options
-        task = request.tasks.add(
-            readable_id=spec.readable_id,
-            action=spec.action,
-            timeout=format_duration(opts.execution_timeout),
-            inputs="{}",
-            parents=list(spec.parents),
-            retries=opts.retries,
-            schedule_timeout=format_duration(opts.schedule_timeout),
-        )
-        task.slot_requests.update(opts.slot_requests)
-        if opts.backoff_factor is not None:
-            task.backoff_factor = opts.backoff_factor
-        if opts.backoff_max_seconds is not None:
-            task.backoff_max_seconds = opts.backoff_max_seconds
-        for key, label in (opts.desired_worker_labels or {}).items():
-            set_desired_label(task.worker_labels[key], label)
-        for limit in opts.concurrency_limits:
-            set_concurrency(task.concurrency.add(), limit)
-        for rate_limit in opts.rate_limits or ():
-            set_rate_limit(task.rate_limits.add(), rate_limit)
+        set_task(request.tasks.add(), spec)
+    if on_failure is not None:
+        set_task(request.on_failure_task, on_failure)
+    request.event_triggers.extend(event_keys)
+    request.cron_triggers.extend(options.on_crons)
+    idem = options.idempotency
+    if idem is not None:
+        by_status = isinstance(idem, StatusBasedIdempotencyConfig)
+        ttl = idem.fallback_ttl if isinstance(idem, StatusBasedIdempotencyConfig) else idem.ttl
+        request.idempotency.expression = idem.key_expression
+        request.idempotency.ttl_ms = int(ttl.total_seconds() * 1000)
+        request.idempotency.method = v1_workflows_pb2.STATUS if by_status else v1_workflows_pb2.TTL
+    if options.cron_input is not None:
+        request.cron_input = json.dumps(dict(options.cron_input), separators=(",", ":"))
     if options.default_priority is not None:
         request.default_priority = options.default_priority
     if options.sticky is not None:
@@ -264,6 +263,29 @@ def put_workflow_request(
     for limit in options.concurrency_limits:
         set_concurrency(request.concurrency_arr.add(), limit)
     return request
+
+
+def set_task(task: Any, spec: TaskSpec) -> None:
+    """Fill a ``CreateTaskOpts`` from a task's spec."""
+    opts = spec.options
+    task.readable_id = spec.readable_id
+    task.action = spec.action
+    task.timeout = format_duration(opts.execution_timeout)
+    task.inputs = "{}"
+    task.parents.extend(spec.parents)
+    task.retries = opts.retries
+    task.schedule_timeout = format_duration(opts.schedule_timeout)
+    task.slot_requests.update(opts.slot_requests)
+    if opts.backoff_factor is not None:
+        task.backoff_factor = opts.backoff_factor
+    if opts.backoff_max_seconds is not None:
+        task.backoff_max_seconds = opts.backoff_max_seconds
+    for key, label in (opts.desired_worker_labels or {}).items():
+        set_desired_label(task.worker_labels[key], label)
+    for limit in opts.concurrency_limits:
+        set_concurrency(task.concurrency.add(), limit)
+    for rate_limit in opts.rate_limits or ():
+        set_rate_limit(task.rate_limits.add(), rate_limit)
 
 
 def register_request(
@@ -421,6 +443,10 @@ class Action:
     additional_metadata: str | None
     priority: int
     parent_workflow_run_id: str | None = None
+    child_index: int = 0
+    child_key: str | None = None
+    triggering_event_id: str | None = None
+    triggering_event_key: str | None = None
 
     @classmethod
     def from_proto(cls, msg: Any, worker_id: str) -> Action:
@@ -448,6 +474,16 @@ class Action:
             priority=int(msg.priority),
             parent_workflow_run_id=(
                 msg.parent_workflow_run_id if msg.HasField("parent_workflow_run_id") else None
+            ),
+            child_index=int(msg.child_workflow_index),
+            child_key=msg.child_workflow_key if msg.HasField("child_workflow_key") else None,
+            triggering_event_id=(
+                msg.triggering_event_external_id
+                if msg.HasField("triggering_event_external_id")
+                else None
+            ),
+            triggering_event_key=(
+                msg.triggering_event_key if msg.HasField("triggering_event_key") else None
             ),
         )
         return action
@@ -543,6 +579,7 @@ class Parent:
     workflow_run_id: str
     task_run_external_id: str
     child_index: int
+    child_key: str | None = None
 
 
 def trigger_request(
@@ -562,6 +599,8 @@ def trigger_request(
     if parent is not None:
         request.parent_id = parent.workflow_run_id
         request.parent_task_run_external_id = parent.task_run_external_id
+        if parent.child_key is not None:
+            request.child_key = parent.child_key
     if additional_metadata_json is not None:
         request.additional_metadata = additional_metadata_json
     if priority is not None:

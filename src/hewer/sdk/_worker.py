@@ -66,7 +66,7 @@ def build_registry(workflows: Sequence[Workflow[Any]]) -> dict[str, Task[Any, An
     for workflow in workflows:
         if not workflow.tasks:
             raise ConfigurationError(f"workflow {workflow.name!r} has no tasks")
-        for task in workflow.tasks:
+        for task in workflow.all_tasks:
             if task.action_id in registry:
                 raise ConfigurationError(
                     f"two tasks register the action {task.action_id!r}: "

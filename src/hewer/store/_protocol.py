@@ -13,7 +13,7 @@ Everything else is a read, or a rare write in a transaction of its own.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -22,6 +22,8 @@ from hewer.domain import (
     ApiToken,
     AttemptRow,
     Changes,
+    CronRecord,
+    EventRecord,
     GateClaim,
     Keys,
     LeaseState,
@@ -32,6 +34,7 @@ from hewer.domain import (
     ReplicaRecord,
     RunFilter,
     RunRow,
+    ScheduleRecord,
     StickyStrategy,
     TaskRow,
     Tenant,
@@ -96,7 +99,9 @@ class StoreTx(Protocol):
         running tasks and the slot-holding or lost attempts of the workers named, the runs of
         all those tasks and of the runs named, every task of the runs named and of runs with
         more than one task, the slot-holding attempts of every loaded task, and the workflow
-        versions of the loaded runs missing from ``known_versions``. ``seqs`` reserves that
+        versions of the loaded runs missing from ``known_versions``, the scheduled runs and
+        crons named, and the run spawned under each (tenant, parent task, child key) named
+        (``WorkingSet.children``, None where there is none). ``seqs`` reserves that
         many queue positions for new tasks (``WorkingSet`` holds the first in
         ``next_seq``)."""
 
@@ -145,6 +150,9 @@ class Store(Protocol):
 
     async def workflow_versions(self, version_ids: Collection[str]) -> list[Workflow]: ...
 
+    async def workflows_current(self, tenant_id: str) -> list[Workflow]:
+        """The current version of every workflow of the tenant, by name."""
+
     # runs and tasks (reads)
     async def run_get(self, tenant_id: str, run_id: str) -> tuple[RunRow, list[TaskRow]] | None:
         """A run and its tasks (seq order)."""
@@ -159,12 +167,13 @@ class Store(Protocol):
 
     async def task_run_id(self, tenant_id: str, task_id: str) -> str | None: ...
 
+    async def runs_children(self, tenant_id: str, parent_task_ids: Collection[str]) -> list[str]:
+        """Ids of the unfinished runs spawned by any of ``parent_task_ids``."""
+
     async def queue_depths(self) -> list[tuple[str, str, str, int]]:
         """(tenant id, action id, workflow name, queued tasks) for every non-empty queue."""
 
-    async def task_stats(
-        self, tenant_id: str, names: Collection[str] | None
-    ) -> list[TaskStatRow]:
+    async def task_stats(self, tenant_id: str, names: Collection[str] | None) -> list[TaskStatRow]:
         """Queued and running tasks per (name, status, queue); ``names`` None: every name."""
 
     async def task_stat_claims(
@@ -227,6 +236,52 @@ class Store(Protocol):
 
     # logs (writes go through StoreTx.stage)
     async def logs_list(self, query: LogQuery) -> list[LogLine]: ...
+
+    # events (inserted through StoreTx.stage, with the runs they start)
+    async def events_list(
+        self, tenant_id: str, keys: Collection[str] | None, limit: int, offset: int
+    ) -> list[EventRecord]:
+        """The tenant's events, newest first (``keys`` None: every key)."""
+
+    async def event_get(self, tenant_id: str, event_id: str) -> EventRecord | None: ...
+
+    # scheduled runs (fired through StoreTx.stage, with the run they start)
+    async def schedule_insert(self, records: Sequence[ScheduleRecord]) -> None: ...
+    async def schedules_due(self, now: float, limit: int) -> list[ScheduleRecord]:
+        """Scheduled runs not fired yet whose time has come, earliest first."""
+
+    async def schedule_next(self) -> float | None:
+        """The earliest time a scheduled run not fired yet is due (None: there is none)."""
+
+    async def schedules_list(
+        self, tenant_id: str, workflow_name: str | None, limit: int, offset: int
+    ) -> list[ScheduleRecord]:
+        """The tenant's scheduled runs (fired or not), by trigger time."""
+
+    async def schedule_get(self, tenant_id: str, schedule_id: str) -> ScheduleRecord | None: ...
+    async def schedule_delete(self, tenant_id: str, schedule_id: str) -> bool: ...
+
+    # crons (ticks advanced through StoreTx.stage, with the run they start)
+    async def cron_insert(self, record: CronRecord) -> None:
+        """Raises AlreadyExists if the workflow has a cron of that name."""
+
+    async def crons_declare(
+        self, tenant_id: str, workflow_name: str, records: Sequence[CronRecord]
+    ) -> None:
+        """Make ``records`` the workflow's declared crons: those of another name go, new
+        names are inserted, existing ones are kept as they are (their next tick too)."""
+
+    async def crons_due(self, now: float, limit: int) -> list[CronRecord]:
+        """Enabled crons whose next tick has come, earliest first."""
+
+    async def cron_next(self) -> float | None:
+        """The earliest next tick of an enabled cron (None: there is none)."""
+
+    async def crons_list(
+        self, tenant_id: str, workflow_name: str | None, limit: int, offset: int
+    ) -> list[CronRecord]: ...
+    async def cron_get(self, tenant_id: str, cron_id: str) -> CronRecord | None: ...
+    async def cron_delete(self, tenant_id: str, cron_id: str) -> bool: ...
 
 
 @runtime_checkable

@@ -10,8 +10,12 @@ from typing import Any, Protocol
 
 from hewer.domain import (
     AttemptRow,
+    CronRecord,
+    EventRecord,
+    IdempotencyRow,
     RunRow,
     RunStatus,
+    ScheduleRecord,
     StickyStrategy,
     TaskRow,
     TaskStatus,
@@ -31,6 +35,9 @@ class StoredRow(Protocol):
 TASK = [f.name for f in fields(TaskRow)]
 RUN = [f.name for f in fields(RunRow)]
 ATTEMPT = [f.name for f in fields(AttemptRow)]
+EVENT = [f.name for f in fields(EventRecord)]
+SCHEDULE = [f.name for f in fields(ScheduleRecord)]
+CRON = [f.name for f in fields(CronRecord)]
 # The task columns a transition may change (every update writes all of them).
 TASK_MUTABLE = [
     "status",
@@ -61,6 +68,25 @@ def run_row(r: StoredRow) -> RunRow:
     if row.sticky is not None:
         row.sticky = StickyStrategy(row.sticky)
     return row
+
+
+def event_record(r: StoredRow) -> EventRecord:
+    return EventRecord(*r)
+
+
+def schedule_record(r: StoredRow) -> ScheduleRecord:
+    return ScheduleRecord(*r)
+
+
+def cron_record(r: StoredRow) -> CronRecord:
+    row = CronRecord(*r)
+    row.declared, row.enabled = bool(row.declared), bool(row.enabled)
+    return row
+
+
+def idempotency_row(r: StoredRow) -> IdempotencyRow:
+    """A key's row with, last, whether the run that holds it has finished."""
+    return IdempotencyRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]))
 
 
 def worker_record(row: StoredRow) -> WorkerRecord:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import operator
@@ -31,6 +32,8 @@ from hewer.domain import (
     ApiToken,
     AttemptRow,
     Changes,
+    CronRecord,
+    EventRecord,
     GateClaim,
     Keys,
     LeaseState,
@@ -41,6 +44,7 @@ from hewer.domain import (
     ReplicaRecord,
     RunFilter,
     RunRow,
+    ScheduleRecord,
     StickyStrategy,
     TaskRow,
     TaskStatus,
@@ -49,7 +53,7 @@ from hewer.domain import (
     Workflow,
     WorkingSet,
 )
-from hewer.errors import LeaseLost, StoreError
+from hewer.errors import AlreadyExists, LeaseLost, StoreError
 from hewer.store import _queries, _rows
 from hewer.store._protocol import QueuedRow, TaskClaimRow, TaskStatRow
 
@@ -75,6 +79,9 @@ Q = _queries.load(
         "run_r": ", ".join(f"r.{c}" for c in _RUN),
         "attempt": ", ".join(_ATTEMPT),
         "attempt_a": ", ".join(f"a.{c}" for c in _ATTEMPT),
+        "event": ", ".join(_rows.EVENT),
+        "schedule": ", ".join(_rows.SCHEDULE),
+        "cron": ", ".join(_rows.CRON),
     },
 )
 
@@ -97,6 +104,12 @@ _run_update_values = operator.attrgetter("id", "status", "sticky_worker_id", "fi
 _attempt_values = operator.attrgetter(*_ATTEMPT)
 _attempt_update_values = operator.attrgetter(
     "task_id", "retry_count", "finished_at", "outcome", "holds_slot"
+)
+_event_values = operator.attrgetter(*_rows.EVENT)
+_schedule_values = operator.attrgetter(*_rows.SCHEDULE)
+_cron_values = operator.attrgetter(*_rows.CRON)
+_idempotency_values = operator.attrgetter(
+    "tenant_id", "workflow_id", "key", "run_id", "expires_at", "method"
 )
 _TASK_STATUS = _rows.TASK_STATUS
 _N_TASK = len(_TASK)
@@ -367,6 +380,31 @@ async def _load(conn: Conn, ws: WorkingSet, keys: Keys, known_versions: Collecti
     if versions:
         for version in await _versions(conn, versions):
             ws.versions[version.version_id] = version
+    await _load_triggers(conn, ws, keys)
+
+
+async def _load_triggers(conn: Conn, ws: WorkingSet, keys: Keys) -> None:
+    wanted = [i for i in keys.schedule_ids if i not in ws.schedules]
+    if wanted:
+        for r in await conn.fetch(Q["lock_schedules_by_ids"], wanted):
+            ws.schedules[r[0]] = _rows.schedule_record(r)
+    wanted = [i for i in keys.cron_ids if i not in ws.crons]
+    if wanted:
+        for r in await conn.fetch(Q["lock_crons_by_ids"], wanted):
+            ws.crons[r[0]] = _rows.cron_record(r)
+    child_keys = [k for k in keys.child_keys if k not in ws.children]
+    if child_keys:
+        for k in child_keys:
+            ws.children[k] = None
+        for r in await conn.fetch(Q["lock_child_runs"], *_columns(child_keys)):
+            for k in child_keys:
+                if k[1] == r[0] and k[2] == r[1]:
+                    ws.children[k] = r[2]
+    idem = [k for k in keys.idempotency_keys if k not in ws.idempotency]
+    if idem:
+        for r in await conn.fetch(Q["lock_idempotency_keys"], *_columns(idem)):
+            row = _rows.idempotency_row(r)
+            ws.idempotency[(row.tenant_id, row.workflow_id, row.key)] = row
 
 
 def _seqs(runs: Iterable[RunRow]) -> list[int]:
@@ -457,6 +495,14 @@ async def _write(conn: Conn, c: Changes) -> None:
             ],
             columns=_LOG,
         )
+    if c.new_events:
+        await conn.execute(Q["event_insert"], *_columns(map(_event_values, c.new_events)))
+    if c.schedules_fired:
+        await conn.execute(Q["schedule_fire"], *_columns(c.schedules_fired.items()))
+    if c.cron_next:
+        await conn.execute(Q["cron_set_next"], *_columns(c.cron_next.items()))
+    if c.idempotency:
+        await conn.execute(Q["idempotency_put"], *_columns(map(_idempotency_values, c.idempotency)))
 
 
 async def _migrate(conn: Conn) -> None:
@@ -735,18 +781,13 @@ class PostgresStore:
                     )
                 else:
                     await conn.execute(Q["workflow_set_version"], workflow_id, version_id, now)
-            return Workflow(
-                workflow_id,
-                tenant_id,
-                name,
-                version_id,
-                workflow.tasks,
-                workflow.default_priority,
-                workflow.sticky,
-                workflow.concurrency,
-            )
+            return dataclasses.replace(workflow, id=workflow_id, version_id=version_id)
 
         return await self._tx(body)
+
+    async def workflows_current(self, tenant_id: str) -> list[Workflow]:
+        rows = await self._fetch("workflows_current", tenant_id)
+        return [Workflow.from_definition(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
     async def workflow_get_by_name(self, tenant_id: str, name: str) -> Workflow | None:
         r = await self._fetchrow("workflow_get_by_name", tenant_id, name)
@@ -814,9 +855,7 @@ class PostgresStore:
         row = await self._fetchrow("task_run_id", tenant_id, task_id)
         return str(row[0]) if row else None
 
-    async def task_stats(
-        self, tenant_id: str, names: Collection[str] | None
-    ) -> list[TaskStatRow]:
+    async def task_stats(self, tenant_id: str, names: Collection[str] | None) -> list[TaskStatRow]:
         rows = await self._fetch("task_stats", tenant_id, _text_list(names))
         return [TaskStatRow(r[0], r[1], r[2], int(r[3]), float(r[4]), r[5]) for r in rows]
 
@@ -936,6 +975,98 @@ class PostgresStore:
     async def logs_list(self, query: LogQuery) -> list[LogLine]:
         rows = await self._fetch("logs_list", query.tenant_id, query.task_id, query.limit)
         return [LogLine(*r) for r in rows]
+
+    # ------------------------------------------------------------------ events, schedules, crons
+
+    async def _change(self, name: str, *args: Any) -> int:
+        async def body(conn: Conn) -> int:
+            return _rowcount(await conn.execute(Q[name], *args))
+
+        return await self._tx(body)
+
+    async def runs_children(self, tenant_id: str, parent_task_ids: Collection[str]) -> list[str]:
+        rows = await self._fetch("runs_children", tenant_id, list(parent_task_ids))
+        return [r[0] for r in rows]
+
+    async def events_list(
+        self, tenant_id: str, keys: Collection[str] | None, limit: int, offset: int
+    ) -> list[EventRecord]:
+        rows = await self._fetch("events_list", tenant_id, _text_list(keys), limit, offset)
+        return [_rows.event_record(r) for r in rows]
+
+    async def event_get(self, tenant_id: str, event_id: str) -> EventRecord | None:
+        r = await self._fetchrow("event_get", tenant_id, event_id)
+        return _rows.event_record(r) if r else None
+
+    async def schedule_insert(self, records: Sequence[ScheduleRecord]) -> None:
+        async def body(conn: Conn) -> None:
+            await conn.executemany(Q["schedule_insert"], [_schedule_values(r) for r in records])
+
+        await self._tx(body)
+
+    async def schedules_due(self, now: float, limit: int) -> list[ScheduleRecord]:
+        return [_rows.schedule_record(r) for r in await self._fetch("schedules_due", now, limit)]
+
+    async def schedule_next(self) -> float | None:
+        r = await self._fetchrow("schedule_next")
+        return None if r is None else r[0]
+
+    async def schedules_list(
+        self, tenant_id: str, workflow_name: str | None, limit: int, offset: int
+    ) -> list[ScheduleRecord]:
+        rows = await self._fetch("schedules_list", tenant_id, workflow_name, limit, offset)
+        return [_rows.schedule_record(r) for r in rows]
+
+    async def schedule_get(self, tenant_id: str, schedule_id: str) -> ScheduleRecord | None:
+        r = await self._fetchrow("schedule_get", tenant_id, schedule_id)
+        return _rows.schedule_record(r) if r else None
+
+    async def schedule_delete(self, tenant_id: str, schedule_id: str) -> bool:
+        return await self._change("schedule_delete", tenant_id, schedule_id) > 0
+
+    async def cron_insert(self, record: CronRecord) -> None:
+        async def body(conn: Conn) -> None:
+            try:
+                await conn.execute(Q["cron_insert"], *_cron_values(record))
+            except asyncpg.UniqueViolationError:
+                raise AlreadyExists(
+                    f"workflow {record.workflow_name!r} has a cron named {record.name!r}"
+                ) from None
+
+        await self._tx(body)
+
+    async def crons_declare(
+        self, tenant_id: str, workflow_name: str, records: Sequence[CronRecord]
+    ) -> None:
+        async def body(conn: Conn) -> None:
+            names = [r.name for r in records]
+            await conn.execute(Q["crons_undeclare"], tenant_id, workflow_name, names)
+            if records:
+                await conn.executemany(
+                    Q["cron_insert_declared"], [_cron_values(r) for r in records]
+                )
+
+        await self._tx(body)
+
+    async def crons_due(self, now: float, limit: int) -> list[CronRecord]:
+        return [_rows.cron_record(r) for r in await self._fetch("crons_due", now, limit)]
+
+    async def cron_next(self) -> float | None:
+        r = await self._fetchrow("cron_next")
+        return None if r is None else r[0]
+
+    async def crons_list(
+        self, tenant_id: str, workflow_name: str | None, limit: int, offset: int
+    ) -> list[CronRecord]:
+        rows = await self._fetch("crons_list", tenant_id, workflow_name, limit, offset)
+        return [_rows.cron_record(r) for r in rows]
+
+    async def cron_get(self, tenant_id: str, cron_id: str) -> CronRecord | None:
+        r = await self._fetchrow("cron_get", tenant_id, cron_id)
+        return _rows.cron_record(r) if r else None
+
+    async def cron_delete(self, tenant_id: str, cron_id: str) -> bool:
+        return await self._change("cron_delete", tenant_id, cron_id) > 0
 
     # ------------------------------------------------------------------ replicas
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import operator
@@ -26,6 +27,8 @@ from hewer.domain import (
     ApiToken,
     AttemptRow,
     Changes,
+    CronRecord,
+    EventRecord,
     GateClaim,
     Keys,
     LogLine,
@@ -35,6 +38,7 @@ from hewer.domain import (
     RunFilter,
     RunRow,
     RunStatus,
+    ScheduleRecord,
     StickyStrategy,
     TaskRow,
     TaskStatus,
@@ -43,7 +47,7 @@ from hewer.domain import (
     Workflow,
     WorkingSet,
 )
-from hewer.errors import StoreError
+from hewer.errors import AlreadyExists, StoreError
 from hewer.store import _queries, _rows
 from hewer.store._protocol import QueuedRow, TaskClaimRow, TaskStatRow
 
@@ -64,6 +68,12 @@ Q = _queries.load(
         "attempt": ", ".join(_ATTEMPT),
         "attempt_a": ", ".join(f"a.{c}" for c in _ATTEMPT),
         "attempt_params": ", ".join("?" for _ in _ATTEMPT),
+        "event": ", ".join(_rows.EVENT),
+        "event_params": ", ".join("?" for _ in _rows.EVENT),
+        "schedule": ", ".join(_rows.SCHEDULE),
+        "schedule_params": ", ".join("?" for _ in _rows.SCHEDULE),
+        "cron": ", ".join(_rows.CRON),
+        "cron_params": ", ".join("?" for _ in _rows.CRON),
     },
 )
 
@@ -71,6 +81,12 @@ _task_values = operator.attrgetter(*_TASK)
 _task_update_values = operator.attrgetter(*_TASK_MUTABLE, "seq")
 _run_values = operator.attrgetter(*_RUN)
 _attempt_values = operator.attrgetter(*_ATTEMPT)
+_event_values = operator.attrgetter(*_rows.EVENT)
+_schedule_values = operator.attrgetter(*_rows.SCHEDULE)
+_cron_values = operator.attrgetter(*_rows.CRON)
+_idempotency_values = operator.attrgetter(
+    "tenant_id", "workflow_id", "key", "run_id", "expires_at", "method"
+)
 _TASK_STATUS = _rows.TASK_STATUS
 _N_TASK = len(_TASK)
 _N_ATTEMPT = len(_ATTEMPT)
@@ -168,6 +184,8 @@ class _Tx:
             n += len(c.new_runs) + len(c.new_tasks) + len(c.tasks) + len(c.runs)
             n += len(c.new_attempts) + len(c.attempts) + len(c.new_workers) + len(c.logs)
             n += len(c.worker_status) + len(c.heartbeats) + len(c.worker_labels)
+            n += len(c.new_events) + len(c.schedules_fired) + len(c.cron_next)
+            n += len(c.idempotency)
         return n
 
     def _commit(self, conn: sqlite3.Connection) -> None:
@@ -278,6 +296,34 @@ def _load(
     if versions:
         for version in _versions(conn, versions):
             ws.versions[version.version_id] = version
+    _load_triggers(conn, ws, keys)
+
+
+def _load_triggers(conn: sqlite3.Connection, ws: WorkingSet, keys: Keys) -> None:
+    wanted = [i for i in keys.schedule_ids if i not in ws.schedules]
+    if wanted:
+        for r in conn.execute(Q["schedules_by_ids"], {"ids": _ids(wanted)}):
+            ws.schedules[r[0]] = _rows.schedule_record(r)
+    wanted = [i for i in keys.cron_ids if i not in ws.crons]
+    if wanted:
+        for r in conn.execute(Q["crons_by_ids"], {"ids": _ids(wanted)}):
+            ws.crons[r[0]] = _rows.cron_record(r)
+    for key in keys.child_keys:
+        if key not in ws.children:
+            tenant_id, parent, child_key = key
+            found = conn.execute(
+                Q["child_run"], {"tenant_id": tenant_id, "parent": parent, "key": child_key}
+            ).fetchone()
+            ws.children[key] = found[0] if found else None
+    for key in keys.idempotency_keys:
+        if key not in ws.idempotency:
+            tenant_id, workflow_id, idem_key = key
+            row = conn.execute(
+                Q["idempotency_key"],
+                {"tenant_id": tenant_id, "workflow_id": workflow_id, "key": idem_key},
+            ).fetchone()
+            if row is not None:
+                ws.idempotency[key] = _rows.idempotency_row(row)
 
 
 def _versions(conn: sqlite3.Connection, ids: Collection[str]) -> list[Workflow]:
@@ -351,6 +397,16 @@ def _write(conn: sqlite3.Connection, c: Changes) -> None:
                 for tenant, ln in c.logs
             ],
         )
+    if c.new_events:
+        conn.executemany(Q["event_insert"], [_event_values(e) for e in c.new_events])
+    if c.schedules_fired:
+        conn.executemany(
+            Q["schedule_fire"], [(run_id, sid) for sid, run_id in c.schedules_fired.items()]
+        )
+    if c.cron_next:
+        conn.executemany(Q["cron_set_next"], [(at, cid) for cid, at in c.cron_next.items()])
+    if c.idempotency:
+        conn.executemany(Q["idempotency_put"], [_idempotency_values(k) for k in c.idempotency])
 
 
 class SqliteStore:
@@ -590,18 +646,18 @@ class SqliteStore:
                     conn.execute(Q["workflow_insert"], {**params, **key})
                 else:
                     conn.execute(Q["workflow_set_version"], params)
-            return Workflow(
-                workflow_id,
-                workflow.tenant_id,
-                workflow.name,
-                version_id,
-                workflow.tasks,
-                workflow.default_priority,
-                workflow.sticky,
-                workflow.concurrency,
-            )
+            return dataclasses.replace(workflow, id=workflow_id, version_id=version_id)
 
         return await self._tx(body)
+
+    async def workflows_current(self, tenant_id: str) -> list[Workflow]:
+        def body(conn: sqlite3.Connection) -> list[Workflow]:
+            rows = conn.execute(Q["workflows_current"], {"tenant_id": tenant_id})
+            return [
+                Workflow.from_definition(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows
+            ]
+
+        return await self._reader_call(body)
 
     async def workflow_get_by_name(self, tenant_id: str, name: str) -> Workflow | None:
         def body(conn: sqlite3.Connection) -> Workflow | None:
@@ -682,14 +738,10 @@ class SqliteStore:
 
     async def queue_depths(self) -> list[tuple[str, str, str, int]]:
         return await self._reader_call(
-            lambda conn: [
-                (r[0], r[1], r[2], int(r[3])) for r in conn.execute(Q["queue_depths"])
-            ]
+            lambda conn: [(r[0], r[1], r[2], int(r[3])) for r in conn.execute(Q["queue_depths"])]
         )
 
-    async def task_stats(
-        self, tenant_id: str, names: Collection[str] | None
-    ) -> list[TaskStatRow]:
+    async def task_stats(self, tenant_id: str, names: Collection[str] | None) -> list[TaskStatRow]:
         params = {"tenant_id": tenant_id, "names": _json_list(names)}
         return await self._reader_call(
             lambda conn: [
@@ -856,6 +908,118 @@ class SqliteStore:
         return await self._reader_call(
             lambda conn: [LogLine(*r) for r in conn.execute(Q["logs_list"], params)]
         )
+
+    # ------------------------------------------------------------------ events, schedules, crons
+
+    async def _rows_of(
+        self, name: str, params: dict[str, Any], convert: Callable[[Any], T]
+    ) -> list[T]:
+        def body(conn: sqlite3.Connection) -> list[T]:
+            return [convert(r) for r in conn.execute(Q[name], params)]
+
+        return await self._reader_call(body)
+
+    async def _first(self, name: str, params: dict[str, Any]) -> Any:
+        def body(conn: sqlite3.Connection) -> Any:
+            row = conn.execute(Q[name], params).fetchone()
+            return None if row is None else row[0]
+
+        return await self._reader_call(body)
+
+    async def _change(self, name: str, params: dict[str, Any]) -> int:
+        def body(conn: sqlite3.Connection) -> int:
+            return conn.execute(Q[name], params).rowcount
+
+        return await self._tx(body)
+
+    async def runs_children(self, tenant_id: str, parent_task_ids: Collection[str]) -> list[str]:
+        params = {"tenant_id": tenant_id, "ids": _ids(parent_task_ids)}
+        return await self._rows_of("runs_children", params, operator.itemgetter(0))
+
+    async def events_list(
+        self, tenant_id: str, keys: Collection[str] | None, limit: int, offset: int
+    ) -> list[EventRecord]:
+        params = {"tenant_id": tenant_id, "keys": _json_list(keys), "limit": limit}
+        return await self._rows_of("events_list", {**params, "offset": offset}, _rows.event_record)
+
+    async def event_get(self, tenant_id: str, event_id: str) -> EventRecord | None:
+        found = await self._rows_of(
+            "event_get", {"tenant_id": tenant_id, "id": event_id}, _rows.event_record
+        )
+        return found[0] if found else None
+
+    async def schedule_insert(self, records: Sequence[ScheduleRecord]) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            conn.executemany(Q["schedule_insert"], [_schedule_values(r) for r in records])
+
+        await self._tx(body)
+
+    async def schedules_due(self, now: float, limit: int) -> list[ScheduleRecord]:
+        params = {"now": now, "limit": limit}
+        return await self._rows_of("schedules_due", params, _rows.schedule_record)
+
+    async def schedule_next(self) -> float | None:
+        return await self._first("schedule_next", {})  # type: ignore[no-any-return]
+
+    async def schedules_list(
+        self, tenant_id: str, workflow_name: str | None, limit: int, offset: int
+    ) -> list[ScheduleRecord]:
+        params = {"tenant_id": tenant_id, "workflow": workflow_name, "limit": limit}
+        return await self._rows_of(
+            "schedules_list", {**params, "offset": offset}, _rows.schedule_record
+        )
+
+    async def schedule_get(self, tenant_id: str, schedule_id: str) -> ScheduleRecord | None:
+        params = {"tenant_id": tenant_id, "id": schedule_id}
+        found = await self._rows_of("schedule_get", params, _rows.schedule_record)
+        return found[0] if found else None
+
+    async def schedule_delete(self, tenant_id: str, schedule_id: str) -> bool:
+        return (
+            await self._change("schedule_delete", {"tenant_id": tenant_id, "id": schedule_id}) > 0
+        )
+
+    async def cron_insert(self, record: CronRecord) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(Q["cron_insert"], _cron_values(record))
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(
+                    f"workflow {record.workflow_name!r} has a cron named {record.name!r}"
+                ) from None
+
+        await self._tx(body)
+
+    async def crons_declare(
+        self, tenant_id: str, workflow_name: str, records: Sequence[CronRecord]
+    ) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            names = json.dumps([r.name for r in records])
+            params = {"tenant_id": tenant_id, "workflow": workflow_name, "names": names}
+            conn.execute(Q["crons_undeclare"], params)
+            conn.executemany(Q["cron_insert_declared"], [_cron_values(r) for r in records])
+
+        await self._tx(body)
+
+    async def crons_due(self, now: float, limit: int) -> list[CronRecord]:
+        return await self._rows_of("crons_due", {"now": now, "limit": limit}, _rows.cron_record)
+
+    async def cron_next(self) -> float | None:
+        return await self._first("cron_next", {})  # type: ignore[no-any-return]
+
+    async def crons_list(
+        self, tenant_id: str, workflow_name: str | None, limit: int, offset: int
+    ) -> list[CronRecord]:
+        params = {"tenant_id": tenant_id, "workflow": workflow_name, "limit": limit}
+        return await self._rows_of("crons_list", {**params, "offset": offset}, _rows.cron_record)
+
+    async def cron_get(self, tenant_id: str, cron_id: str) -> CronRecord | None:
+        params = {"tenant_id": tenant_id, "id": cron_id}
+        found = await self._rows_of("cron_get", params, _rows.cron_record)
+        return found[0] if found else None
+
+    async def cron_delete(self, tenant_id: str, cron_id: str) -> bool:
+        return await self._change("cron_delete", {"tenant_id": tenant_id, "id": cron_id}) > 0
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

@@ -22,7 +22,14 @@ from hewer.engine.core import scopes
 from hewer.engine.core.auth import TokenAuthority, Unauthenticated, bearer
 from hewer.engine.core.scopes import Permission
 from hewer.engine.core.service import FailedPrecondition
-from hewer.errors import HewerError, InvalidInput, NotFound, NotSupported, PermissionDenied
+from hewer.errors import (
+    AlreadyExists,
+    HewerError,
+    InvalidInput,
+    NotFound,
+    NotSupported,
+    PermissionDenied,
+)
 from hewer.store import StoreError
 
 logger = logging.getLogger(__name__)
@@ -48,6 +55,7 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (PayloadTooLarge, 413),
     (FailedPrecondition, 409),
     (NotSupported, 501),
+    (AlreadyExists, 409),
     (StoreError, 503),
 )
 

@@ -9,6 +9,7 @@ from starlette.routing import Route
 from hewer.engine.api._http import endpoint, http_exception, server_error
 from hewer.engine.api.stats import StatsRoutes
 from hewer.engine.api.tasks import TaskRoutes
+from hewer.engine.api.triggers import TriggerRoutes
 from hewer.engine.api.workers import WorkerRoutes
 from hewer.engine.core.auth import TokenAuthority
 from hewer.engine.core.scopes import Permission
@@ -24,7 +25,26 @@ def build_app(core: EngineCore, auth: TokenAuthority, metrics: EngineMetrics) ->
     workers = WorkerRoutes(core)
     tasks = TaskRoutes(core)
     stats = StatsRoutes(core, metrics)
+    triggers = TriggerRoutes(core)
+    wfs = "/api/v1/tenants/{tenant}/workflows"
+    RUN, DEFINE = Permission.RUN, Permission.DEFINE
     routes = [
+        Route(f"{wfs}/crons", authed(triggers.cron_list, READ), methods=["GET"]),
+        Route(f"{wfs}/crons/{{cron}}", authed(triggers.cron_get, READ), methods=["GET"]),
+        Route(f"{wfs}/crons/{{cron}}", authed(triggers.cron_delete, DEFINE), methods=["DELETE"]),
+        Route(f"{wfs}/{{workflow}}/crons", authed(triggers.cron_create, DEFINE), methods=["POST"]),
+        Route(f"{wfs}/scheduled", authed(triggers.schedule_list, READ), methods=["GET"]),
+        Route(
+            f"{wfs}/scheduled/{{scheduled}}", authed(triggers.schedule_get, READ), methods=["GET"]
+        ),
+        Route(
+            f"{wfs}/scheduled/{{scheduled}}",
+            authed(triggers.schedule_delete, RUN),
+            methods=["DELETE"],
+        ),
+        Route(
+            f"{wfs}/{{workflow}}/scheduled", authed(triggers.schedule_create, RUN), methods=["POST"]
+        ),
         Route("/api/v1/workers/{worker}", authed(workers.get, READ), methods=["GET"]),
         Route("/api/v1/workers/{worker}", authed(workers.update, WORK), methods=["PATCH"]),
         Route("/api/v1/tenants/{tenant}/worker", authed(workers.list, READ), methods=["GET"]),

@@ -4,6 +4,9 @@ A task is PENDING until every parent is terminal; then it is QUEUED if all of th
 completed, else SKIPPED (an upstream task failed or was cancelled), and skipping cascades.
 A run is finished once every task is terminal: FAILED if any task failed, else CANCELLED if
 any was cancelled, else COMPLETED.
+
+A workflow's on-failure task waits until every other task is terminal; then it is queued
+if one of them failed, else skipped. The run is FAILED either way it ends.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ def topological(workflow: Workflow) -> tuple[str, ...]:
     order: list[str] = []
     placed: set[str] = set()
     for task in workflow.tasks:
+        if task.on_failure:
+            continue
         stack = [(task.readable_id, False)]
         while stack:
             node, expanded = stack.pop()
@@ -74,6 +79,19 @@ def ready(tasks: Sequence[TaskRow], workflow: Workflow) -> tuple[list[TaskRow], 
         else:
             status[name] = TaskStatus.SKIPPED
             to_skip.append(row)
+    handler = workflow.on_failure
+    if handler is not None:
+        row = by_name.get(handler.readable_id)
+        others = [s for n, s in status.items() if n != handler.readable_id]
+        if (
+            row is not None
+            and row.status is TaskStatus.PENDING
+            and all(s in _TERMINAL for s in others)
+        ):
+            if any(s is TaskStatus.FAILED for s in others):
+                to_queue.append(row)
+            else:
+                to_skip.append(row)
     return to_queue, to_skip
 
 

@@ -12,20 +12,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from hewer.domain import (
+    NO_LINKS,
     ConcurrencySpec,
     DesiredLabel,
     GateClaim,
+    IdempotencyClaim,
     NewRun,
     RateClaim,
     RateLimitRecord,
     RateLimitSpec,
+    RunLinks,
     Workflow,
 )
 from hewer.engine.core import cel
 from hewer.engine.core.loop import EngineLoop, run_holder, task_holder
 from hewer.engine.core.transitions import CreateRuns
 from hewer.engine.core.workflows import Workflows, check_priority, is_int
-from hewer.errors import InvalidInput
+from hewer.errors import IdempotencyCollision, InvalidInput
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,7 @@ class TriggerSpec:
     priority: int | None = None
     desired_labels: tuple[DesiredLabel, ...] = ()
     desired_worker_id: str | None = None  # a sticky child run: start on this worker
+    links: RunLinks = NO_LINKS
 
 
 # The actions a connected worker of the tenant runs (None: no such worker connected).
@@ -70,7 +74,14 @@ class Ingest:
                     tenant_id, spec.workflow_name
                 )
             runs.append(self.new_run(tenant_id, wf, spec))
-        return await self.loop.run(CreateRuns(runs))
+        op = CreateRuns(runs)
+        ids = await self.loop.run(op)
+        if op.collisions:
+            raise IdempotencyCollision(
+                [i for i in ids if i],
+                [(c.existing_run_id, c.colliding_run_id) for c in op.collisions],
+            )
+        return ids
 
     def new_run(self, tenant_id: str, wf: Workflow, spec: TriggerSpec) -> NewRun:
         input_text = json_object_text(spec.input, "input")
@@ -108,7 +119,20 @@ class Ingest:
             spec.desired_worker_id,
             gate_claims(tenant_id, wf, run_id, task_ids, input_text, meta),
             self._rate_claims(tenant_id, wf, input_text, meta),
+            spec.links,
+            self._idempotency(wf, input_text, meta),
         )
+
+    def _idempotency(
+        self, wf: Workflow, input_text: str, meta_text: str | None
+    ) -> IdempotencyClaim | None:
+        spec = wf.idempotency
+        if spec is None:
+            return None
+        data = json.loads(input_text)
+        meta = json.loads(meta_text) if meta_text else {}
+        key = cel.compile_expression(spec.expression).key(data, meta)
+        return IdempotencyClaim(wf.id, key, self.loop.clock.now() + spec.ttl_s, spec.method)
 
     def _check_sticky_child(self, tenant_id: str, wf: Workflow, worker_id: str) -> None:
         """A run may start on a given worker only if its workflow is sticky and that worker

@@ -102,9 +102,7 @@ METHODS: dict[str, Permission] = {
 """The permission each gRPC method needs (a method not here needs MANAGE)."""
 
 # Triggers a worker token may make, as child spawns only (see Permission.SPAWN).
-SPAWNING = frozenset(
-    {"/WorkflowService/TriggerWorkflow", "/WorkflowService/BulkTriggerWorkflow"}
-)
+SPAWNING = frozenset({"/WorkflowService/TriggerWorkflow", "/WorkflowService/BulkTriggerWorkflow"})
 
 
 def parse_scope(text: str | None) -> Scope:

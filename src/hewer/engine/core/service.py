@@ -24,14 +24,19 @@ from typing import Any, TypeVar
 from hewer import defaults
 from hewer.domain import (
     ConcurrencySpec,
+    CronRecord,
     DispatchInfo,
     EventOutcome,
+    EventRecord,
     EventType,
+    IdempotencySpec,
     LogLine,
     RateLimitRecord,
     RunDetails,
     RunFilter,
     RunningTask,
+    RunRow,
+    ScheduleRecord,
     StickyStrategy,
     TaskDef,
     TaskEvent,
@@ -44,7 +49,12 @@ from hewer.engine.core import stats
 from hewer.engine.core.auth import Principal
 from hewer.engine.core.clock import Clock
 from hewer.engine.core.component import Component
-from hewer.engine.core.ingest import Ingest, TriggerSpec, check_rate_limit_put
+from hewer.engine.core.ingest import (
+    Ingest,
+    TriggerSpec,
+    check_rate_limit_put,
+    json_object_text,
+)
 from hewer.engine.core.loop import EngineLoop, holder_target
 from hewer.engine.core.scheduler import Scheduler
 from hewer.engine.core.sessions import (
@@ -69,6 +79,7 @@ from hewer.engine.core.transitions import (
     Requeue,
     details,
 )
+from hewer.engine.core.triggers import EventSpec, Triggers, check_cron
 from hewer.engine.core.versions import Versions
 from hewer.engine.core.workflows import Workflows
 from hewer.errors import HewerError, InvalidInput, NotFound, PermissionDenied
@@ -82,6 +93,7 @@ __all__ = [
     "Action",
     "ActionKind",
     "EngineCore",
+    "EventSpec",
     "FailedPrecondition",
     "Session",
     "StreamEvent",
@@ -94,6 +106,9 @@ __all__ = [
 TASK_CALLER_TTL_S = 2.0
 # Room an assignment needs beside a run's input and metadata (ids, names, envelope).
 ASSIGNMENT_RESERVE_BYTES = 8 * 1024
+# Generations of child runs a cancel follows down (a cycle cannot form: a child is newer
+# than its parent; the bound only keeps a pathological tree from running on).
+MAX_CHILD_DEPTH = 100
 
 
 class EngineCore(Component):
@@ -138,6 +153,7 @@ class EngineCore(Component):
             self.sessions.actions_of,
             None if max_message_bytes is None else max_message_bytes - ASSIGNMENT_RESERVE_BYTES,
         )
+        self.triggers = Triggers(store, clock, self.loop, self.ingest, self.workflows)
         self.subscriptions = Subscriptions(store, self._spawn)
         self.sweeps = Sweeps(
             store, clock, self.loop, self.sessions, self.cancel, inactive_after=inactive_after
@@ -175,6 +191,7 @@ class EngineCore(Component):
             await self.loop.run(DropAttempts(worker_id))
         self.sweeps.every(self.reaper_interval, self.reap)
         await self.sweeps.start()
+        await self.triggers.start()
 
     async def rebuild(self) -> None:
         """Build the scheduler's state from the store and the workers in memory (at start,
@@ -214,6 +231,7 @@ class EngineCore(Component):
         if not self._started:
             return
         self._started = False
+        await self.triggers.stop()
         await self.sweeps.stop()
         await self.sessions.stop()
         for task in list(self._background):
@@ -275,14 +293,106 @@ class EngineCore(Component):
         default_priority: int | None,
         sticky: StickyStrategy | None = None,
         concurrency: Sequence[ConcurrencySpec] = (),
+        event_triggers: Sequence[str] = (),
+        cron_triggers: Sequence[str] = (),
+        cron_input: str | None = None,
+        idempotency: IdempotencySpec | None = None,
     ) -> Workflow:
-        return await self.workflows.put(
-            tenant_id, name, tasks, default_priority, sticky, concurrency
+        for key in event_triggers:
+            if not key.strip():
+                raise InvalidInput(f"workflow {name!r}: an event trigger must not be empty")
+        crons = [check_cron(c) for c in cron_triggers]
+        if cron_input is not None:
+            cron_input = json_object_text(cron_input, "cron_input")
+        workflow = await self.workflows.put(
+            tenant_id,
+            name,
+            tasks,
+            default_priority,
+            sticky,
+            concurrency,
+            event_triggers,
+            crons,
+            cron_input,
+            idempotency,
         )
+        await self.triggers.declare_crons(workflow)
+        return workflow
+
+    async def workflow(self, tenant_id: str, name: str) -> Workflow:
+        """The current version of a workflow (NotFound if the tenant has none of that name)."""
+        return await self.workflows.current(tenant_id, name)
 
     async def trigger(self, tenant_id: str, specs: Sequence[TriggerSpec]) -> list[str]:
         """Create runs durably, then queue their root tasks; returns run ids in order."""
         return await self.ingest.trigger(tenant_id, specs)
+
+    # ------------------------------------------------------------------ events, schedules, crons
+
+    async def push_events(self, tenant_id: str, specs: Sequence[EventSpec]) -> list[EventRecord]:
+        """Store events with the runs they trigger."""
+        return await self.triggers.push(tenant_id, specs)
+
+    async def events_list(
+        self, tenant_id: str, keys: Collection[str] | None, limit: int, offset: int
+    ) -> list[EventRecord]:
+        return await self.store.events_list(tenant_id, keys, limit, offset)
+
+    async def event_get(self, tenant_id: str, event_id: str) -> EventRecord:
+        found = await self.store.event_get(tenant_id, event_id)
+        if found is None:
+            raise NotFound(f"event {event_id!r} not found")
+        return found
+
+    async def schedule_runs(
+        self,
+        tenant_id: str,
+        workflow_name: str,
+        times: Sequence[float],
+        input: str,
+        additional_metadata: str | None = None,
+        priority: int | None = None,
+    ) -> list[ScheduleRecord]:
+        """Runs of ``workflow_name`` to start once at each of ``times``."""
+        return await self.triggers.schedule(
+            tenant_id, workflow_name, times, input, additional_metadata, priority
+        )
+
+    async def schedules_list(
+        self, tenant_id: str, workflow_name: str | None, limit: int, offset: int
+    ) -> list[ScheduleRecord]:
+        return await self.store.schedules_list(tenant_id, workflow_name, limit, offset)
+
+    async def schedule_get(self, tenant_id: str, schedule_id: str) -> ScheduleRecord:
+        return await self.triggers.schedule_get(tenant_id, schedule_id)
+
+    async def schedule_delete(self, tenant_id: str, schedule_id: str) -> None:
+        await self.triggers.schedule_delete(tenant_id, schedule_id)
+
+    async def cron_create(
+        self,
+        tenant_id: str,
+        workflow_name: str,
+        name: str,
+        expression: str,
+        input: str,
+        additional_metadata: str | None = None,
+        priority: int | None = None,
+    ) -> CronRecord:
+        return await self.triggers.cron_create(
+            tenant_id, workflow_name, name, expression, input, additional_metadata, priority
+        )
+
+    async def crons_list(
+        self, tenant_id: str, workflow_name: str | None, limit: int, offset: int
+    ) -> list[CronRecord]:
+        return await self.store.crons_list(tenant_id, workflow_name, limit, offset)
+
+    async def cron_get(self, tenant_id: str, cron_id: str) -> CronRecord:
+        return await self.triggers.cron_get(tenant_id, cron_id)
+
+    async def cron_delete(self, tenant_id: str, cron_id: str) -> None:
+        await self.triggers.cron_delete(tenant_id, cron_id)
 
     async def put_rate_limit(
         self, tenant_id: str, key: str, limit: int, duration_s: float
@@ -300,6 +410,12 @@ class EngineCore(Component):
         if found is None:
             raise NotFound(f"run {run_id!r} not found")
         return details(*found)
+
+    async def runs(
+        self, tenant_id: str, run_ids: Collection[str]
+    ) -> list[tuple[RunRow, list[TaskRow]]]:
+        """Those of ``run_ids`` the tenant has, each with its tasks."""
+        return await self.store.runs_get(tenant_id, run_ids) if run_ids else []
 
     def watch_run(
         self,
@@ -328,9 +444,19 @@ class EngineCore(Component):
         return await self.subscriptions.subscribe_stream(tenant_id, run_id)
 
     async def cancel(self, tenant_id: str, ids: Sequence[str], reason: str) -> list[str]:
-        """Cancel runs or tasks by id; returns the ids of the tasks cancelled."""
+        """Cancel runs or tasks by id, and the unfinished child runs of every task that was
+        cancelled (all the way down); returns the ids of the tasks cancelled."""
         outcome = await self.loop.run(Cancel(tenant_id, ids, reason))
-        return list(outcome.cancelled)
+        cancelled = list(outcome.cancelled)
+        parents = cancelled
+        for _ in range(MAX_CHILD_DEPTH):
+            children = await self.store.runs_children(tenant_id, parents) if parents else []
+            if not children:
+                break
+            below = await self.loop.run(Cancel(tenant_id, children, "parent task was cancelled"))
+            parents = list(below.cancelled)
+            cancelled.extend(parents)
+        return cancelled
 
     def _cancel_for_scheduler(self, tenant_id: str, holders: list[str], reason: str) -> None:
         """A concurrency strategy decided to cancel runs or tasks (the scheduler cannot wait

@@ -110,6 +110,4 @@ async def task_counts(
     """Tasks of the runs created in ``[since, until]`` per upstream state (every state
     present, zero when none)."""
     found = await store.task_status_counts(tenant_id, since, until, workflows)
-    return {
-        name: sum(found.get(str(s), 0) for s in ours) for name, ours in METRIC_STATUSES.items()
-    }
+    return {name: sum(found.get(str(s), 0) for s in ours) for name, ours in METRIC_STATUSES.items()}

@@ -26,8 +26,11 @@ from hewer.domain import (
     DesiredLabel,
     DispatchInfo,
     EventOutcome,
+    EventRecord,
     EventType,
     GateClaim,
+    IdempotencyMethod,
+    IdempotencyRow,
     Keys,
     LogLine,
     NewRun,
@@ -384,69 +387,211 @@ def _free_ended(
 # ---------------------------------------------------------------------- runs
 
 
-class CreateRuns(Op[list[str]]):
-    """Write new runs with all their tasks; the root tasks are queued."""
+def _create_run(ctx: Context, ws: WorkingSet, new: NewRun, seq: int, out: Outcome) -> None:
+    """Add a new run with every task of its definition; its root tasks are queued."""
+    now = ctx.now
+    wf = new.workflow
+    links = new.links
+    run = RunRow(
+        first_seq=seq,
+        id=new.id,
+        tenant_id=wf.tenant_id,
+        workflow_id=wf.id,
+        workflow_name=wf.name,
+        version_id=wf.version_id,
+        status=RunStatus.QUEUED,
+        input=new.input,
+        additional_metadata=new.additional_metadata,
+        priority=new.priority,
+        task_count=len(wf.tasks),
+        sticky=wf.sticky,
+        # A sticky child run is pinned to its parent's worker from the start.
+        sticky_worker_id=new.desired_worker_id if wf.sticky else None,
+        desired_labels=labels_json(new.desired_labels),
+        created_at=now,
+        parent_run_id=links.parent_run_id,
+        parent_task_id=links.parent_task_id,
+        child_index=links.child_index,
+        child_key=links.child_key,
+        event_id=links.event_id,
+        event_key=links.event_key,
+        triggered_by=links.triggered_by,
+    )
+    gates = new.gates or tuple(() for _ in new.task_ids)
+    rates = new.rates or tuple(() for _ in new.task_ids)
+    rows: list[TaskRow] = []
+    for task_id, tdef, g, r in zip(new.task_ids, wf.tasks, gates, rates, strict=True):
+        root = not tdef.parents and not tdef.on_failure
+        row = TaskRow(
+            seq=seq,
+            id=task_id,
+            tenant_id=wf.tenant_id,
+            run_id=new.id,
+            readable_id=tdef.readable_id,
+            action_id=tdef.action_id,
+            status=TaskStatus.QUEUED if root else TaskStatus.PENDING,
+            priority=new.priority,
+            desired_worker_id=new.desired_worker_id if root else None,
+            claims=claims_json(g, r),
+            created_at=now,
+        )
+        seq += 1
+        if root:
+            row.queued_at = now
+            row.schedule_deadline = now + tdef.schedule_timeout_s
+        rows.append(row)
+    ws.add_run(run, rows)
+    for row, tdef in zip(rows, wf.tasks, strict=True):
+        if row.status is TaskStatus.QUEUED:
+            out.queued.append(queue_item(row, run, tdef))
 
-    def __init__(self, runs: Sequence[NewRun]) -> None:
+
+def _idempotency_key(new: NewRun) -> tuple[str, str, str] | None:
+    claim = new.idempotency
+    return None if claim is None else (new.workflow.tenant_id, claim.workflow_id, claim.key)
+
+
+def _take_key(ctx: Context, ws: WorkingSet, new: NewRun) -> str | None:
+    """Take the run's idempotency key; returns the run holding it instead, if one does."""
+    claim = new.idempotency
+    key = _idempotency_key(new)
+    if claim is None or key is None:
+        return None
+    held = ws.idempotency.get(key)
+    if (
+        held is not None
+        and held.expires_at > ctx.now
+        and (held.method != IdempotencyMethod.STATUS or not held.run_finished)
+    ):
+        return held.run_id
+    row = IdempotencyRow(key[0], key[1], key[2], new.id, claim.expires_at, str(claim.method))
+    ws.idempotency[key] = row
+    ws.changes.idempotency.append(row)
+    return None
+
+
+def _child_key(new: NewRun) -> tuple[str, str, str] | None:
+    links = new.links
+    if links.child_key is None or not links.parent_task_id:
+        return None
+    return (new.workflow.tenant_id, links.parent_task_id, links.child_key)
+
+
+class CreateRuns(Op[list[str]]):
+    """Write new runs with all their tasks (and the events that started them); the root
+    tasks are queued. A child run whose key its parent task spawned already is not created
+    again: its id is the existing run's."""
+
+    def __init__(self, runs: Sequence[NewRun], events: Sequence[EventRecord] = ()) -> None:
         super().__init__()
         self.runs = runs
+        self.events = events
+        self.collisions: list[Collision] = []
+        """Runs refused for an idempotency key another run holds (their ids are "")."""
         self.seqs = sum(len(r.task_ids) for r in runs)
-        self.weight = self.seqs
+        self.weight = max(1, self.seqs + len(events))
+
+    def keys(self, keys: Keys) -> None:
+        for new in self.runs:
+            key = _child_key(new)
+            if key is not None:
+                keys.child_keys.add(key)
+            idem = _idempotency_key(new)
+            if idem is not None:
+                keys.idempotency_keys.add(idem)
 
     def apply(self, ctx: Context, ws: WorkingSet) -> None:
-        now = ctx.now
         out = self.outcome
         seq = ws.next_seq
         ws.next_seq += self.seqs
+        ids: list[str] = []
         for new in self.runs:
-            wf = new.workflow
-            run = RunRow(
-                first_seq=seq,
-                id=new.id,
-                tenant_id=wf.tenant_id,
-                workflow_id=wf.id,
-                workflow_name=wf.name,
-                version_id=wf.version_id,
-                status=RunStatus.QUEUED,
-                input=new.input,
-                additional_metadata=new.additional_metadata,
-                priority=new.priority,
-                task_count=len(wf.tasks),
-                sticky=wf.sticky,
-                # A sticky child run is pinned to its parent's worker from the start.
-                sticky_worker_id=new.desired_worker_id if wf.sticky else None,
-                desired_labels=labels_json(new.desired_labels),
-                created_at=now,
-            )
-            gates = new.gates or tuple(() for _ in new.task_ids)
-            rates = new.rates or tuple(() for _ in new.task_ids)
-            rows: list[TaskRow] = []
-            for task_id, tdef, g, r in zip(new.task_ids, wf.tasks, gates, rates, strict=True):
-                root = not tdef.parents
-                row = TaskRow(
-                    seq=seq,
-                    id=task_id,
-                    tenant_id=wf.tenant_id,
-                    run_id=new.id,
-                    readable_id=tdef.readable_id,
-                    action_id=tdef.action_id,
-                    status=TaskStatus.QUEUED if root else TaskStatus.PENDING,
-                    priority=new.priority,
-                    desired_worker_id=new.desired_worker_id if root else None,
-                    claims=claims_json(g, r),
-                    created_at=now,
-                )
-                seq += 1
-                if root:
-                    row.queued_at = now
-                    row.schedule_deadline = now + tdef.schedule_timeout_s
-                rows.append(row)
-            ws.add_run(run, rows)
-            for row, tdef in zip(rows, wf.tasks, strict=True):
-                if row.status is TaskStatus.QUEUED:
-                    out.queued.append(queue_item(row, run, tdef))
+            key = _child_key(new)
+            existing = ws.children.get(key) if key is not None else None
+            if existing is not None:
+                ids.append(existing)
+                continue
+            holder = _take_key(ctx, ws, new)
+            if holder is not None:
+                self.collisions.append(Collision(holder, new.id))
+                ids.append("")
+                continue
+            _create_run(ctx, ws, new, seq, out)
+            seq += len(new.task_ids)
+            if key is not None:
+                ws.children[key] = new.id
+            ids.append(new.id)
+        ws.changes.new_events.extend(self.events)
         out.applied = True
-        self._result = [r.id for r in self.runs]
+        self._result = ids
+
+
+@dataclass(frozen=True, slots=True)
+class Collision:
+    """A run not created: the run holding its idempotency key, and the id it would have had."""
+
+    existing_run_id: str
+    colliding_run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Firing:
+    """A run a scheduled run or a cron tick starts, if it is still due when applied: the
+    scheduled run not fired yet, the cron's next tick still ``tick`` (then ``next_tick``).
+    Without a run (its workflow is gone) the scheduled run or tick is used up all the same."""
+
+    run: NewRun | None
+    schedule_id: str | None = None
+    cron_id: str | None = None
+    tick: float = 0.0
+    next_tick: float = 0.0
+
+
+class FireTriggers(Op[list[str]]):
+    """Start the runs of due scheduled runs and cron ticks, each at most once: fenced on the
+    row it fires (locked by the load), in the transaction that creates its run."""
+
+    def __init__(self, firings: Sequence[Firing]) -> None:
+        super().__init__()
+        self.firings = firings
+        self.seqs = sum(len(f.run.task_ids) for f in firings if f.run is not None)
+        self.weight = max(1, self.seqs)
+
+    def keys(self, keys: Keys) -> None:
+        for f in self.firings:
+            idem = _idempotency_key(f.run) if f.run is not None else None
+            if idem is not None:
+                keys.idempotency_keys.add(idem)
+            if f.schedule_id is not None:
+                keys.schedule_ids.add(f.schedule_id)
+            if f.cron_id is not None:
+                keys.cron_ids.add(f.cron_id)
+
+    def apply(self, ctx: Context, ws: WorkingSet) -> None:
+        out = self.outcome
+        seq = ws.next_seq
+        ws.next_seq += self.seqs
+        started: list[str] = []
+        for f in self.firings:
+            if f.schedule_id is not None:
+                schedule = ws.schedules.get(f.schedule_id)
+                if schedule is None or schedule.run_id is not None:
+                    continue  # deleted, or fired already
+                schedule.run_id = f.run.id if f.run is not None else ""
+                ws.changes.schedules_fired[schedule.id] = schedule.run_id
+            elif f.cron_id is not None:
+                cron = ws.crons.get(f.cron_id)
+                if cron is None or not cron.enabled or cron.next_at != f.tick:
+                    continue  # deleted, or this tick fired already
+                cron.next_at = f.next_tick
+                ws.changes.cron_next[cron.id] = f.next_tick
+            if f.run is None or _take_key(ctx, ws, f.run) is not None:
+                continue  # nothing to start, or its key is held: the tick is used up
+            _create_run(ctx, ws, f.run, seq, out)
+            seq += len(f.run.task_ids)
+            started.append(f.run.id)
+        out.applied = bool(started)
+        self._result = started
 
 
 class Assign(Op[list[DispatchInfo]]):
@@ -493,6 +638,13 @@ class Assign(Op[list[DispatchInfo]]):
                 for t in ws.run_tasks.get(run.id, ()):
                     if t.readable_id in wanted and t.status is TaskStatus.COMPLETED:
                         parents[t.readable_id] = t.output or "{}"
+            errors = None
+            if tdef.on_failure:
+                errors = {
+                    t.readable_id: t.error or "failed"
+                    for t in ws.run_tasks.get(run.id, ())
+                    if t.status is TaskStatus.FAILED
+                }
             out.append(
                 DispatchInfo(
                     task_id=row.id,
@@ -509,6 +661,8 @@ class Assign(Op[list[DispatchInfo]]):
                     input=run.input,
                     parents=parents,
                     additional_metadata=run.additional_metadata,
+                    links=run.links,
+                    errors=errors,
                 )
             )
         self.outcome.applied = bool(out)
@@ -912,9 +1066,12 @@ class PutLogs(Op[None]):
 __all__ = [
     "Assign",
     "Cancel",
+    "Collision",
     "Context",
     "CreateRuns",
     "DropAttempts",
+    "FireTriggers",
+    "Firing",
     "Heartbeat",
     "InsertWorker",
     "Judged",

@@ -9,7 +9,14 @@ import math
 from collections.abc import Sequence
 
 from hewer import defaults
-from hewer.domain import ConcurrencySpec, RateLimitSpec, StickyStrategy, TaskDef, Workflow
+from hewer.domain import (
+    ConcurrencySpec,
+    IdempotencySpec,
+    RateLimitSpec,
+    StickyStrategy,
+    TaskDef,
+    Workflow,
+)
 from hewer.engine.core import cel
 from hewer.engine.core.clock import Clock
 from hewer.engine.core.versions import Versions
@@ -34,6 +41,7 @@ class Workflows:
         self.clock = clock
         self.versions = versions
         self._current: dict[tuple[str, str], tuple[Workflow, float]] = {}
+        self._by_event: dict[str, tuple[dict[str, list[Workflow]], float]] = {}
 
     async def put(
         self,
@@ -43,19 +51,50 @@ class Workflows:
         default_priority: int | None,
         sticky: StickyStrategy | None = None,
         concurrency: Sequence[ConcurrencySpec] = (),
+        event_triggers: Sequence[str] = (),
+        cron_triggers: Sequence[str] = (),
+        cron_input: str | None = None,
+        idempotency: IdempotencySpec | None = None,
     ) -> Workflow:
         check_definition(name, tasks, concurrency)
+        if idempotency is not None:
+            cel.compile_expression(idempotency.expression)
         priority = default_priority or defaults.DEFAULT_PRIORITY
         check_priority(priority)
         draft = Workflow(
-            "", tenant_id, name, "", tuple(tasks), priority, sticky, tuple(concurrency)
+            "",
+            tenant_id,
+            name,
+            "",
+            tuple(tasks),
+            priority,
+            sticky,
+            tuple(concurrency),
+            tuple(dict.fromkeys(event_triggers)),
+            tuple(dict.fromkeys(cron_triggers)),
+            cron_input,
+            idempotency,
         )
         text = json.dumps(draft.definition_json(), sort_keys=True, separators=(",", ":"))
         checksum = hashlib.sha256(text.encode()).hexdigest()
         stored = await self.store.workflow_put(draft, checksum, self.clock.now())
         self.versions.add([stored])
         self._current[(tenant_id, name)] = (stored, self.clock.monotonic() + CURRENT_TTL_S)
+        self._by_event.pop(tenant_id, None)
         return stored
+
+    async def by_event(self, tenant_id: str, key: str) -> list[Workflow]:
+        """The current versions of the tenant's workflows an event of ``key`` triggers."""
+        cached = self._by_event.get(tenant_id)
+        if cached is None or cached[1] <= self.clock.monotonic():
+            index: dict[str, list[Workflow]] = {}
+            found = await self.store.workflows_current(tenant_id)
+            self.versions.add(found)
+            for wf in found:
+                for event_key in wf.event_triggers:
+                    index.setdefault(event_key, []).append(self.versions.cache[wf.version_id])
+            cached = self._by_event[tenant_id] = (index, self.clock.monotonic() + CURRENT_TTL_S)
+        return cached[0].get(key, [])
 
     async def current(self, tenant_id: str, name: str) -> Workflow:
         """The version new runs of ``name`` get."""
@@ -79,6 +118,8 @@ def check_definition(
         raise InvalidInput("workflow name must not be empty")
     if not tasks:
         raise InvalidInput(f"workflow {name!r} has no tasks")
+    if sum(t.on_failure for t in tasks) > 1:
+        raise InvalidInput(f"workflow {name!r} has more than one on-failure task")
     seen: set[str] = set()
     for t in tasks:
         if not t.readable_id or not t.action_id:
@@ -86,6 +127,8 @@ def check_definition(
         if t.readable_id in seen:
             raise InvalidInput(f"workflow {name!r}: duplicate task {t.readable_id!r}")
         seen.add(t.readable_id)
+        if t.on_failure and t.parents:
+            raise InvalidInput(f"on-failure task {t.readable_id!r} must not have parents")
         if t.retries < 0:
             raise InvalidInput(f"task {t.readable_id!r}: retries must be >= 0")
         if any(n <= 0 for n in t.slot_requests.values()):
@@ -96,10 +139,13 @@ def check_definition(
         ):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise InvalidInput(f"task {t.readable_id!r}: {label} must be positive")
+    handlers = {t.readable_id for t in tasks if t.on_failure}
     for t in tasks:
         for p in t.parents:
             if p not in seen:
                 raise InvalidInput(f"task {t.readable_id!r}: unknown parent {p!r}")
+            if p in handlers:
+                raise InvalidInput(f"task {t.readable_id!r}: the on-failure task is no parent")
     _check_acyclic(name, tasks)
     for spec in (*concurrency, *(c for t in tasks for c in t.concurrency)):
         _check_concurrency(spec)

@@ -10,8 +10,12 @@ from contextvars import ContextVar
 from typing import Any, TypeVar, cast
 
 import grpc
+from google.protobuf import any_pb2, timestamp_pb2
+from google.rpc import status_pb2  # type: ignore[import-untyped]
 from grpc import aio
+from grpc_status import rpc_status
 
+from hewer._proto.v1 import workflows_pb2 as v1_workflows_pb2
 from hewer.durations import InvalidDuration
 from hewer.engine.core import scopes
 from hewer.engine.core.auth import (
@@ -22,7 +26,15 @@ from hewer.engine.core.auth import (
     bearer,
 )
 from hewer.engine.core.service import EngineCore, FailedPrecondition
-from hewer.errors import InvalidInput, NotFound, NotSupported, PermissionDenied, TooLarge
+from hewer.errors import (
+    AlreadyExists,
+    IdempotencyCollision,
+    InvalidInput,
+    NotFound,
+    NotSupported,
+    PermissionDenied,
+    TooLarge,
+)
 from hewer.store import StoreError
 
 logger = logging.getLogger(__name__)
@@ -35,6 +47,7 @@ Resp = TypeVar("Resp")
 _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
@@ -169,6 +182,10 @@ async def abort_for(exc: Exception, context: aio.ServicerContext[Any, Any], meth
     """Abort the call with the status of ``exc``; unknown errors become INTERNAL."""
     if isinstance(exc, aio.AbortError):
         raise exc
+    if isinstance(exc, IdempotencyCollision):
+        # grpc's aio stubs lack abort_with_status, which the aio context has.
+        aborting: Any = context
+        await aborting.abort_with_status(collision_status(exc, bulk=method.startswith("Bulk")))
     code = status_for(exc)
     if code is None:
         logger.exception("%s failed", method)
@@ -283,3 +300,33 @@ def _call(fn: Any, request: Any, context: Any) -> Any:
         return fn(request, context)
     except NotImplementedError:
         return _UNIMPLEMENTED
+
+
+def collision_status(exc: IdempotencyCollision, *, bulk: bool) -> grpc.Status:
+    """ALREADY_EXISTS "idempotency key collision", with the detail hatchet-sdk unpacks:
+    the first collision (a single trigger), or every collision and the runs created."""
+    errors = [
+        v1_workflows_pb2.IdempotencyCollisionError(
+            existing_run_external_id=existing, colliding_run_external_id=colliding
+        )
+        for existing, colliding in exc.collisions
+    ]
+    detail = any_pb2.Any()
+    if bulk:
+        detail.Pack(
+            v1_workflows_pb2.BulkTriggerIdempotencyCollisionError(
+                successful_workflow_run_external_ids=exc.created, collisions=errors
+            )
+        )
+    else:
+        detail.Pack(errors[0])
+    status = status_pb2.Status(
+        code=grpc.StatusCode.ALREADY_EXISTS.value[0], message=str(exc), details=[detail]
+    )
+    return rpc_status.to_status(status)
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts

@@ -10,6 +10,8 @@ from hewer._proto.v1 import workflows_pb2_grpc as pb_grpc
 from hewer.domain import (
     ConcurrencySpec,
     ConcurrencyStrategy,
+    IdempotencyMethod,
+    IdempotencySpec,
     RateLimitSpec,
     RunDetails,
     RunStatus,
@@ -121,7 +123,7 @@ def rate_limit_spec(task: str, msg: Any) -> RateLimitSpec:
     )
 
 
-def task_def(opts: Any) -> TaskDef:
+def task_def(opts: Any, *, on_failure: bool = False) -> TaskDef:
     """A registered task from ``CreateTaskOpts``; features not built yet are refused."""
     name = opts.readable_id
     unsupported = [
@@ -164,7 +166,24 @@ def task_def(opts: Any) -> TaskDef:
         desired_labels=desired_labels(opts.worker_labels),
         concurrency=tuple(concurrency_spec(c) for c in opts.concurrency),
         rate_limits=tuple(rate_limit_spec(name, r) for r in opts.rate_limits),
+        on_failure=on_failure,
     )
+
+
+_IDEMPOTENCY = {pb.TTL: IdempotencyMethod.TTL, pb.STATUS: IdempotencyMethod.STATUS}
+
+
+def idempotency_spec(workflow: str, msg: Any) -> IdempotencySpec:
+    if not msg.expression.strip():
+        raise InvalidInput(f"workflow {workflow!r}: the idempotency expression is empty")
+    if msg.ttl_ms <= 0:
+        raise InvalidInput(f"workflow {workflow!r}: the idempotency TTL must be positive")
+    method = IdempotencyMethod.TTL
+    if msg.HasField("method"):
+        if msg.method not in _IDEMPOTENCY:
+            raise InvalidInput(f"unknown idempotency method {msg.method}")
+        method = _IDEMPOTENCY[msg.method]
+    return IdempotencySpec(msg.expression, msg.ttl_ms / 1000.0, method)
 
 
 def run_details_response(details: RunDetails) -> Any:
@@ -194,13 +213,7 @@ class AdminServicer(Servicer, pb_grpc.AdminServiceServicer):  # type: ignore[mis
     async def PutWorkflow(self, tenant_id: str, request: Any, context: Any) -> Any:
         unsupported = [
             label
-            for label, present in (
-                ("event triggers", len(request.event_triggers) > 0),
-                ("cron triggers", len(request.cron_triggers) > 0),
-                ("on-failure tasks", request.HasField("on_failure_task")),
-                ("default filters", len(request.default_filters) > 0),
-                ("idempotency", request.HasField("idempotency")),
-            )
+            for label, present in (("default filters", len(request.default_filters) > 0),)
             if present
         ]
         if unsupported:
@@ -208,6 +221,8 @@ class AdminServicer(Servicer, pb_grpc.AdminServiceServicer):  # type: ignore[mis
                 f"workflow {request.name!r} uses {', '.join(unsupported)}: not supported yet"
             )
         tasks = [task_def(t) for t in request.tasks]
+        if request.HasField("on_failure_task"):
+            tasks.append(task_def(request.on_failure_task, on_failure=True))
         priority = request.default_priority if request.HasField("default_priority") else None
         sticky = None
         if request.HasField("sticky"):
@@ -218,8 +233,20 @@ class AdminServicer(Servicer, pb_grpc.AdminServiceServicer):  # type: ignore[mis
         if request.HasField("concurrency"):
             limits.insert(0, request.concurrency)
         concurrency = [concurrency_spec(c) for c in limits]
+        idempotency = None
+        if request.HasField("idempotency"):
+            idempotency = idempotency_spec(request.name, request.idempotency)
         workflow = await self.core.put_workflow(
-            tenant_id, request.name, tasks, priority, sticky, concurrency
+            tenant_id,
+            request.name,
+            tasks,
+            priority,
+            sticky,
+            concurrency,
+            event_triggers=list(request.event_triggers),
+            cron_triggers=list(request.cron_triggers),
+            cron_input=request.cron_input if request.HasField("cron_input") else None,
+            idempotency=idempotency,
         )
         return pb.CreateWorkflowVersionResponse(id=workflow.version_id, workflow_id=workflow.id)
 

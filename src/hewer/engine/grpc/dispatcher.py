@@ -10,8 +10,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-
 from hewer._proto import dispatcher_pb2 as pb
 from hewer._proto import dispatcher_pb2_grpc as pb_grpc
 from hewer._version import __version__ as hewer_version
@@ -19,7 +17,7 @@ from hewer.domain import DispatchInfo, EventType, RunDetails, TaskEvent, TaskSta
 from hewer.durations import parse_duration
 from hewer.engine.core.ingest import strict_json
 from hewer.engine.core.service import Action, ActionKind, EngineCore
-from hewer.engine.grpc._common import Servicer, TokenWatch, abort_for, caller, unary
+from hewer.engine.grpc._common import Servicer, TokenWatch, abort_for, caller, timestamp, unary
 from hewer.errors import InvalidInput, NotSupported
 
 logger = logging.getLogger(__name__)
@@ -46,15 +44,7 @@ def labels_from_proto(labels: Any) -> dict[str, str | int]:
     return out
 
 
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
-
-def run_event(
-    details: RunDetails, now: float, limit: int | None = None
-) -> pb.WorkflowRunEvent:
+def run_event(details: RunDetails, now: float, limit: int | None = None) -> pb.WorkflowRunEvent:
     """The FINISHED event for a done run: every task's output or error. Under ``limit``
     bytes: the largest outputs that do not fit are replaced by an error saying so (a
     client is told, rather than its stream broken)."""
@@ -76,7 +66,7 @@ def run_event(
     event = pb.WorkflowRunEvent(
         workflow_run_id=details.id,
         event_type=pb.WORKFLOW_RUN_EVENT_TYPE_FINISHED,
-        event_timestamp=_timestamp(now),
+        event_timestamp=timestamp(now),
         results=results,
     )
     if limit is not None and event.ByteSize() > limit - _FRAME_BYTES:
@@ -96,7 +86,7 @@ def missing_run_event(run_id: str, now: float) -> pb.WorkflowRunEvent:
     return pb.WorkflowRunEvent(
         workflow_run_id=run_id,
         event_type=pb.WORKFLOW_RUN_EVENT_TYPE_FINISHED,
-        event_timestamp=_timestamp(now),
+        event_timestamp=timestamp(now),
         results=[pb.StepRunResult(task_name="", error=f"run {run_id} not found")],
     )
 
@@ -106,9 +96,11 @@ def action_payload(info: DispatchInfo) -> str:
     Both are stored as validated JSON object text, so the payload is put together without
     parsing them again."""
     parents = ",".join(f"{json.dumps(name)}:{output}" for name, output in info.parents.items())
+    errors = f',"step_run_errors":{json.dumps(info.errors)}' if info.errors is not None else ""
     return (
-        f'{{"input":{info.input},"parents":{{{parents}}},"triggered_by":"manual",'
-        '"triggers":{},"user_data":{},"overrides":{}}'
+        f'{{"input":{info.input},"parents":{{{parents}}},'
+        f'"triggered_by":"{info.links.triggered_by}",'
+        f'"triggers":{{}},"user_data":{{}},"overrides":{{}}{errors}}}'
     )
 
 
@@ -140,10 +132,18 @@ def assigned_action(tenant_id: str, action: Action) -> Any:
         priority=info.priority,
         workflow_id=info.workflow_id,
         workflow_version_id=info.workflow_version_id,
-        child_workflow_index=0,
+        child_workflow_index=info.links.child_index or 0,
     )
     if info.additional_metadata:
         msg.additional_metadata = info.additional_metadata
+    links = info.links
+    if links.parent_run_id:
+        msg.parent_workflow_run_id = links.parent_run_id
+    if links.child_key is not None:
+        msg.child_workflow_key = links.child_key
+    if links.event_id is not None:
+        msg.triggering_event_external_id = links.event_id
+        msg.triggering_event_key = links.event_key or ""
     return msg
 
 
@@ -286,7 +286,7 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
         timeout_at = await self.core.refresh_timeout(
             tenant_id, request.task_run_external_id, delta.total_seconds()
         )
-        return pb.RefreshTimeoutResponse(timeout_at=_timestamp(timeout_at))
+        return pb.RefreshTimeoutResponse(timeout_at=timestamp(timeout_at))
 
     @unary
     async def UpsertWorkerLabels(self, tenant_id: str, request: Any, context: Any) -> Any:
@@ -318,7 +318,7 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
                         resource_type=pb.RESOURCE_TYPE_WORKFLOW_RUN,
                         event_type=pb.RESOURCE_EVENT_TYPE_COMPLETED,
                         resource_id=request.workflow_run_id,
-                        event_timestamp=_timestamp(self.core.clock.now()),
+                        event_timestamp=timestamp(self.core.clock.now()),
                         hangup=True,
                     )
                     return
@@ -327,7 +327,7 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
                     resource_type=pb.RESOURCE_TYPE_STEP_RUN,
                     event_type=pb.RESOURCE_EVENT_TYPE_STREAM,
                     resource_id=event.task_id,
-                    event_timestamp=_timestamp(event.created_at),
+                    event_timestamp=timestamp(event.created_at),
                     event_payload=event.data.decode("utf-8", errors="replace"),
                 )
                 if event.index is not None:

@@ -6,14 +6,62 @@ from typing import Any
 
 from hewer._proto import events_pb2 as pb
 from hewer._proto import events_pb2_grpc as pb_grpc
-from hewer.domain import LogLine
-from hewer.engine.grpc._common import Servicer, caller, unary
+from hewer.domain import EventRecord, LogLine
+from hewer.engine.core.service import EventSpec
+from hewer.engine.grpc._common import Servicer, caller, timestamp, unary
 from hewer.errors import InvalidInput
 
 MAX_LOG_CHARS = 10_000
+MAX_BULK_PUSH = 1000
+
+
+def event_spec(request: Any) -> EventSpec:
+    return EventSpec(
+        key=request.key,
+        payload=request.payload,
+        additional_metadata=(
+            request.additional_metadata if request.HasField("additional_metadata") else None
+        ),
+        priority=request.priority if request.HasField("priority") else None,
+        scope=request.scope if request.HasField("scope") else None,
+        timestamp=(
+            request.event_timestamp.ToMicroseconds() / 1e6
+            if request.HasField("event_timestamp") and request.event_timestamp.ToMicroseconds() > 0
+            else None
+        ),
+    )
+
+
+def event_message(event: EventRecord) -> Any:
+    msg = pb.Event(
+        tenant_id=event.tenant_id,
+        event_id=event.id,
+        key=event.key,
+        payload=event.payload,
+        event_timestamp=timestamp(event.created_at),
+    )
+    if event.additional_metadata is not None:
+        msg.additional_metadata = event.additional_metadata
+    if event.scope is not None:
+        msg.scope = event.scope
+    return msg
 
 
 class EventsServicer(Servicer, pb_grpc.EventsServiceServicer):  # type: ignore[misc]
+    @unary
+    async def Push(self, tenant_id: str, request: Any, context: Any) -> Any:
+        (event,) = await self.core.push_events(tenant_id, [event_spec(request)])
+        return event_message(event)
+
+    @unary
+    async def BulkPush(self, tenant_id: str, request: Any, context: Any) -> Any:
+        if not request.events:
+            raise InvalidInput("events must not be empty")
+        if len(request.events) > MAX_BULK_PUSH:
+            raise InvalidInput(f"at most {MAX_BULK_PUSH} events per bulk push")
+        events = await self.core.push_events(tenant_id, [event_spec(e) for e in request.events])
+        return pb.Events(events=[event_message(e) for e in events])
+
     @unary
     async def PutLog(self, tenant_id: str, request: Any, context: Any) -> Any:
         if not request.task_run_external_id:

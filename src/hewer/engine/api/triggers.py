@@ -1,0 +1,207 @@
+"""Crons and scheduled runs in Hatchet's REST shapes (``hatchet.cron`` and
+``hatchet.scheduled`` feature clients): create, list, get, delete."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from hewer.domain import CronRecord, RunStatus, ScheduleRecord, Workflow
+from hewer.engine.api._http import json_object
+from hewer.engine.api.filters import parse_time
+from hewer.engine.api.workers import iso
+from hewer.engine.core.service import EngineCore
+from hewer.engine.core.transitions import details
+from hewer.errors import HewerError, InvalidInput
+
+MAX_PAGE = 1000
+DEFAULT_PAGE = 50
+
+# A fired scheduled run's status as Hatchet's ScheduledWorkflows.workflowRunStatus.
+_RUN_STATUS = {
+    RunStatus.QUEUED: "QUEUED",
+    RunStatus.RUNNING: "RUNNING",
+    RunStatus.COMPLETED: "SUCCEEDED",
+    RunStatus.FAILED: "FAILED",
+    RunStatus.CANCELLED: "CANCELLED",
+}
+
+
+def page(request: Request) -> tuple[int, int]:
+    """``limit`` and ``offset`` query parameters (400 when not whole numbers in range)."""
+    values: list[int] = []
+    for key, default, top in (("limit", DEFAULT_PAGE, MAX_PAGE), ("offset", 0, None)):
+        raw = request.query_params.get(key)
+        if raw is None or raw == "":
+            values.append(default)
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            raise InvalidInput(f"{key!r} must be a whole number, got {raw!r}") from None
+        if value < 0 or (top is not None and not 1 <= value <= top):
+            raise InvalidInput(f"{key!r} is out of range: {value}")
+        values.append(value)
+    return values[0], values[1]
+
+
+def _json_text(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{key!r} must be a JSON object")
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _priority(body: dict[str, Any]) -> int | None:
+    value = body.get("priority")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput("'priority' must be a whole number (1 to 3)")
+    return value
+
+
+def _meta(record_id: str, created_at: float) -> dict[str, str]:
+    return {"id": record_id, "createdAt": iso(created_at), "updatedAt": iso(created_at)}
+
+
+class TriggerRoutes:
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+
+    async def _workflows(self, tenant_id: str, names: set[str]) -> dict[str, Workflow | None]:
+        found: dict[str, Workflow | None] = {}
+        for name in names:
+            try:
+                found[name] = await self.core.workflow(tenant_id, name)
+            except HewerError:
+                found[name] = None  # deleted since: shown with what the record knows
+        return found
+
+    # ------------------------------------------------------------------ crons
+
+    def _cron_json(self, cron: CronRecord, wf: Workflow | None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "metadata": _meta(cron.id, cron.created_at),
+            "tenantId": cron.tenant_id,
+            "workflowVersionId": wf.version_id if wf else "",
+            "workflowId": wf.id if wf else "",
+            "workflowName": cron.workflow_name,
+            "cron": cron.expression,
+            "name": cron.name,
+            "input": json.loads(cron.input),
+            "additionalMetadata": json.loads(cron.additional_metadata or "{}"),
+            "enabled": cron.enabled,
+            "method": "DEFAULT" if cron.declared else "API",
+            "nextRunAt": iso(cron.next_at),
+        }
+        if cron.priority is not None:
+            out["priority"] = cron.priority
+        return out
+
+    async def cron_create(self, request: Request, tenant_id: str) -> Any:
+        body = await json_object(request)
+        name, expression = body.get("cronName"), body.get("cronExpression")
+        if not isinstance(name, str) or not isinstance(expression, str):
+            raise InvalidInput("'cronName' and 'cronExpression' are required strings")
+        cron = await self.core.cron_create(
+            tenant_id,
+            request.path_params["workflow"],
+            name,
+            expression,
+            _json_text(body, "input") or "{}",
+            _json_text(body, "additionalMetadata"),
+            _priority(body),
+        )
+        wf = await self.core.workflow(tenant_id, cron.workflow_name)
+        return self._cron_json(cron, wf)
+
+    async def cron_list(self, request: Request, tenant_id: str) -> Any:
+        limit, offset = page(request)
+        workflow = request.query_params.get("workflowName") or None
+        crons = await self.core.crons_list(tenant_id, workflow, limit, offset)
+        name = request.query_params.get("cronName")
+        if name:
+            crons = [c for c in crons if c.name == name]
+        wfs = await self._workflows(tenant_id, {c.workflow_name for c in crons})
+        return {
+            "rows": [self._cron_json(c, wfs[c.workflow_name]) for c in crons],
+            "pagination": {"current_page": offset // limit + 1, "num_pages": 0},
+        }
+
+    async def cron_get(self, request: Request, tenant_id: str) -> Any:
+        cron = await self.core.cron_get(tenant_id, request.path_params["cron"])
+        wfs = await self._workflows(tenant_id, {cron.workflow_name})
+        return self._cron_json(cron, wfs[cron.workflow_name])
+
+    async def cron_delete(self, request: Request, tenant_id: str) -> Any:
+        await self.core.cron_delete(tenant_id, request.path_params["cron"])
+        return Response(status_code=204)
+
+    # ------------------------------------------------------------------ scheduled runs
+
+    async def _schedules_json(
+        self, tenant_id: str, records: list[ScheduleRecord]
+    ) -> list[dict[str, Any]]:
+        wfs = await self._workflows(tenant_id, {s.workflow_name for s in records})
+        fired = [s.run_id for s in records if s.run_id]
+        runs = {r.id: details(r, tasks) for r, tasks in await self.core.runs(tenant_id, fired)}
+        out = []
+        for s in records:
+            wf = wfs[s.workflow_name]
+            row: dict[str, Any] = {
+                "metadata": _meta(s.id, s.created_at),
+                "tenantId": s.tenant_id,
+                "workflowVersionId": wf.version_id if wf else "",
+                "workflowId": wf.id if wf else "",
+                "workflowName": s.workflow_name,
+                "triggerAt": iso(s.trigger_at),
+                "input": json.loads(s.input),
+                "additionalMetadata": json.loads(s.additional_metadata or "{}"),
+                "method": "API",
+            }
+            if s.priority is not None:
+                row["priority"] = s.priority
+            run = runs.get(s.run_id or "")
+            if run is not None:
+                row["workflowRunId"] = run.id
+                row["workflowRunStatus"] = _RUN_STATUS[run.status]
+            out.append(row)
+        return out
+
+    async def schedule_create(self, request: Request, tenant_id: str) -> Any:
+        body = await json_object(request)
+        at = body.get("triggerAt")
+        if not isinstance(at, str):
+            raise InvalidInput("'triggerAt' is required (an ISO 8601 time)")
+        (record,) = await self.core.schedule_runs(
+            tenant_id,
+            request.path_params["workflow"],
+            [parse_time(at, "triggerAt")],
+            _json_text(body, "input") or "{}",
+            _json_text(body, "additionalMetadata"),
+            _priority(body),
+        )
+        return (await self._schedules_json(tenant_id, [record]))[0]
+
+    async def schedule_list(self, request: Request, tenant_id: str) -> Any:
+        limit, offset = page(request)
+        workflow = request.query_params.get("workflowName") or None
+        records = await self.core.schedules_list(tenant_id, workflow, limit, offset)
+        return {
+            "rows": await self._schedules_json(tenant_id, records),
+            "pagination": {"current_page": offset // limit + 1, "num_pages": 0},
+        }
+
+    async def schedule_get(self, request: Request, tenant_id: str) -> Any:
+        record = await self.core.schedule_get(tenant_id, request.path_params["scheduled"])
+        return (await self._schedules_json(tenant_id, [record]))[0]
+
+    async def schedule_delete(self, request: Request, tenant_id: str) -> Any:
+        await self.core.schedule_delete(tenant_id, request.path_params["scheduled"])
+        return Response(status_code=204)

@@ -1,0 +1,165 @@
+"""Events, scheduled runs, crons, on-failure tasks and child runs with the unmodified
+hatchet-sdk as worker and client (``hatchet_trigger_app.py``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hewer.domain import RunRow, RunStatus
+from hewer.testing import EngineThread
+from tests.compat.test_hatchet_sdk import hatchet_env, pytestmark  # noqa: F401
+from tests.helpers import wait_for
+
+APP = Path(__file__).with_name("hatchet_trigger_app.py")
+WORKER = "trigger-worker"
+
+
+@pytest.fixture
+def trigger_worker(engine: EngineThread, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    log = (tmp_path / f"{WORKER}.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, str(APP), "worker"],
+        env=hatchet_env(engine),
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+
+    def registered() -> bool:
+        workers = engine.call(engine.engine.store.workers_list())
+        return proc.poll() is not None or any(
+            w.name == WORKER and w.status == "active" for w in workers
+        )
+
+    try:
+        wait_for(registered, timeout=60, what="hatchet worker registered")
+        assert proc.poll() is None, (tmp_path / f"{WORKER}.log").read_text()
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def _runs(engine: EngineThread, workflow: str) -> list[RunRow]:
+    runs = engine.call(engine.engine.store.runs_list(engine.engine.default_tenant_id))
+    return [r for r in runs if r.workflow_name == workflow]
+
+
+def _output(engine: EngineThread, run_id: str) -> Any:
+    found = engine.call(engine.engine.store.run_get(engine.engine.default_tenant_id, run_id))
+    assert found is not None
+    (task,) = found[1]
+    return json.loads(task.output or "null")
+
+
+def test_triggers_with_hatchet_sdk(
+    engine: EngineThread, trigger_worker: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, str(APP), "client"],
+        env=hatchet_env(engine),
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-4000:]
+    out = json.loads(result.stdout.decode().strip().splitlines()[-1])
+
+    # Events: one run per event whose key a workflow listens to, with the payload as its
+    # input and the event's id and key on the task; the other key started nothing.
+    def event_runs() -> list[RunRow]:
+        return [r for r in _runs(engine, "compat-on-order") if r.status is RunStatus.COMPLETED]
+
+    wait_for(lambda: len(event_runs()) == 2, timeout=30, what="both event runs completed")
+    by_event = {r.event_id: r for r in event_runs()}
+    assert set(by_event) == {out["event_id"], out["bulk_ids"][0]}
+    first = _output(engine, by_event[out["event_id"]].id)
+    assert first == {
+        "item": "anvil",
+        "n": 2,
+        "event_id": out["event_id"],
+        "event_key": "compat:order",
+    }
+    rope = by_event[out["bulk_ids"][0]]
+    assert _output(engine, rope.id)["item"] == "rope"
+    assert json.loads(rope.additional_metadata or "{}") == {"m": 1}
+    events = engine.call(
+        engine.engine.core.events_list(engine.engine.default_tenant_id, None, 10, 0)
+    )
+    assert {e.id for e in events} == {out["event_id"], *out["bulk_ids"]}
+
+    # The scheduled run fired once, within a second of its time; the deleted one never.
+    def scheduled() -> list[RunRow]:
+        return [r for r in _runs(engine, "compat-later") if r.triggered_by == "schedule"]
+
+    wait_for(
+        lambda: any(r.status is RunStatus.COMPLETED for r in scheduled()),
+        timeout=30,
+        what="the scheduled run completed",
+    )
+    (fired,) = scheduled()
+    assert out["scheduled_for"] <= fired.created_at <= out["scheduled_for"] + 1.0
+    assert _output(engine, fired.id)["item"] == "clock"
+    assert out["scheduled"] == {
+        "workflow": "compat-later",
+        "input": {"item": "clock", "n": 0},
+        "listed": out["schedule_ids"],
+    }
+    wait_for(
+        lambda: time.time() > fired.created_at + 3.0, timeout=10, what="the deleted one's time"
+    )
+    assert len(scheduled()) == 1
+
+    # Crons through the feature client: created, listed, fetched, deleted; the declared one
+    # is listed as DEFAULT. The declared every-second cron fired once per second.
+    cron = out["cron"]
+    assert cron["expression"] == "0 0 1 1 *"
+    assert cron["input"] == {"item": "new-year"}
+    assert cron["method"] == "API"
+    assert cron["listed"] == [cron["id"]]
+    assert cron["declared"] == [["* * * * * *", "DEFAULT"]]
+    assert out["cron_after_delete"] == []
+    wait_for(lambda: len(_runs(engine, "compat-ticker")) >= 4, timeout=30, what="cron ticks")
+    ticks = sorted(r.created_at for r in _runs(engine, "compat-ticker"))
+    assert len({int(t) for t in ticks}) == len(ticks), "two runs for one tick"
+    assert all(r.triggered_by == "cron" for r in _runs(engine, "compat-ticker"))
+
+    # On-failure: the run failed; its handler ran once and saw the failed task's error.
+    assert "boom went the task" in out["failing_error"]
+    (failed_run,) = _runs(engine, "compat-failing")
+    assert failed_run.status is RunStatus.FAILED
+    found = engine.call(engine.engine.store.run_get(engine.engine.default_tenant_id, failed_run.id))
+    assert found is not None
+    tasks = {t.readable_id: t for t in found[1]}
+    assert set(tasks) == {"fine", "boom", "handle-on-failure"}
+    assert str(tasks["handle-on-failure"].status) == "completed"
+    errors = json.loads(tasks["handle-on-failure"].output or "{}")["errors"]
+    assert list(errors) == ["boom"]
+    assert "boom went the task" in errors["boom"]
+
+    # Child runs: the same child key gave the same run; each child saw its parent and
+    # index, and the keyed one its key.
+    parent = out["parent"]
+    assert parent["ids"][0] == parent["ids"][1] != parent["ids"][2]
+    keyed, plain = parent["outputs"]
+    assert keyed == {"parent": parent["run_id"], "index": 0, "key": "only-one", "item": "a"}
+    assert plain == {"parent": parent["run_id"], "index": 2, "key": "", "item": "c"}
+    assert len(_runs(engine, "compat-child")) == 2
+
+    # Idempotency: the second run with a key was refused, naming the first; in bulk the
+    # fresh key went through and the used one was refused.
+    idem = out["idempotency"]
+    assert idem["second_existing"] == idem["first"]
+    assert idem["bulk_existing"] == [idem["first"]]
+    (fresh,) = idem["bulk_created"]
+    assert {r.id for r in _runs(engine, "compat-once")} == {idem["first"], fresh}
