@@ -294,6 +294,66 @@ def merge_labels(
     return tuple(d for d in base if d.key not in keys) + override
 
 
+class ConditionAction(StrEnum):
+    """What a satisfied condition group does to its task (``wait_for`` queues it)."""
+
+    QUEUE = "queue"
+    SKIP = "skip"
+    CANCEL = "cancel"
+
+
+class ConditionKind(StrEnum):
+    PARENT = "parent"  # a parent's output (CEL over ``output``; no expression: it completed)
+    SLEEP = "sleep"  # a time after the task's parents were done
+    EVENT = "event"  # a user event pushed after that (CEL over its payload as ``input``)
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionSpec:
+    """One condition of a task. Conditions of one action with the same ``group`` are
+    alternatives (any one satisfies the group); an action needs each of its groups."""
+
+    kind: ConditionKind
+    action: ConditionAction
+    group: str
+    key: str  # readable_data_key: names the condition (unique within the task)
+    expression: str | None = None
+    parent: str | None = None
+    sleep_s: float | None = None
+    event_key: str | None = None
+    scope: str | None = None
+    events_since: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": str(self.kind),
+            "action": str(self.action),
+            "group": self.group,
+            "key": self.key,
+            "expression": self.expression,
+            "parent": self.parent,
+            "sleep_s": self.sleep_s,
+            "event_key": self.event_key,
+            "scope": self.scope,
+            "events_since": self.events_since,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ConditionSpec:
+        return cls(
+            ConditionKind(data["kind"]),
+            ConditionAction(data["action"]),
+            data["group"],
+            data["key"],
+            data.get("expression"),
+            data.get("parent"),
+            data.get("sleep_s"),
+            data.get("event_key"),
+            data.get("scope"),
+            data.get("events_since"),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class TaskDef:
     """One task of a workflow definition, as registered by PutWorkflow."""
@@ -313,9 +373,11 @@ class TaskDef:
     # The workflow's on-failure task: no parents, queued only once the other tasks are all
     # done and one of them failed (skipped otherwise).
     on_failure: bool = False
+    conditions: tuple[ConditionSpec, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "conditions": [c.to_json() for c in self.conditions],
             "on_failure": self.on_failure,
             "rate_limits": [r.to_json() for r in self.rate_limits],
             "desired_labels": [d.to_json() for d in self.desired_labels],
@@ -347,6 +409,7 @@ class TaskDef:
             concurrency=tuple(ConcurrencySpec.from_json(c) for c in data.get("concurrency", ())),
             rate_limits=tuple(RateLimitSpec.from_json(r) for r in data.get("rate_limits", ())),
             on_failure=bool(data.get("on_failure", False)),
+            conditions=tuple(ConditionSpec.from_json(c) for c in data.get("conditions", ())),
         )
 
 
@@ -367,6 +430,8 @@ class Workflow:
     cron_triggers: tuple[str, ...] = ()  # cron expressions declared with the workflow
     cron_input: str | None = None  # the input of runs its declared crons start (JSON)
     idempotency: IdempotencySpec | None = None
+    # Declarative event filters: (expression, scope, payload JSON text).
+    default_filters: tuple[tuple[str, str, str], ...] = ()
     steps: Mapping[str, TaskDef] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -386,6 +451,7 @@ class Workflow:
             "cron_triggers": list(self.cron_triggers),
             "cron_input": self.cron_input,
             "idempotency": self.idempotency.to_json() if self.idempotency else None,
+            "default_filters": [list(f) for f in self.default_filters],
         }
 
     @property
@@ -409,6 +475,7 @@ class Workflow:
             tuple(data.get("cron_triggers", ())),
             data.get("cron_input"),
             IdempotencySpec.from_json(data["idempotency"]) if data.get("idempotency") else None,
+            tuple((f[0], f[1], f[2]) for f in data.get("default_filters", ())),
         )
 
 
@@ -468,6 +535,7 @@ class RunLinks:
     event_id: str | None = None
     event_key: str | None = None
     triggered_by: str = "manual"  # manual | event | cron | schedule
+    filter_payload: str | None = None  # the payload of the event filter that let it through
 
 
 NO_LINKS = RunLinks()
@@ -485,6 +553,23 @@ class EventRecord:
     priority: int | None
     scope: str | None
     created_at: float
+
+
+@dataclass(slots=True, eq=False)
+class FilterRecord:
+    """An event filter of a workflow: an event pushed with ``scope`` starts a run of it
+    only through a filter of that scope whose ``expression`` holds (``payload`` goes to
+    the run). ``declarative`` ones come with the workflow's definition."""
+
+    id: str
+    tenant_id: str
+    workflow_id: str
+    scope: str
+    expression: str
+    payload: str  # a JSON object's text
+    declarative: bool
+    created_at: float
+    updated_at: float
 
 
 @dataclass(slots=True, eq=False)
@@ -774,6 +859,10 @@ class TaskRow:
     output: str | None = None
     error: str | None = None
     created_at: float = 0.0
+    # A task waiting on its conditions (parents done): {"since": t, "hits": [keys]} as JSON,
+    # and when a sleep condition of it is next due.
+    waiting: str | None = None
+    wake_at: float | None = None
 
     def holds_slot(self) -> bool:
         """Whether the live attempt occupies slot units on its worker."""
@@ -805,6 +894,7 @@ class RunRow:
     event_id: str | None = None
     event_key: str | None = None
     triggered_by: str = "manual"
+    filter_payload: str | None = None
 
     @property
     def links(self) -> RunLinks:
@@ -816,6 +906,7 @@ class RunRow:
             self.event_id,
             self.event_key,
             self.triggered_by,
+            self.filter_payload,
         )
 
 
@@ -868,6 +959,8 @@ class Keys:
     cron_ids: set[str] = field(default_factory=set)  # crons by id
     # (tenant, parent task, child key): runs already spawned under that key
     child_keys: set[tuple[str, str, str]] = field(default_factory=set)
+    # (tenant, event key): the tasks waiting for such an event (loaded with their runs)
+    event_waits: set[tuple[str, str]] = field(default_factory=set)
     idempotency_keys: set[tuple[str, str, str]] = field(default_factory=set)  # (t, wf, key)
 
     def __bool__(self) -> bool:
@@ -880,6 +973,7 @@ class Keys:
             or self.cron_ids
             or self.child_keys
             or self.idempotency_keys
+            or self.event_waits
         )
 
     def merge(self, other: Keys) -> None:
@@ -891,6 +985,7 @@ class Keys:
         self.cron_ids |= other.cron_ids
         self.child_keys |= other.child_keys
         self.idempotency_keys |= other.idempotency_keys
+        self.event_waits |= other.event_waits
 
 
 @dataclass(slots=True)
@@ -912,6 +1007,8 @@ class Changes:
     schedules_fired: dict[str, str] = field(default_factory=dict)  # schedule id -> run id
     cron_next: dict[str, float] = field(default_factory=dict)  # cron id -> next tick
     idempotency: list[IdempotencyRow] = field(default_factory=list)  # keys taken (upserted)
+    waits_added: list[tuple[str, str, str]] = field(default_factory=list)  # (t, event, task)
+    waits_dropped: set[str] = field(default_factory=set)  # tasks no longer waiting
 
     def task(self, row: TaskRow) -> None:
         """Mark a loaded (or new) task row changed."""
@@ -945,6 +1042,8 @@ class Changes:
                 self.schedules_fired,
                 self.cron_next,
                 self.idempotency,
+                self.waits_added,
+                self.waits_dropped,
             )
         )
 
@@ -969,6 +1068,7 @@ class WorkingSet:
     # (tenant, parent task, child key) -> the run spawned under it (None: there is none)
     children: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
     idempotency: dict[tuple[str, str, str], IdempotencyRow] = field(default_factory=dict)
+    waiters: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # event -> tasks
 
     def add_run(self, run: RunRow, tasks: list[TaskRow]) -> None:
         """A run created in this batch."""

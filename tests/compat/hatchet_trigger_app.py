@@ -18,10 +18,12 @@ from hatchet_sdk import (
     BulkPushEventWithMetadata,
     BulkTriggerIdempotencyCollisionError,
     Context,
+    DefaultFilter,
     EmptyModel,
     Hatchet,
     IdempotencyCollisionError,
     Priority,
+    PushEventOptions,
     TTLBasedIdempotencyConfig,
 )
 from pydantic import BaseModel
@@ -95,6 +97,21 @@ async def parent(input: Order, ctx: Context) -> dict[str, Any]:
 
 
 @hatchet.task(
+    name="compat-filtered",
+    on_events=["compat:filtered"],
+    input_validator=Order,
+    default_filters=[DefaultFilter(expression="input.n > 1", scope="s1", payload={"by": "dflt"})],
+)
+def filtered(input: Order, ctx: Context) -> dict[str, Any]:
+    return {"n": input.n, "filter": dict(ctx.filter_payload), "meta": ctx.additional_metadata}
+
+
+@hatchet.task(name="compat-wild", on_events=["compat:wild:*"])
+def wild(input: EmptyModel, ctx: Context) -> dict[str, Any]:
+    return {"key": ctx.triggering_event_key}
+
+
+@hatchet.task(
     name="compat-once",
     input_validator=Order,
     idempotency=TTLBasedIdempotencyConfig(key_expression="input.item", ttl=timedelta(minutes=5)),
@@ -107,8 +124,28 @@ def worker() -> None:
     hatchet.worker(
         "trigger-worker",
         slots=8,
-        workflows=[on_order, ticker, later, failing, child, parent, once],
+        workflows=[on_order, ticker, later, failing, child, parent, once, filtered, wild],
     ).start()
+
+
+def filters() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    key = "compat:filtered"
+
+    def push(n: int, scope: str | None) -> str:
+        return hatchet.event.push(key, {"n": n}, options=PushEventOptions(scope=scope)).event_id
+
+    out["let_through"] = push(5, "s1")
+    out["refused"] = [push(0, "s1"), push(5, None), push(5, "other")]
+    made = filtered.create_filter("input.n == 0", "s2", {"by": "api"})
+    out["api_filter"] = made.metadata.id
+    out["api_through"] = push(0, "s2")
+    listed = hatchet.filters.list(scopes=["s2"])
+    out["listed"] = [f.metadata.id for f in listed.rows or []]
+    hatchet.filters.delete(made.metadata.id)
+    out["after_delete"] = push(0, "s2")
+    out["wild"] = hatchet.event.push("compat:wild:x", {}).event_id
+    return out
 
 
 def idempotency() -> dict[str, Any]:
@@ -194,6 +231,7 @@ def client() -> None:
         out["failing_error"] = str(exc)[:2000]
     out["parent"] = parent.run(Order(item="p"))
     out["idempotency"] = idempotency()
+    out["filters"] = filters()
     print(json.dumps(out))
 
 

@@ -92,11 +92,15 @@ def test_triggers_with_hatchet_sdk(
     }
     rope = by_event[out["bulk_ids"][0]]
     assert _output(engine, rope.id)["item"] == "rope"
-    assert json.loads(rope.additional_metadata or "{}") == {"m": 1}
+    assert json.loads(rope.additional_metadata or "{}") == {
+        "m": 1,
+        "hatchet__event_id": out["bulk_ids"][0],
+        "hatchet__event_key": "compat:order",
+    }
     events = engine.call(
-        engine.engine.core.events_list(engine.engine.default_tenant_id, None, 10, 0)
+        engine.engine.core.events_list(engine.engine.default_tenant_id, None, 100, 0)
     )
-    assert {e.id for e in events} == {out["event_id"], *out["bulk_ids"]}
+    assert {out["event_id"], *out["bulk_ids"]} <= {e.id for e in events}
 
     # The scheduled run fired once, within a second of its time; the deleted one never.
     def scheduled() -> list[RunRow]:
@@ -163,3 +167,25 @@ def test_triggers_with_hatchet_sdk(
     assert idem["bulk_existing"] == [idem["first"]]
     (fresh,) = idem["bulk_created"]
     assert {r.id for r in _runs(engine, "compat-once")} == {idem["first"], fresh}
+
+    # Event filters: a workflow with filters runs only through a filter of the event's
+    # scope whose expression holds, once per such filter, and the task sees its payload.
+    flt = out["filters"]
+    wait_for(
+        lambda: all(r.status is RunStatus.COMPLETED for r in _runs(engine, "compat-filtered")),
+        timeout=30,
+        what="the filtered runs completed",
+    )
+    by_event = {r.event_id: r for r in _runs(engine, "compat-filtered")}
+    assert set(by_event) == {flt["let_through"], flt["api_through"]}
+    assert _output(engine, by_event[flt["let_through"]].id)["filter"] == {"by": "dflt"}
+    assert _output(engine, by_event[flt["api_through"]].id)["filter"] == {"by": "api"}
+    assert flt["listed"] == [flt["api_filter"]]
+    (wild_run,) = _runs(engine, "compat-wild")
+    assert wild_run.event_id == flt["wild"]
+    wait_for(
+        lambda: _runs(engine, "compat-wild")[0].status is RunStatus.COMPLETED,
+        timeout=30,
+        what="the wildcard run",
+    )
+    assert _output(engine, wild_run.id) == {"key": "compat:wild:x"}

@@ -12,14 +12,19 @@ import pytest
 
 from hewer import (
     Context,
+    DefaultFilter,
     EventPush,
     Hewer,
     HewerError,
     IdempotencyCollisionError,
+    ParentCondition,
+    SleepCondition,
     StatusBasedIdempotencyConfig,
     TaskRunError,
     TTLBasedIdempotencyConfig,
+    UserEventCondition,
     Worker,
+    or_,
 )
 from hewer.domain import RunRow, RunStatus
 from hewer.testing import EngineThread
@@ -70,7 +75,7 @@ def test_events_start_the_workflows_that_listen(
         "event_id": event.id,
         "event_key": "user:signup",
         "by": "event",
-        "meta": {"s": 1},
+        "meta": {"s": 1, "hatchet__event_id": event.id, "hatchet__event_key": "user:signup"},
     }
     audits = sorted((s["key"], s["audit"]["email"]) for s in seen if "audit" in s)
     assert audits == [("user:gone", "x@y.z"), ("user:signup", "a@b.c")]
@@ -302,3 +307,104 @@ def test_idempotency_keys_refuse_a_second_run(
     done.result()
     again = sync.run_no_wait({"account": "a"})
     assert again.run_id != done.run_id
+
+
+def test_conditions_wait_skip_and_cancel(
+    engine: EngineThread, client: Hewer, in_process_worker: Callable[..., Worker]
+) -> None:
+    flow = client.workflow("gated")
+
+    @flow.task()
+    def score(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return {"score": input["score"], "at": time.time()}
+
+    @flow.task(parents=[score], wait_for=[SleepCondition(timedelta(seconds=0.5))])
+    def cooled(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return {"at": time.time()}
+
+    @flow.task(parents=[score], skip_if=[ParentCondition(score, "output.score < 50")])
+    def promote(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return {"promoted": True}
+
+    @flow.task(
+        parents=[score],
+        wait_for=[
+            or_(
+                UserEventCondition("review:done", "input.approved == true"),
+                SleepCondition(timedelta(seconds=30)),
+            )
+        ],
+        cancel_if=[UserEventCondition("review:abort")],
+    )
+    def publish(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return {"published": True}
+
+    @flow.task(parents=[promote])
+    def report(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return {"promote_skipped": ctx.was_skipped(promote)}
+
+    in_process_worker(client, [flow])
+    tenant = engine.engine.default_tenant_id
+
+    def status(run_id: str, task: str) -> str:
+        details = engine.call(engine.engine.core.run_details(tenant, run_id))
+        return next(str(t.status) for t in details.tasks if t.readable_id == task)
+
+    low = flow.run_no_wait({"score": 10})
+    wait_for(lambda: status(low.run_id, "score") == "completed", timeout=20, what="score")
+    client.events.push("review:done", {"approved": False})  # does not match its expression
+    assert status(low.run_id, "publish") == "pending"
+    client.events.push("review:done", {"approved": True})
+    out = low.result()
+    assert out["cooled"]["at"] >= out["score"]["at"] + 0.5
+    assert out["promote"] == {"skipped": True}
+    assert out["report"] == {"promote_skipped": True}
+    assert out["publish"] == {"published": True}
+
+    high = flow.run_no_wait({"score": 90})
+    wait_for(lambda: status(high.run_id, "score") == "completed", timeout=20, what="score")
+    client.events.push("review:abort", {})
+    with pytest.raises(TaskRunError):
+        high.result()
+    assert status(high.run_id, "publish") == "cancelled"
+    assert status(high.run_id, "promote") == "completed"
+    with pytest.raises(HewerError, match="not one of its parents"):
+
+        @flow.task(skip_if=[ParentCondition(score)])
+        def orphan(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+            return {}
+
+
+def test_event_filters_and_wildcard_keys(
+    engine: EngineThread, client: Hewer, in_process_worker: Callable[..., Worker]
+) -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    @client.task(
+        name="big-orders",
+        on_events=["order:*"],
+        default_filters=[DefaultFilter("input.total > 100", "shop", {"tier": "gold"})],
+    )
+    def big_orders(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        seen.append((ctx.triggering_event_key or "", ctx.filter_payload))
+        return {}
+
+    in_process_worker(client, [big_orders])
+    (declared,) = client.filters.list("big-orders")
+    assert declared.declarative and declared.scope == "shop"
+    client.events.push("order:placed", {"total": 500}, scope="shop")
+    client.events.push("order:placed", {"total": 5}, scope="shop")  # fails the expression
+    client.events.push("order:placed", {"total": 500})  # no scope: filters decide, none apply
+    client.events.push("other:placed", {"total": 500}, scope="shop")  # not its key
+    made = client.filters.create("big-orders", "input.total < 10", "shop", {"tier": "tiny"})
+    assert client.filters.get(made.id).payload == {"tier": "tiny"}
+    client.events.push("order:paid", {"total": 5}, scope="shop")
+    client.filters.delete(made.id)
+    client.events.push("order:paid", {"total": 6}, scope="shop")
+    wait_for(lambda: len(_runs(engine, "big-orders")) >= 2, timeout=20, what="two runs")
+    wait_for(lambda: len(seen) == 2, timeout=20, what="both ran")
+    assert sorted(seen, key=lambda s: s[0]) == [
+        ("order:paid", {"tier": "tiny"}),
+        ("order:placed", {"tier": "gold"}),
+    ]
+    assert len(_runs(engine, "big-orders")) == 2

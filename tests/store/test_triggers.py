@@ -9,6 +9,9 @@ import uuid
 import pytest
 
 from hewer.domain import (
+    ConditionAction,
+    ConditionKind,
+    ConditionSpec,
     CronRecord,
     EventRecord,
     EventType,
@@ -22,7 +25,7 @@ from hewer.domain import (
     TaskEvent,
     TaskStatus,
 )
-from hewer.engine.core.transitions import CreateRuns, FireTriggers, Firing, Report
+from hewer.engine.core.transitions import CreateRuns, FireTriggers, Firing, Report, Wake
 from hewer.errors import AlreadyExists
 from hewer.store import Store
 from tests.store.conftest import NOW, Machine, tenant
@@ -204,3 +207,50 @@ async def test_the_on_failure_task_runs_only_after_a_failure(
         "a": TaskStatus.FAILED,
         "handler": TaskStatus.COMPLETED,
     }
+
+
+async def test_a_waiting_task_keeps_its_wait_in_the_store(store: Store, machine: Machine) -> None:
+    """Everything a waiting task needs is in its row: a fresh engine (a new machine over
+    the same store) wakes it at its time, and an event reaches it."""
+    t = await tenant(store)
+    sleep = ConditionSpec(ConditionKind.SLEEP, ConditionAction.QUEUE, "g1", "sleep:5s", sleep_s=5.0)
+    event = ConditionSpec(
+        ConditionKind.EVENT, ConditionAction.QUEUE, "g2", "go", "input.ok", event_key="go"
+    )
+    wf = await machine.workflow(
+        t,
+        "gated",
+        [
+            TaskDef("a", "gated:a"),
+            TaskDef("b", "gated:b", parents=("a",), conditions=(sleep, event)),
+        ],
+    )
+    new = NewRun(str(uuid.uuid4()), wf, "{}", None, 1, (str(uuid.uuid4()), str(uuid.uuid4())))
+    await machine.one(CreateRuns([new]))
+    a, b = new.task_ids
+    await machine.assign(a, t)
+    await machine.one(Report(TaskEvent(t, a, 0, "w1", EventType.COMPLETED, "{}")))
+    assert [x.id for x in await store.tasks_wake_due(NOW + 4, 10)] == []
+    (due,) = await store.tasks_wake_due(NOW + 5, 10)
+    assert due.id == b and due.status is TaskStatus.PENDING
+
+    fresh = Machine(store)
+    fresh.now = NOW + 5
+    assert await fresh.one(Wake([b])) == 1
+    found = await store.run_get(t, new.id)
+    assert found is not None
+    assert {r.readable_id: r.status for r in found[1]}["b"] is TaskStatus.PENDING  # the event
+    assert await store.tasks_wake_due(NOW + 100, 10) == []  # no sleep left to wake it for
+
+    def push(ok: bool, id: str) -> CreateRuns:
+        payload = '{"ok":true}' if ok else '{"ok":false}'
+        return CreateRuns([], [EventRecord(id, t, "go", payload, None, None, None, NOW + 6)])
+
+    fresh.now = NOW + 6
+    await fresh.one(push(False, "e1"))
+    found = await store.run_get(t, new.id)
+    assert found is not None and found[1][1].status is TaskStatus.PENDING
+    await fresh.one(push(True, "e2"))
+    found = await store.run_get(t, new.id)
+    assert found is not None and found[1][1].status is TaskStatus.QUEUED
+    assert found[1][1].waiting is None

@@ -5,6 +5,13 @@ from __future__ import annotations
 from hewer.domain import StickyStrategy
 from hewer.sdk._admin import RunFilter, WorkerInfo, Workers, WorkerState
 from hewer.sdk._client import Hewer
+from hewer.sdk._conditions import (
+    OrGroup,
+    ParentCondition,
+    SleepCondition,
+    UserEventCondition,
+    or_,
+)
 from hewer.sdk._connection import Connection
 from hewer.sdk._context import Context
 from hewer.sdk._controls import (
@@ -16,6 +23,7 @@ from hewer.sdk._controls import (
     WorkerLabelComparator,
 )
 from hewer.sdk._options import (
+    DefaultFilter,
     StatusBasedIdempotencyConfig,
     TaskOptions,
     TTLBasedIdempotencyConfig,
@@ -24,7 +32,17 @@ from hewer.sdk._options import (
 from hewer.sdk._rate_limits import RateLimits
 from hewer.sdk._task import RunRef, StandaloneTask, Task, Workflow
 from hewer.sdk._time import Clock, SystemClock
-from hewer.sdk._triggers import Cron, Crons, Event, EventPush, Events, Scheduled, ScheduledRun
+from hewer.sdk._triggers import (
+    Cron,
+    Crons,
+    Event,
+    EventFilter,
+    EventPush,
+    Events,
+    Filters,
+    Scheduled,
+    ScheduledRun,
+)
 from hewer.sdk._worker import Worker
 
 __all__ = [
@@ -35,11 +53,16 @@ __all__ = [
     "Context",
     "Cron",
     "Crons",
+    "DefaultFilter",
     "DesiredWorkerLabel",
     "Event",
+    "EventFilter",
     "EventPush",
     "Events",
+    "Filters",
     "Hewer",
+    "OrGroup",
+    "ParentCondition",
     "RateLimit",
     "RateLimitDuration",
     "RateLimits",
@@ -47,6 +70,7 @@ __all__ = [
     "RunRef",
     "Scheduled",
     "ScheduledRun",
+    "SleepCondition",
     "StandaloneTask",
     "StatusBasedIdempotencyConfig",
     "StickyStrategy",
@@ -54,6 +78,7 @@ __all__ = [
     "TTLBasedIdempotencyConfig",
     "Task",
     "TaskOptions",
+    "UserEventCondition",
     "Worker",
     "WorkerInfo",
     "WorkerLabelComparator",
@@ -61,4 +86,5 @@ __all__ = [
     "Workers",
     "Workflow",
     "WorkflowOptions",
+    "or_",
 ]

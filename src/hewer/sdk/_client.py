@@ -17,6 +17,7 @@ from hewer.domain import StickyStrategy
 from hewer.sdk._admin import Metrics, Workers
 from hewer.sdk._core import ClientCore
 from hewer.sdk._options import (
+    DefaultFilter,
     IdempotencyConfig,
     TaskKwargs,
     TaskOptions,
@@ -27,7 +28,7 @@ from hewer.sdk._rate_limits import RateLimits
 from hewer.sdk._runs_api import Runs
 from hewer.sdk._task import StandaloneDecorator, StandaloneTask, Workflow
 from hewer.sdk._time import SYSTEM_CLOCK, Clock
-from hewer.sdk._triggers import Crons, Events, Scheduled
+from hewer.sdk._triggers import Crons, Events, Filters, Scheduled
 from hewer.sdk._worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class Hewer(ClientCore):
         """Push events: ``push(key, payload)``, ``bulk_push([EventPush(...)])``."""
         self.scheduled = Scheduled(self)
         """Runs at a time: ``create``, ``list``, ``get``, ``delete``."""
+        self.filters = Filters(self)
+        """Event filters: ``create``, ``list``, ``get``, ``delete``."""
         self.crons = Crons(self)
         """Runs at every tick of a cron expression: ``create``, ``list``, ``get``,
         ``delete``."""
@@ -89,6 +92,7 @@ class Hewer(ClientCore):
         on_crons: Sequence[str] = (),
         cron_input: Mapping[str, Any] | None = None,
         idempotency: IdempotencyConfig | None = None,
+        default_filters: Sequence[DefaultFilter] = (),
         **options: Unpack[TaskKwargs],
     ) -> StandaloneDecorator:
         """Decorator making a function a standalone task (a one-task workflow).
@@ -107,6 +111,7 @@ class Hewer(ClientCore):
             on_crons=on_crons,
             cron_input=cron_input,
             idempotency=idempotency,
+            default_filters=default_filters,
         )
         # Checked now, so a bad value fails where the decorator is written.
         WorkflowOptions(**workflow_options)

@@ -101,6 +101,7 @@ class Context:
         parents: Mapping[str, Any] | None = None,
         errors: Mapping[str, str] | None = None,
         triggered_by: str | None = None,
+        filter_payload: Mapping[str, Any] | None = None,
     ) -> None:
         self._action = action
         self._services = services
@@ -108,6 +109,7 @@ class Context:
         self._parents: dict[str, Any] = dict(parents or {})
         self._errors: dict[str, str] = dict(errors or {})
         self._triggered_by = triggered_by or "manual"
+        self._filter_payload: dict[str, Any] = dict(filter_payload or {})
         self._stream_index = 0
         self._stream_lock = threading.Lock()
         self._child_index = 0
@@ -194,6 +196,11 @@ class Context:
         return self._action.triggering_event_key
 
     @property
+    def filter_payload(self) -> dict[str, Any]:
+        """The payload of the event filter that let the triggering event through."""
+        return dict(self._filter_payload)
+
+    @property
     def parent_workflow_run_id(self) -> str | None:
         """Id of the run whose task triggered this run (None for a top-level run)."""
         return self._action.parent_workflow_run_id
@@ -241,6 +248,11 @@ class Context:
                 "is it listed in parents=?"
             )
         return task.parse_output(self._parents[task.name])
+
+    def was_skipped(self, task: TaskOutput[Any]) -> bool:
+        """Whether a parent task was skipped by its ``skip_if`` conditions."""
+        output = self._parents.get(task.name)
+        return isinstance(output, dict) and output.get("skipped") is True
 
     # --- engine side calls ---------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from typing import Any, TypedDict
 from hewer import defaults
 from hewer.domain import StickyStrategy
 from hewer.errors import ConfigurationError
+from hewer.sdk._conditions import Condition, ConditionList, flatten
 from hewer.sdk._controls import (
     ConcurrencyArg,
     ConcurrencyExpression,
@@ -41,6 +42,9 @@ class TaskKwargs(TypedDict, total=False):
     slot_requests: Mapping[str, int]
     concurrency: ConcurrencyArg
     rate_limits: Sequence[RateLimit] | None
+    wait_for: ConditionList
+    skip_if: ConditionList
+    cancel_if: ConditionList
 
 
 def _default_slot_requests() -> Mapping[str, int]:
@@ -74,6 +78,12 @@ class TaskOptions:
     order, or an int (at most that many at once, keys taking turns)."""
     rate_limits: Sequence[RateLimit] | None = None
     """Rate-limited keys each run consumes units of."""
+    wait_for: ConditionList = None
+    """Conditions to meet, once the parents are done, before the task is queued."""
+    skip_if: ConditionList = None
+    """Conditions that skip the task (it completes with ``{"skipped": true}``)."""
+    cancel_if: ConditionList = None
+    """Conditions that cancel the task."""
 
     def __post_init__(self) -> None:
         if self.retries < 0:
@@ -100,6 +110,22 @@ class TaskOptions:
         object.__setattr__(self, "slot_requests", slots)
         object.__setattr__(self, "concurrency", concurrency_chain(self.concurrency, "concurrency"))
         object.__setattr__(self, "rate_limits", check_rate_limits(self.rate_limits))
+        for label in ("wait_for", "skip_if", "cancel_if"):
+            value = getattr(self, label)
+            if value is not None:
+                flatten(value, label)
+                object.__setattr__(self, label, tuple(value))
+
+    def conditions(self) -> list[tuple[str, str, Condition]]:
+        """``(action, group id, condition)`` of every condition: queue, skip, cancel."""
+        out: list[tuple[str, str, Condition]] = []
+        for action, value in (
+            ("queue", self.wait_for),
+            ("skip", self.skip_if),
+            ("cancel", self.cancel_if),
+        ):
+            out.extend((action, group, c) for group, c in flatten(value, action))
+        return out
 
     @property
     def concurrency_limits(self) -> tuple[ConcurrencyExpression, ...]:
@@ -137,6 +163,19 @@ class StatusBasedIdempotencyConfig:
 IdempotencyConfig = TTLBasedIdempotencyConfig | StatusBasedIdempotencyConfig
 
 
+@dataclass(frozen=True)
+class DefaultFilter:
+    """An event filter declared with its workflow: an event pushed with ``scope`` starts a
+    run only if ``expression`` (CEL over the event's ``input``, ``additional_metadata``, the
+    filter's ``payload``, ``event_key``) holds; the task sees ``payload`` as
+    ``ctx.filter_payload``. A workflow with filters is not started by events without a
+    scope, or of a scope it has no filter for."""
+
+    expression: str
+    scope: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
 class WorkflowKwargs(TypedDict, total=False):
     """Keyword options of ``hw.workflow(...)``; see ``WorkflowOptions``."""
 
@@ -147,6 +186,7 @@ class WorkflowKwargs(TypedDict, total=False):
     on_crons: Sequence[str]
     cron_input: Mapping[str, Any] | None
     idempotency: IdempotencyConfig | None
+    default_filters: Sequence[DefaultFilter]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,6 +209,8 @@ class WorkflowOptions:
     idempotency: IdempotencyConfig | None = None
     """Refuse runs whose key another run holds (``TTLBasedIdempotencyConfig`` or
     ``StatusBasedIdempotencyConfig``)."""
+    default_filters: Sequence[DefaultFilter] = ()
+    """Event filters (``DefaultFilter``), replaced at each registration."""
 
     def __post_init__(self) -> None:
         check_priority(self.default_priority)
@@ -178,6 +220,9 @@ class WorkflowOptions:
             object.__setattr__(self, label, tuple(values))
         if self.cron_input is not None and not isinstance(self.cron_input, Mapping):
             raise ConfigurationError("cron_input must be a mapping")
+        if not all(isinstance(f, DefaultFilter) for f in self.default_filters):
+            raise ConfigurationError("default_filters takes DefaultFilter(...) items")
+        object.__setattr__(self, "default_filters", tuple(self.default_filters))
         idem = self.idempotency
         if idem is not None:
             if not isinstance(idem, TTLBasedIdempotencyConfig | StatusBasedIdempotencyConfig):

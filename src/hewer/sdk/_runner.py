@@ -260,6 +260,8 @@ class Runner:
         parents = payload.get("parents")
         errors = payload.get("step_run_errors")
         triggered_by = payload.get("triggered_by")
+        triggers = payload.get("triggers")
+        filter_payload = triggers.get("filter_payload") if isinstance(triggers, dict) else None
         ctx = Context(
             action,
             services=self._services,
@@ -267,6 +269,7 @@ class Runner:
             parents=parents if isinstance(parents, dict) else {},
             errors=errors if isinstance(errors, dict) else None,
             triggered_by=triggered_by if isinstance(triggered_by, str) else None,
+            filter_payload=filter_payload if isinstance(filter_payload, dict) else None,
         )
         task = self._registry.get(action.action_id)
         run = _Run(action, ctx, is_async=task is not None and task.is_async)

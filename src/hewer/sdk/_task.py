@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from hewer.errors import ConfigurationError
 from hewer.sdk import _serde, _trigger, _triggers, _wire
+from hewer.sdk._conditions import ParentCondition
 from hewer.sdk._context import Context
 from hewer.sdk._core import ClientCore
 from hewer.sdk._options import (
@@ -59,6 +60,12 @@ class Task(Generic[InT, OutT]):
                 raise ConfigurationError(
                     f"task {name!r}: parent {parent.name!r} belongs to another workflow"
                 )
+        for _, _, condition in options.conditions():
+            if isinstance(condition, ParentCondition) and condition.parent not in parents:
+                raise ConfigurationError(
+                    f"task {name!r}: a ParentCondition names {condition.parent.name!r}, "
+                    "which is not one of its parents"
+                )
         self.fn = fn
         self.name = name
         self.workflow = workflow
@@ -82,6 +89,7 @@ class Task(Generic[InT, OutT]):
             action=self.action_id,
             parents=tuple(p.name for p in self.parents),
             options=self.options,
+            namespace=self.workflow._client.namespaced,
         )
 
     def validate_input(self, raw: Any) -> Any:

@@ -469,3 +469,99 @@ class Crons:
 
     async def aio_delete(self, cron_id: str) -> None:
         await asyncio.to_thread(self.delete, cron_id)
+
+
+# ---------------------------------------------------------------------- event filters
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """An event filter of a workflow (see ``DefaultFilter``); ``declarative`` ones come with
+    the workflow's definition."""
+
+    id: str
+    workflow_id: str
+    scope: str
+    expression: str
+    payload: dict[str, Any]
+    declarative: bool
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EventFilter:
+        return cls(
+            id=str(data["metadata"]["id"]),
+            workflow_id=str(data.get("workflowId", "")),
+            scope=str(data.get("scope", "")),
+            expression=str(data.get("expression", "")),
+            payload=dict(data.get("payload") or {}),
+            declarative=bool(data.get("isDeclarative", False)),
+        )
+
+
+_EventFilters = list[EventFilter]
+
+
+class Filters:
+    """``hw.filters``: event filters made at run time (besides a workflow's
+    ``default_filters``)."""
+
+    def __init__(self, client: ClientCore) -> None:
+        self._client = client
+        self._rest = RestClient(client)
+
+    def _base(self) -> str:
+        return f"/api/v1/stable/tenants/{self._rest.tenant_id}/filters"
+
+    def workflow_id(self, workflow_name: str) -> str:
+        """The engine's id of a workflow (by name, namespaced)."""
+        name = self._client.namespaced(workflow_name)
+        path = f"/api/v1/tenants/{self._rest.tenant_id}/workflows?" + urllib.parse.urlencode(
+            {"name": name}
+        )
+        rows = (self._rest.call("GET", path, what=f"find workflow {name!r}") or {}).get("rows")
+        for row in rows or ():
+            if row.get("name") == name:
+                return str(row["metadata"]["id"])
+        raise ConfigurationError(f"no workflow {name!r} is registered")
+
+    def create(
+        self,
+        workflow_name: str,
+        expression: str,
+        scope: str,
+        payload: Mapping[str, Any] | None = None,
+    ) -> EventFilter:
+        body = {
+            "workflowId": self.workflow_id(workflow_name),
+            "expression": expression,
+            "scope": scope,
+            "payload": dict(payload or {}),
+        }
+        return EventFilter.from_json(
+            self._rest.call("POST", self._base(), body, what=f"create filter {scope!r}")
+        )
+
+    def list(
+        self, workflow_name: str | None = None, scopes: Sequence[str] = (), *, limit: int = 100
+    ) -> list[EventFilter]:
+        query: list[tuple[str, str]] = [("limit", str(limit))]
+        if workflow_name is not None:
+            query.append(("workflowIds", self.workflow_id(workflow_name)))
+        query.extend(("scopes", s) for s in scopes)
+        path = f"{self._base()}?{urllib.parse.urlencode(query)}"
+        data = self._rest.call("GET", path, what="list filters")
+        return [EventFilter.from_json(r) for r in (data or {}).get("rows", [])]
+
+    def get(self, filter_id: str) -> EventFilter:
+        path = f"{self._base()}/{_id_path(filter_id, 'filter_id')}"
+        return EventFilter.from_json(self._rest.call("GET", path, what=f"get filter {filter_id!r}"))
+
+    def delete(self, filter_id: str) -> None:
+        path = f"{self._base()}/{_id_path(filter_id, 'filter_id')}"
+        self._rest.call("DELETE", path, what=f"delete filter {filter_id!r}")
+
+    async def aio_list(self, workflow_name: str | None = None) -> _EventFilters:
+        return await asyncio.to_thread(self.list, workflow_name)
+
+    async def aio_delete(self, filter_id: str) -> None:
+        await asyncio.to_thread(self.delete, filter_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
@@ -29,9 +29,10 @@ from hewer._proto.hewer.v1 import worker_pb2 as hewer_v1_pb2
 from hewer._proto.hewer.v1 import worker_pb2_grpc as hewer_v1_pb2_grpc
 from hewer._proto.v1 import workflows_pb2 as v1_workflows_pb2
 from hewer._proto.v1 import workflows_pb2_grpc as v1_workflows_pb2_grpc
-from hewer._proto.v1.shared import trigger_pb2
+from hewer._proto.v1.shared import condition_pb2, trigger_pb2
 from hewer.domain import StickyStrategy
 from hewer.durations import format_duration
+from hewer.sdk._conditions import Condition, ParentCondition, SleepCondition
 from hewer.sdk._controls import (
     ConcurrencyExpression,
     ConcurrencyLimitStrategy,
@@ -225,6 +226,7 @@ class TaskSpec:
     action: str
     parents: tuple[str, ...]
     options: TaskOptions
+    namespace: Callable[[str], str] = str  # what event keys of its conditions become
 
 
 def put_workflow_request(
@@ -245,6 +247,10 @@ def put_workflow_request(
         set_task(request.on_failure_task, on_failure)
     request.event_triggers.extend(event_keys)
     request.cron_triggers.extend(options.on_crons)
+    for f in options.default_filters:
+        request.default_filters.add(
+            expression=f.expression, scope=f.scope, payload=json.dumps(dict(f.payload)).encode()
+        )
     idem = options.idempotency
     if idem is not None:
         by_status = isinstance(idem, StatusBasedIdempotencyConfig)
@@ -286,6 +292,40 @@ def set_task(task: Any, spec: TaskSpec) -> None:
         set_concurrency(task.concurrency.add(), limit)
     for rate_limit in opts.rate_limits or ():
         set_rate_limit(task.rate_limits.add(), rate_limit)
+    conditions = opts.conditions()
+    if conditions:
+        set_conditions(task.conditions, conditions, spec.namespace)
+
+
+_CONDITION_ACTIONS = {
+    "queue": condition_pb2.QUEUE,
+    "skip": condition_pb2.SKIP,
+    "cancel": condition_pb2.CANCEL,
+}
+
+
+def set_conditions(
+    msg: Any, conditions: Sequence[tuple[str, str, Condition]], namespace: Callable[[str], str]
+) -> None:
+    """Fill ``TaskConditions`` (``wait_for`` queues, ``skip_if`` skips, ``cancel_if``
+    cancels)."""
+    for action, group, c in conditions:
+        if isinstance(c, ParentCondition):
+            target = msg.parent_override_conditions.add(parent_readable_id=c.parent.name)
+        elif isinstance(c, SleepCondition):
+            target = msg.sleep_conditions.add(sleep_for=format_duration(c.duration))
+        else:
+            target = msg.user_event_conditions.add(user_event_key=namespace(c.event_key))
+            if c.scope is not None:
+                target.event_scope = c.scope
+            if c.consider_events_since is not None:
+                target.consider_events_since.FromDatetime(c.consider_events_since)
+        target.base.readable_data_key = c.data_key()
+        target.base.action = _CONDITION_ACTIONS[action]
+        target.base.or_group_id = group
+        expression = None if isinstance(c, SleepCondition) else c.expression
+        if expression:
+            target.base.expression = expression
 
 
 def register_request(

@@ -24,6 +24,7 @@ from hewer.domain import (
     Changes,
     CronRecord,
     EventRecord,
+    FilterRecord,
     GateClaim,
     Keys,
     LeaseState,
@@ -167,6 +168,9 @@ class Store(Protocol):
 
     async def task_run_id(self, tenant_id: str, task_id: str) -> str | None: ...
 
+    async def tasks_wake_due(self, now: float, limit: int) -> list[TaskRow]:
+        """Tasks waiting on conditions whose next sleep condition is due."""
+
     async def runs_children(self, tenant_id: str, parent_task_ids: Collection[str]) -> list[str]:
         """Ids of the unfinished runs spawned by any of ``parent_task_ids``."""
 
@@ -236,6 +240,29 @@ class Store(Protocol):
 
     # logs (writes go through StoreTx.stage)
     async def logs_list(self, query: LogQuery) -> list[LogLine]: ...
+
+    # event filters
+    async def filters_of(self, tenant_id: str, workflow_ids: Collection[str]) -> list[FilterRecord]:
+        """Every filter of the workflows named (any scope)."""
+
+    async def filters_list(
+        self,
+        tenant_id: str,
+        workflow_ids: Collection[str] | None,
+        scopes: Collection[str] | None,
+        limit: int,
+        offset: int,
+    ) -> list[FilterRecord]: ...
+    async def filter_get(self, tenant_id: str, filter_id: str) -> FilterRecord | None: ...
+    async def filter_put(self, record: FilterRecord) -> None:
+        """Insert the filter, or change the scope, expression and payload of the one with its
+        id."""
+
+    async def filter_delete(self, tenant_id: str, filter_id: str) -> bool: ...
+    async def filters_declare(
+        self, tenant_id: str, workflow_id: str, records: Sequence[FilterRecord]
+    ) -> None:
+        """Replace the workflow's declarative filters with ``records``."""
 
     # events (inserted through StoreTx.stage, with the runs they start)
     async def events_list(

@@ -12,6 +12,7 @@ from hewer.domain import (
     AttemptRow,
     CronRecord,
     EventRecord,
+    FilterRecord,
     IdempotencyRow,
     RunRow,
     RunStatus,
@@ -37,6 +38,7 @@ RUN = [f.name for f in fields(RunRow)]
 ATTEMPT = [f.name for f in fields(AttemptRow)]
 EVENT = [f.name for f in fields(EventRecord)]
 SCHEDULE = [f.name for f in fields(ScheduleRecord)]
+FILTER = [f.name for f in fields(FilterRecord)]
 CRON = [f.name for f in fields(CronRecord)]
 # The task columns a transition may change (every update writes all of them).
 TASK_MUTABLE = [
@@ -57,6 +59,8 @@ TASK_MUTABLE = [
     "finished_at",
     "output",
     "error",
+    "waiting",
+    "wake_at",
 ]
 TASK_STATUS = {s.value: s for s in TaskStatus}
 RUN_STATUS = {s.value: s for s in RunStatus}
@@ -72,6 +76,12 @@ def run_row(r: StoredRow) -> RunRow:
 
 def event_record(r: StoredRow) -> EventRecord:
     return EventRecord(*r)
+
+
+def filter_record(r: StoredRow) -> FilterRecord:
+    row = FilterRecord(*r)
+    row.declarative = bool(row.declarative)
+    return row
 
 
 def schedule_record(r: StoredRow) -> ScheduleRecord:

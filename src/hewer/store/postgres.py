@@ -34,6 +34,7 @@ from hewer.domain import (
     Changes,
     CronRecord,
     EventRecord,
+    FilterRecord,
     GateClaim,
     Keys,
     LeaseState,
@@ -81,6 +82,7 @@ Q = _queries.load(
         "attempt_a": ", ".join(f"a.{c}" for c in _ATTEMPT),
         "event": ", ".join(_rows.EVENT),
         "schedule": ", ".join(_rows.SCHEDULE),
+        "filter": ", ".join(_rows.FILTER),
         "cron": ", ".join(_rows.CRON),
     },
 )
@@ -108,6 +110,7 @@ _attempt_update_values = operator.attrgetter(
 _event_values = operator.attrgetter(*_rows.EVENT)
 _schedule_values = operator.attrgetter(*_rows.SCHEDULE)
 _cron_values = operator.attrgetter(*_rows.CRON)
+_filter_values = operator.attrgetter(*_rows.FILTER)
 _idempotency_values = operator.attrgetter(
     "tenant_id", "workflow_id", "key", "run_id", "expires_at", "method"
 )
@@ -318,6 +321,13 @@ async def _load(conn: Conn, ws: WorkingSet, keys: Keys, known_versions: Collecti
             out.append(t)
         return out
 
+    waits = [k for k in keys.event_waits if k not in ws.waiters]
+    if waits:
+        for k in waits:
+            ws.waiters[k] = []
+        for r in await conn.fetch(Q["event_waiters"], *_columns(waits)):
+            ws.waiters[(r[0], r[1])].append(r[2])
+            keys.task_ids.add(r[2])
     wanted = [i for i in keys.task_ids if i not in tasks]
     if wanted:
         # With their runs, in one round trip (a run already loaded keeps its working copy),
@@ -503,6 +513,10 @@ async def _write(conn: Conn, c: Changes) -> None:
         await conn.execute(Q["cron_set_next"], *_columns(c.cron_next.items()))
     if c.idempotency:
         await conn.execute(Q["idempotency_put"], *_columns(map(_idempotency_values, c.idempotency)))
+    if c.waits_dropped:
+        await conn.execute(Q["waits_drop"], list(c.waits_dropped))
+    if c.waits_added:
+        await conn.execute(Q["wait_add"], *_columns(c.waits_added))
 
 
 async def _migrate(conn: Conn) -> None:
@@ -984,9 +998,62 @@ class PostgresStore:
 
         return await self._tx(body)
 
+    async def tasks_wake_due(self, now: float, limit: int) -> list[TaskRow]:
+        return [_task(r) for r in await self._fetch("tasks_wake_due", now, limit)]
+
     async def runs_children(self, tenant_id: str, parent_task_ids: Collection[str]) -> list[str]:
         rows = await self._fetch("runs_children", tenant_id, list(parent_task_ids))
         return [r[0] for r in rows]
+
+    async def filters_of(self, tenant_id: str, workflow_ids: Collection[str]) -> list[FilterRecord]:
+        rows = await self._fetch("filters_of_workflows", tenant_id, list(workflow_ids))
+        return [_rows.filter_record(r) for r in rows]
+
+    async def filters_list(
+        self,
+        tenant_id: str,
+        workflow_ids: Collection[str] | None,
+        scopes: Collection[str] | None,
+        limit: int,
+        offset: int,
+    ) -> list[FilterRecord]:
+        rows = await self._fetch(
+            "filters_list", tenant_id, _text_list(workflow_ids), _text_list(scopes), limit, offset
+        )
+        return [_rows.filter_record(r) for r in rows]
+
+    async def filter_get(self, tenant_id: str, filter_id: str) -> FilterRecord | None:
+        r = await self._fetchrow("filter_get", tenant_id, filter_id)
+        return _rows.filter_record(r) if r else None
+
+    async def filter_put(self, record: FilterRecord) -> None:
+        async def body(conn: Conn) -> None:
+            status = await conn.execute(
+                Q["filter_update"],
+                record.scope,
+                record.expression,
+                record.payload,
+                record.updated_at,
+                record.tenant_id,
+                record.id,
+            )
+            if not _rowcount(status):
+                await conn.execute(Q["filter_insert"], *_filter_values(record))
+
+        await self._tx(body)
+
+    async def filter_delete(self, tenant_id: str, filter_id: str) -> bool:
+        return await self._change("filter_delete", tenant_id, filter_id) > 0
+
+    async def filters_declare(
+        self, tenant_id: str, workflow_id: str, records: Sequence[FilterRecord]
+    ) -> None:
+        async def body(conn: Conn) -> None:
+            await conn.execute(Q["filters_undeclare"], tenant_id, workflow_id)
+            if records:
+                await conn.executemany(Q["filter_insert"], [_filter_values(r) for r in records])
+
+        await self._tx(body)
 
     async def events_list(
         self, tenant_id: str, keys: Collection[str] | None, limit: int, offset: int

@@ -29,6 +29,7 @@ from hewer.domain import (
     Changes,
     CronRecord,
     EventRecord,
+    FilterRecord,
     GateClaim,
     Keys,
     LogLine,
@@ -72,6 +73,8 @@ Q = _queries.load(
         "event_params": ", ".join("?" for _ in _rows.EVENT),
         "schedule": ", ".join(_rows.SCHEDULE),
         "schedule_params": ", ".join("?" for _ in _rows.SCHEDULE),
+        "filter": ", ".join(_rows.FILTER),
+        "filter_params": ", ".join("?" for _ in _rows.FILTER),
         "cron": ", ".join(_rows.CRON),
         "cron_params": ", ".join("?" for _ in _rows.CRON),
     },
@@ -84,6 +87,7 @@ _attempt_values = operator.attrgetter(*_ATTEMPT)
 _event_values = operator.attrgetter(*_rows.EVENT)
 _schedule_values = operator.attrgetter(*_rows.SCHEDULE)
 _cron_values = operator.attrgetter(*_rows.CRON)
+_filter_values = operator.attrgetter(*_rows.FILTER)
 _idempotency_values = operator.attrgetter(
     "tenant_id", "workflow_id", "key", "run_id", "expires_at", "method"
 )
@@ -185,7 +189,7 @@ class _Tx:
             n += len(c.new_attempts) + len(c.attempts) + len(c.new_workers) + len(c.logs)
             n += len(c.worker_status) + len(c.heartbeats) + len(c.worker_labels)
             n += len(c.new_events) + len(c.schedules_fired) + len(c.cron_next)
-            n += len(c.idempotency)
+            n += len(c.idempotency) + len(c.waits_added) + len(c.waits_dropped)
         return n
 
     def _commit(self, conn: sqlite3.Connection) -> None:
@@ -243,6 +247,13 @@ def _load(
             out.append(t)
         return out
 
+    for tenant_id, key in keys.event_waits:
+        if (tenant_id, key) not in ws.waiters:
+            ids = [
+                r[0] for r in conn.execute(Q["event_waiters"], {"tenant_id": tenant_id, "key": key})
+            ]
+            ws.waiters[(tenant_id, key)] = ids
+            keys.task_ids.update(ids)
     wanted = [i for i in keys.task_ids if i not in tasks]
     if wanted:
         add(_select(conn, "tasks_by_ids", wanted))
@@ -407,6 +418,10 @@ def _write(conn: sqlite3.Connection, c: Changes) -> None:
         conn.executemany(Q["cron_set_next"], [(at, cid) for cid, at in c.cron_next.items()])
     if c.idempotency:
         conn.executemany(Q["idempotency_put"], [_idempotency_values(k) for k in c.idempotency])
+    if c.waits_dropped:
+        conn.executemany(Q["waits_drop"], [(t,) for t in c.waits_dropped])
+    if c.waits_added:
+        conn.executemany(Q["wait_add"], c.waits_added)
 
 
 class SqliteStore:
@@ -932,9 +947,69 @@ class SqliteStore:
 
         return await self._tx(body)
 
+    async def tasks_wake_due(self, now: float, limit: int) -> list[TaskRow]:
+        return await self._tasks("tasks_wake_due", {"now": now, "limit": limit})
+
     async def runs_children(self, tenant_id: str, parent_task_ids: Collection[str]) -> list[str]:
         params = {"tenant_id": tenant_id, "ids": _ids(parent_task_ids)}
         return await self._rows_of("runs_children", params, operator.itemgetter(0))
+
+    async def filters_of(self, tenant_id: str, workflow_ids: Collection[str]) -> list[FilterRecord]:
+        params = {"tenant_id": tenant_id, "ids": _ids(workflow_ids)}
+        return await self._rows_of("filters_of_workflows", params, _rows.filter_record)
+
+    async def filters_list(
+        self,
+        tenant_id: str,
+        workflow_ids: Collection[str] | None,
+        scopes: Collection[str] | None,
+        limit: int,
+        offset: int,
+    ) -> list[FilterRecord]:
+        params = {
+            "tenant_id": tenant_id,
+            "workflows": _json_list(workflow_ids),
+            "scopes": _json_list(scopes),
+            "limit": limit,
+            "offset": offset,
+        }
+        return await self._rows_of("filters_list", params, _rows.filter_record)
+
+    async def filter_get(self, tenant_id: str, filter_id: str) -> FilterRecord | None:
+        params = {"tenant_id": tenant_id, "id": filter_id}
+        found = await self._rows_of("filter_get", params, _rows.filter_record)
+        return found[0] if found else None
+
+    async def filter_put(self, record: FilterRecord) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            updated = conn.execute(
+                Q["filter_update"],
+                (
+                    record.scope,
+                    record.expression,
+                    record.payload,
+                    record.updated_at,
+                    record.tenant_id,
+                    record.id,
+                ),
+            ).rowcount
+            if not updated:
+                conn.execute(Q["filter_insert"], _filter_values(record))
+
+        await self._tx(body)
+
+    async def filter_delete(self, tenant_id: str, filter_id: str) -> bool:
+        return await self._change("filter_delete", {"tenant_id": tenant_id, "id": filter_id}) > 0
+
+    async def filters_declare(
+        self, tenant_id: str, workflow_id: str, records: Sequence[FilterRecord]
+    ) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            params = {"tenant_id": tenant_id, "workflow_id": workflow_id}
+            conn.execute(Q["filters_undeclare"], params)
+            conn.executemany(Q["filter_insert"], [_filter_values(r) for r in records])
+
+        await self._tx(body)
 
     async def events_list(
         self, tenant_id: str, keys: Collection[str] | None, limit: int, offset: int

@@ -9,7 +9,7 @@ from starlette.routing import Route
 from hewer.engine.api._http import endpoint, http_exception, server_error
 from hewer.engine.api.stats import StatsRoutes
 from hewer.engine.api.tasks import TaskRoutes
-from hewer.engine.api.triggers import TriggerRoutes
+from hewer.engine.api.triggers import FilterRoutes, TriggerRoutes
 from hewer.engine.api.workers import WorkerRoutes
 from hewer.engine.core.auth import TokenAuthority
 from hewer.engine.core.scopes import Permission
@@ -26,9 +26,17 @@ def build_app(core: EngineCore, auth: TokenAuthority, metrics: EngineMetrics) ->
     tasks = TaskRoutes(core)
     stats = StatsRoutes(core, metrics)
     triggers = TriggerRoutes(core)
+    filters = FilterRoutes(core)
     wfs = "/api/v1/tenants/{tenant}/workflows"
+    fls = "/api/v1/stable/tenants/{tenant}/filters"
     RUN, DEFINE = Permission.RUN, Permission.DEFINE
     routes = [
+        Route(wfs, authed(filters.workflows, READ), methods=["GET"]),
+        Route(fls, authed(filters.list, READ), methods=["GET"]),
+        Route(fls, authed(filters.create, DEFINE), methods=["POST"]),
+        Route(f"{fls}/{{filter}}", authed(filters.get, READ), methods=["GET"]),
+        Route(f"{fls}/{{filter}}", authed(filters.update, DEFINE), methods=["PATCH"]),
+        Route(f"{fls}/{{filter}}", authed(filters.delete, DEFINE), methods=["DELETE"]),
         Route(f"{wfs}/crons", authed(triggers.cron_list, READ), methods=["GET"]),
         Route(f"{wfs}/crons/{{cron}}", authed(triggers.cron_get, READ), methods=["GET"]),
         Route(f"{wfs}/crons/{{cron}}", authed(triggers.cron_delete, DEFINE), methods=["DELETE"]),

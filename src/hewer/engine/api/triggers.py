@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from hewer.domain import CronRecord, RunStatus, ScheduleRecord, Workflow
+from hewer.domain import CronRecord, FilterRecord, RunStatus, ScheduleRecord, Workflow
 from hewer.engine.api._http import json_object
 from hewer.engine.api.filters import parse_time
 from hewer.engine.api.workers import iso
@@ -205,3 +205,90 @@ class TriggerRoutes:
     async def schedule_delete(self, request: Request, tenant_id: str) -> Any:
         await self.core.schedule_delete(tenant_id, request.path_params["scheduled"])
         return Response(status_code=204)
+
+
+class FilterRoutes:
+    """Event filters in Hatchet's shapes (``hatchet.filters``), and the workflow list the
+    SDK reads a workflow's id from (``workflow.create_filter``)."""
+
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+
+    @staticmethod
+    def _json(f: FilterRecord) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "id": f.id,
+                "createdAt": iso(f.created_at),
+                "updatedAt": iso(f.updated_at),
+            },
+            "tenantId": f.tenant_id,
+            "workflowId": f.workflow_id,
+            "scope": f.scope,
+            "expression": f.expression,
+            "payload": json.loads(f.payload),
+            "isDeclarative": f.declarative,
+        }
+
+    async def list(self, request: Request, tenant_id: str) -> Any:
+        limit, offset = page(request)
+        workflows = request.query_params.getlist("workflowIds") or None
+        scopes = request.query_params.getlist("scopes") or None
+        rows = await self.core.filters_list(tenant_id, workflows, scopes, limit, offset)
+        return {
+            "rows": [self._json(f) for f in rows],
+            "pagination": {"current_page": offset // limit + 1, "num_pages": 0},
+        }
+
+    async def create(self, request: Request, tenant_id: str) -> Any:
+        body = await json_object(request)
+        workflow, expression, scope = (
+            body.get("workflowId"),
+            body.get("expression"),
+            body.get("scope"),
+        )
+        if not all(isinstance(v, str) for v in (workflow, expression, scope)):
+            raise InvalidInput("'workflowId', 'expression' and 'scope' are required strings")
+        assert isinstance(workflow, str) and isinstance(expression, str)
+        assert isinstance(scope, str)
+        record = await self.core.filter_put(
+            tenant_id, workflow, scope, expression, _json_text(body, "payload")
+        )
+        return self._json(record)
+
+    async def get(self, request: Request, tenant_id: str) -> Any:
+        return self._json(await self.core.filter_get(tenant_id, request.path_params["filter"]))
+
+    async def update(self, request: Request, tenant_id: str) -> Any:
+        body = await json_object(request)
+        current = await self.core.filter_get(tenant_id, request.path_params["filter"])
+        expression, scope = body.get("expression"), body.get("scope")
+        for key, value in (("expression", expression), ("scope", scope)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidInput(f"{key!r} must be a string")
+        record = await self.core.filter_put(
+            tenant_id,
+            current.workflow_id,
+            scope if isinstance(scope, str) else current.scope,
+            expression if isinstance(expression, str) else current.expression,
+            _json_text(body, "payload") if "payload" in body else current.payload,
+            filter_id=current.id,
+        )
+        return self._json(record)
+
+    async def delete(self, request: Request, tenant_id: str) -> Any:
+        return self._json(await self.core.filter_delete(tenant_id, request.path_params["filter"]))
+
+    async def workflows(self, request: Request, tenant_id: str) -> Any:
+        """``GET /api/v1/tenants/{tenant}/workflows[?name=]``: id and name of each."""
+        name = request.query_params.get("name")
+        rows = [
+            {
+                "metadata": _meta(wf.id, 0.0),
+                "name": wf.name,
+                "tenantId": wf.tenant_id,
+            }
+            for wf in await self.core.workflows_list(tenant_id)
+            if name is None or wf.name == name
+        ]
+        return {"rows": rows, "pagination": {"current_page": 1, "num_pages": 1}}

@@ -47,7 +47,20 @@ CACHE_SIZE: Final = 4096
 Result = str | int | bool | float
 
 # Names the expressions may bind; upstream declares exactly these (internal/cel/cel.go).
-BINDINGS: Final = frozenset({"input", "additional_metadata", "workflow_run_id", "parents"})
+# ``output`` is bound for a parent condition only (the parent's output); ``payload``,
+# ``event_id`` and ``event_key`` for an event filter only.
+BINDINGS: Final = frozenset(
+    {
+        "input",
+        "additional_metadata",
+        "workflow_run_id",
+        "parents",
+        "output",
+        "payload",
+        "event_id",
+        "event_key",
+    }
+)
 # Type names are identifiers in CEL (`type(x) == int`); the library reports them as variables.
 TYPE_NAMES: Final = frozenset(
     {"int", "uint", "double", "string", "bytes", "bool", "list", "map", "null_type", "type"}
@@ -325,7 +338,8 @@ class Expression:
                 raise CelError(
                     text,
                     f"undeclared reference to {name!r} "
-                    "(expressions can use input, additional_metadata, workflow_run_id)",
+                    "(expressions can use input, additional_metadata, workflow_run_id, and "
+                    "output in a parent condition)",
                 )
         for fn in refs["functions"]:
             if fn[:1] not in ("_", "@", "!", "-") and fn not in FUNCTIONS:
@@ -406,6 +420,24 @@ class Expression:
             if not _is_panic(exc):
                 raise
             raise CelError(self.text, _eval_reason(exc)) from None
+
+    def truth(
+        self,
+        input: Mapping[str, Any],
+        additional_metadata: Mapping[str, Any] | None = None,
+        *,
+        output: Mapping[str, Any] | None = None,
+        **bindings: Any,
+    ) -> bool:
+        """Evaluate as a condition (a parent's ``output``, and any other ``bindings``, bound
+        when given); the result must be a bool."""
+        extra: dict[str, Any] = {} if output is None else {"output": _as_dict(output)}
+        extra.update(bindings)
+        md = additional_metadata if additional_metadata is not None else {}
+        result = self._execute(_as_dict(input), _as_dict(md), extra, retryable=False)
+        if not isinstance(result, bool):
+            raise CelError(self.text, f"result is a {_kind(result)}; expected a bool")
+        return result
 
     def key(
         self,

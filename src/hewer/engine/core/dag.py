@@ -68,8 +68,8 @@ def ready(tasks: Sequence[TaskRow], workflow: Workflow) -> tuple[list[TaskRow], 
     to_skip: list[TaskRow] = []
     for name in _order(workflow):
         row = by_name.get(name)
-        if row is None or status[name] is not TaskStatus.PENDING:
-            continue
+        if row is None or status[name] is not TaskStatus.PENDING or row.waiting is not None:
+            continue  # a waiting task was judged already: its conditions wake it
         parents = [status.get(p, TaskStatus.COMPLETED) for p in workflow.step(name).parents]
         if not all(s in _TERMINAL for s in parents):
             continue

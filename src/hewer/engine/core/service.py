@@ -29,6 +29,7 @@ from hewer.domain import (
     EventOutcome,
     EventRecord,
     EventType,
+    FilterRecord,
     IdempotencySpec,
     LogLine,
     RateLimitRecord,
@@ -297,6 +298,7 @@ class EngineCore(Component):
         cron_triggers: Sequence[str] = (),
         cron_input: str | None = None,
         idempotency: IdempotencySpec | None = None,
+        default_filters: Sequence[tuple[str, str, str | None]] = (),
     ) -> Workflow:
         for key in event_triggers:
             if not key.strip():
@@ -315,8 +317,10 @@ class EngineCore(Component):
             crons,
             cron_input,
             idempotency,
+            [(e, s, json_object_text(p, "default filter payload")) for e, s, p in default_filters],
         )
         await self.triggers.declare_crons(workflow)
+        await self.triggers.declare_filters(workflow)
         return workflow
 
     async def workflow(self, tenant_id: str, name: str) -> Workflow:
@@ -332,6 +336,40 @@ class EngineCore(Component):
     async def push_events(self, tenant_id: str, specs: Sequence[EventSpec]) -> list[EventRecord]:
         """Store events with the runs they trigger."""
         return await self.triggers.push(tenant_id, specs)
+
+    async def filter_put(
+        self,
+        tenant_id: str,
+        workflow_id: str,
+        scope: str,
+        expression: str,
+        payload: str | None = None,
+        filter_id: str | None = None,
+    ) -> FilterRecord:
+        """Create an event filter of a workflow (given ``filter_id``: change that one)."""
+        return await self.triggers.filter_put(
+            tenant_id, workflow_id, scope, expression, payload, filter_id
+        )
+
+    async def filters_list(
+        self,
+        tenant_id: str,
+        workflow_ids: Collection[str] | None,
+        scopes: Collection[str] | None,
+        limit: int,
+        offset: int,
+    ) -> list[FilterRecord]:
+        return await self.store.filters_list(tenant_id, workflow_ids, scopes, limit, offset)
+
+    async def filter_get(self, tenant_id: str, filter_id: str) -> FilterRecord:
+        return await self.triggers.filter_get(tenant_id, filter_id)
+
+    async def filter_delete(self, tenant_id: str, filter_id: str) -> FilterRecord:
+        return await self.triggers.filter_delete(tenant_id, filter_id)
+
+    async def workflows_list(self, tenant_id: str) -> list[Workflow]:
+        """The current version of every workflow of the tenant, by name."""
+        return await self.store.workflows_current(tenant_id)
 
     async def events_list(
         self, tenant_id: str, keys: Collection[str] | None, limit: int, offset: int

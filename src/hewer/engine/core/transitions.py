@@ -18,7 +18,7 @@ import functools
 import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from hewer.domain import (
     Assignment,
@@ -51,9 +51,10 @@ from hewer.domain import (
     Workflow,
     WorkingSet,
     merge_labels,
+    metadata_object,
 )
-from hewer.engine.core import dag, retry
-from hewer.errors import NotFound
+from hewer.engine.core import conditions, dag, retry
+from hewer.errors import HewerError, NotFound
 
 R = TypeVar("R")
 
@@ -287,6 +288,9 @@ def _finish_task(
 ) -> None:
     row.status = status
     row.finished_at = now
+    if row.waiting is not None:
+        row.waiting = row.wake_at = None
+        ws.changes.waits_dropped.add(row.id)
     if status is TaskStatus.COMPLETED:
         row.output = output
         row.started_at = row.started_at or now
@@ -295,23 +299,104 @@ def _finish_task(
     ws.changes.task(row)
 
 
+def _enqueue(ctx: Context, ws: WorkingSet, run: RunRow, row: TaskRow, out: Outcome) -> None:
+    tdef = ctx.versions[run.version_id].step(row.readable_id)
+    if run.sticky and run.sticky_worker_id is not None:
+        row.desired_worker_id = run.sticky_worker_id
+    _queue(ws, row, tdef, ctx.now, ctx.now)
+    out.queued.append(queue_item(row, run, tdef))
+
+
+def _judge(
+    ctx: Context, ws: WorkingSet, run: RunRow, row: TaskRow, state: conditions.WaitState
+) -> conditions.Verdict:
+    """Judge a task's conditions now; a task left waiting records what it waits for. A
+    condition that cannot be evaluated fails the task, saying why."""
+    tdef = ctx.versions[run.version_id].step(row.readable_id)
+    parents: dict[str, tuple[TaskStatus, Any]] = {}
+    for t in ws.run_tasks.get(run.id, ()):
+        if t.readable_id in tdef.parents:
+            parents[t.readable_id] = (t.status, json.loads(t.output) if t.output else None)
+    try:
+        decision = conditions.decide(
+            tdef.conditions,
+            state,
+            ctx.now,
+            parents,
+            json.loads(run.input),
+            metadata_object(run.additional_metadata),
+        )
+    except HewerError as exc:
+        row.error = f"a condition of task {row.readable_id!r} could not be evaluated: {exc}"
+        return conditions.Verdict.FAIL
+    if decision.verdict is conditions.Verdict.WAIT:
+        row.waiting = state.to_text()
+        row.wake_at = decision.wake_at
+        ws.changes.task(row)
+        ws.changes.waits_added.extend((row.tenant_id, k, row.id) for k in decision.event_keys)
+    return decision.verdict
+
+
+def _settle_judged(
+    ctx: Context,
+    ws: WorkingSet,
+    run: RunRow,
+    row: TaskRow,
+    verdict: conditions.Verdict,
+    out: Outcome,
+) -> bool:
+    """Apply a verdict other than WAIT; True if the task ended (its run must advance)."""
+    if row.waiting is not None:
+        row.waiting = row.wake_at = None
+        ws.changes.waits_dropped.add(row.id)
+        ws.changes.task(row)
+    if verdict is conditions.Verdict.QUEUE:
+        _enqueue(ctx, ws, run, row, out)
+        return False
+    if verdict is conditions.Verdict.SKIP:
+        _finish_task(ws, row, TaskStatus.COMPLETED, ctx.now, output=conditions.SKIPPED_OUTPUT)
+    elif verdict is conditions.Verdict.FAIL:
+        _finish_task(ws, row, TaskStatus.FAILED, ctx.now)
+        out.failed.append(row.id)
+    else:
+        _finish_task(ws, row, TaskStatus.CANCELLED, ctx.now, error=conditions.CANCELLED_ERROR)
+        out.cancelled.append(row.id)
+    return True
+
+
+def _rejudge(
+    ctx: Context, ws: WorkingSet, row: TaskRow, state: conditions.WaitState, out: Outcome
+) -> None:
+    """A waiting task's sleep fell due or an event reached it: judge it again."""
+    run = ws.runs[row.run_id]
+    if run.status is not RunStatus.QUEUED:
+        return
+    verdict = _judge(ctx, ws, run, row, state)
+    if verdict is not conditions.Verdict.WAIT and _settle_judged(ctx, ws, run, row, verdict, out):
+        _advance(ctx, ws, run, out)
+
+
 def _advance(ctx: Context, ws: WorkingSet, run: RunRow, out: Outcome) -> None:
-    """Queue the tasks whose parents all completed, skip those below a failure, and settle
-    the run once every task is terminal."""
+    """Queue the tasks whose parents all completed (once their conditions allow), skip those
+    below a failure, and settle the run once every task is terminal."""
     if run.status is not RunStatus.QUEUED:
         return  # already finished
     tasks = ws.run_tasks[run.id]
     wf = ctx.versions[run.version_id]
-    to_queue, to_skip = dag.ready(tasks, wf)
-    for row in to_skip:
-        _finish_task(ws, row, TaskStatus.SKIPPED, ctx.now, error=dag.SKIPPED_ERROR)
-    pinned = run.sticky_worker_id if run.sticky else None
-    for row in to_queue:
-        tdef = wf.step(row.readable_id)
-        if pinned is not None:
-            row.desired_worker_id = pinned
-        _queue(ws, row, tdef, ctx.now, ctx.now)
-        out.queued.append(queue_item(row, run, tdef))
+    while True:
+        to_queue, to_skip = dag.ready(tasks, wf)
+        for row in to_skip:
+            _finish_task(ws, row, TaskStatus.SKIPPED, ctx.now, error=dag.SKIPPED_ERROR)
+        ended = False
+        for row in to_queue:
+            if not wf.step(row.readable_id).conditions:
+                _enqueue(ctx, ws, run, row, out)
+                continue
+            verdict = _judge(ctx, ws, run, row, conditions.WaitState(ctx.now))
+            if verdict is not conditions.Verdict.WAIT:
+                ended = _settle_judged(ctx, ws, run, row, verdict, out) or ended
+        if not ended:
+            break  # a task a condition ended may have made its children ready
     status = dag.run_status(tasks)
     if status is not None:
         run.status = status
@@ -416,6 +501,7 @@ def _create_run(ctx: Context, ws: WorkingSet, new: NewRun, seq: int, out: Outcom
         event_id=links.event_id,
         event_key=links.event_key,
         triggered_by=links.triggered_by,
+        filter_payload=links.filter_payload,
     )
     gates = new.gates or tuple(() for _ in new.task_ids)
     rates = new.rates or tuple(() for _ in new.task_ids)
@@ -492,6 +578,7 @@ class CreateRuns(Op[list[str]]):
         self.weight = max(1, self.seqs + len(events))
 
     def keys(self, keys: Keys) -> None:
+        keys.event_waits.update((e.tenant_id, e.key) for e in self.events)
         for new in self.runs:
             key = _child_key(new)
             if key is not None:
@@ -522,8 +609,59 @@ class CreateRuns(Op[list[str]]):
                 ws.children[key] = new.id
             ids.append(new.id)
         ws.changes.new_events.extend(self.events)
+        for event in self.events:
+            _deliver(ctx, ws, event, out)
         out.applied = True
         self._result = ids
+
+
+def _deliver(ctx: Context, ws: WorkingSet, event: EventRecord, out: Outcome) -> None:
+    """Hand an event to the tasks waiting for its key."""
+    arrived = conditions.ArrivedEvent(
+        event.key,
+        json.loads(event.payload),
+        metadata_object(event.additional_metadata),
+        event.scope,
+        event.created_at,
+    )
+    for task_id in ws.waiters.get((event.tenant_id, event.key), ()):
+        row = ws.tasks.get(task_id)
+        if row is None or row.waiting is None or row.status is not TaskStatus.PENDING:
+            ws.changes.waits_dropped.add(task_id)  # a wait left behind: tidy it
+            continue
+        tdef = definition(ctx, ws, row)
+        try:
+            state = conditions.hit(
+                tdef.conditions, conditions.WaitState.from_text(row.waiting), arrived
+            )
+        except HewerError:
+            continue  # an expression this payload cannot satisfy: not a match
+        _rejudge(ctx, ws, row, state, out)
+
+
+class Wake(Op[int]):
+    """Waiting tasks whose next sleep condition fell due are judged again."""
+
+    def __init__(self, task_ids: Sequence[str]) -> None:
+        super().__init__()
+        self.task_ids = list(task_ids)
+        self.weight = max(1, len(self.task_ids))
+
+    def keys(self, keys: Keys) -> None:
+        keys.task_ids.update(self.task_ids)
+
+    def apply(self, ctx: Context, ws: WorkingSet) -> None:
+        woken = 0
+        for task_id in self.task_ids:
+            row = ws.tasks.get(task_id)
+            if row is None or row.waiting is None or row.status is not TaskStatus.PENDING:
+                continue
+            if row.wake_at is not None and row.wake_at > ctx.now:
+                continue
+            woken += 1
+            _rejudge(ctx, ws, row, conditions.WaitState.from_text(row.waiting), self.outcome)
+        self.outcome.applied = woken > 0
+        self._result = woken
 
 
 @dataclass(frozen=True, slots=True)
@@ -1086,6 +1224,7 @@ __all__ = [
     "SetLabels",
     "SetWorkerStatus",
     "TimeOut",
+    "Wake",
     "details",
     "queue_item",
     "queued_item",

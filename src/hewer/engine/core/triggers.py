@@ -15,7 +15,9 @@ The ticker runs in the core of the engine that schedules (the lease holder, with
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,16 +27,19 @@ from cronsim import CronSim, CronSimError
 from hewer.domain import (
     CronRecord,
     EventRecord,
+    FilterRecord,
     NewRun,
     RunLinks,
     ScheduleRecord,
     Workflow,
+    metadata_object,
 )
+from hewer.engine.core import cel
 from hewer.engine.core.clock import Clock
 from hewer.engine.core.component import Component
 from hewer.engine.core.ingest import Ingest, TriggerSpec, json_object_text, new_ids
 from hewer.engine.core.loop import EngineLoop
-from hewer.engine.core.transitions import CreateRuns, FireTriggers, Firing
+from hewer.engine.core.transitions import CreateRuns, FireTriggers, Firing, Wake
 from hewer.engine.core.workflows import Workflows, check_priority
 from hewer.errors import HewerError, InvalidInput, NotFound
 from hewer.store import Store
@@ -55,6 +60,51 @@ class EventSpec:
     priority: int | None = None
     scope: str | None = None
     timestamp: float | None = None
+
+
+def event_metadata(meta: str | None, event_id: str, key: str) -> str:
+    """A run's metadata from its event's: ``hatchet__`` keys the pusher set are dropped
+    (but the source run and task of an event pushed from a task), the event's id and key
+    are added, as upstream does."""
+    given = metadata_object(meta)
+    out = {k: v for k, v in given.items() if not k.startswith("hatchet__")}
+    for kept in ("hatchet__source_workflow_run_id", "hatchet__source_step_run_id"):
+        if kept in given:
+            out[kept] = given[kept]
+    out["hatchet__event_id"] = event_id
+    out["hatchet__event_key"] = key
+    return json.dumps(out, separators=(",", ":"), ensure_ascii=False)
+
+
+def passing(event: EventRecord, filters: Sequence[FilterRecord] | None) -> list[str | None]:
+    """The runs an event starts of one workflow, by the payload of the filter that let each
+    through: one run (no payload) for a workflow without filters; else one per filter of the
+    event's scope whose expression holds (none when the event has no scope, or no filter of
+    its scope holds). A filter whose expression fails on this event lets nothing through."""
+    if not filters:
+        return [None]
+    if event.scope is None:
+        return []
+    data = json.loads(event.payload)
+    meta = metadata_object(event.additional_metadata)
+    out: list[str | None] = []
+    for f in filters:
+        if f.scope != event.scope or not f.expression.strip():
+            continue
+        try:
+            holds = cel.compile_expression(f.expression).truth(
+                data,
+                meta,
+                payload=json.loads(f.payload),
+                event_id=event.id,
+                event_key=event.key,
+            )
+        except HewerError as exc:
+            logger.warning("event filter %s failed on event %s: %s", f.id, event.id, exc)
+            continue
+        if holds:
+            out.append(f.payload)
+    return out
 
 
 def next_tick(expression: str, after: float) -> float:
@@ -129,12 +179,97 @@ class Triggers(Component):
                 spec.timestamp or now,
             )
             events.append(event)
-            links = RunLinks(event_id=event_id, event_key=key, triggered_by="event")
-            for wf in await self.workflows.by_event(tenant_id, key):
-                trigger = TriggerSpec(wf.name, payload, meta, spec.priority, links=links)
-                runs.append(self.ingest.new_run(tenant_id, wf, trigger))
+            matched = await self.workflows.by_event(tenant_id, key)
+            filters = await self._filters(tenant_id, matched)
+            run_meta = event_metadata(meta, event_id, key)
+            for wf in matched:
+                for filter_payload in passing(event, filters.get(wf.id)):
+                    links = RunLinks(
+                        event_id=event_id,
+                        event_key=key,
+                        triggered_by="event",
+                        filter_payload=filter_payload,
+                    )
+                    trigger = TriggerSpec(wf.name, payload, run_meta, spec.priority, links=links)
+                    runs.append(self.ingest.new_run(tenant_id, wf, trigger))
         await self.loop.run(CreateRuns(runs, events))
         return events
+
+    async def _filters(
+        self, tenant_id: str, workflows: Sequence[Workflow]
+    ) -> dict[str, list[FilterRecord]]:
+        if not workflows:
+            return {}
+        by_workflow: dict[str, list[FilterRecord]] = {}
+        for f in await self.store.filters_of(tenant_id, [wf.id for wf in workflows]):
+            by_workflow.setdefault(f.workflow_id, []).append(f)
+        return by_workflow
+
+    # ------------------------------------------------------------------ event filters
+
+    async def filter_put(
+        self,
+        tenant_id: str,
+        workflow_id: str,
+        scope: str,
+        expression: str,
+        payload: str | None,
+        filter_id: str | None = None,
+    ) -> FilterRecord:
+        """Create a filter (or, given ``filter_id``, change that one)."""
+        if not scope.strip():
+            raise InvalidInput("a filter needs a scope")
+        cel.compile_expression(expression)
+        now = self.clock.now()
+        existing = None
+        if filter_id is not None:
+            existing = await self.filter_get(tenant_id, filter_id)
+            workflow_id = existing.workflow_id
+        elif workflow_id not in {wf.id for wf in await self.store.workflows_current(tenant_id)}:
+            raise NotFound(f"workflow {workflow_id!r} not found")
+        record = FilterRecord(
+            filter_id or str(uuid.uuid4()),
+            tenant_id,
+            workflow_id,
+            scope,
+            expression,
+            json_object_text(payload, "payload"),
+            existing.declarative if existing else False,
+            existing.created_at if existing else now,
+            now,
+        )
+        await self.store.filter_put(record)
+        return record
+
+    async def filter_get(self, tenant_id: str, filter_id: str) -> FilterRecord:
+        found = await self.store.filter_get(tenant_id, filter_id)
+        if found is None:
+            raise NotFound(f"filter {filter_id!r} not found")
+        return found
+
+    async def filter_delete(self, tenant_id: str, filter_id: str) -> FilterRecord:
+        found = await self.filter_get(tenant_id, filter_id)
+        await self.store.filter_delete(tenant_id, filter_id)
+        return found
+
+    async def declare_filters(self, workflow: Workflow) -> None:
+        """Replace the workflow's declarative filters with those of its definition."""
+        now = self.clock.now()
+        records = [
+            FilterRecord(
+                str(uuid.uuid4()),
+                workflow.tenant_id,
+                workflow.id,
+                scope,
+                expression,
+                payload,
+                True,
+                now,
+                now,
+            )
+            for expression, scope, payload in workflow.default_filters
+        ]
+        await self.store.filters_declare(workflow.tenant_id, workflow.id, records)
 
     # ------------------------------------------------------------------ scheduled runs
 
@@ -285,6 +420,9 @@ class Triggers(Component):
             except InvalidInput:
                 after = now + 3600.0  # an expression stored before validation got stricter
             firings.append(Firing(run, cron_id=cron.id, tick=cron.next_at, next_tick=after))
+        woken = [t.id for t in await self.store.tasks_wake_due(now, FIRE_BATCH)]
+        if woken:
+            await self.loop.run(Wake(woken))
         if not firings:
             return []
         return await self.loop.run(FireTriggers(firings))

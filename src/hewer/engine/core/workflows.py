@@ -3,6 +3,7 @@ and the current version of each name is cached for triggers."""
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import math
@@ -17,7 +18,7 @@ from hewer.domain import (
     TaskDef,
     Workflow,
 )
-from hewer.engine.core import cel
+from hewer.engine.core import cel, conditions
 from hewer.engine.core.clock import Clock
 from hewer.engine.core.versions import Versions
 from hewer.errors import InvalidInput, NotFound
@@ -55,10 +56,15 @@ class Workflows:
         cron_triggers: Sequence[str] = (),
         cron_input: str | None = None,
         idempotency: IdempotencySpec | None = None,
+        default_filters: Sequence[tuple[str, str, str]] = (),
     ) -> Workflow:
         check_definition(name, tasks, concurrency)
         if idempotency is not None:
             cel.compile_expression(idempotency.expression)
+        for expression, scope, _ in default_filters:
+            if not scope.strip():
+                raise InvalidInput(f"workflow {name!r}: a default filter needs a scope")
+            cel.compile_expression(expression)
         priority = default_priority or defaults.DEFAULT_PRIORITY
         check_priority(priority)
         draft = Workflow(
@@ -74,6 +80,7 @@ class Workflows:
             tuple(dict.fromkeys(cron_triggers)),
             cron_input,
             idempotency,
+            tuple(default_filters),
         )
         text = json.dumps(draft.definition_json(), sort_keys=True, separators=(",", ":"))
         checksum = hashlib.sha256(text.encode()).hexdigest()
@@ -94,7 +101,12 @@ class Workflows:
                 for event_key in wf.event_triggers:
                     index.setdefault(event_key, []).append(self.versions.cache[wf.version_id])
             cached = self._by_event[tenant_id] = (index, self.clock.monotonic() + CURRENT_TTL_S)
-        return cached[0].get(key, [])
+        matched: dict[str, Workflow] = {wf.id: wf for wf in cached[0].get(key, [])}
+        for pattern, wfs in cached[0].items():
+            # "order:*": a star stands for any run of characters, as upstream's patterns.
+            if "*" in pattern and fnmatch.fnmatchcase(key, _glob(pattern)):
+                matched.update((wf.id, wf) for wf in wfs)
+        return list(matched.values())
 
     async def current(self, tenant_id: str, name: str) -> Workflow:
         """The version new runs of ``name`` get."""
@@ -108,6 +120,11 @@ class Workflows:
         found = self.versions.cache[found.version_id]
         self._current[(tenant_id, name)] = (found, self.clock.monotonic() + CURRENT_TTL_S)
         return found
+
+
+def _glob(pattern: str) -> str:
+    """An event-trigger pattern as an fnmatch pattern: only ``*`` is special."""
+    return "".join(f"[{c}]" if c in "?[]" else c for c in pattern)
 
 
 def check_definition(
@@ -127,6 +144,8 @@ def check_definition(
         if t.readable_id in seen:
             raise InvalidInput(f"workflow {name!r}: duplicate task {t.readable_id!r}")
         seen.add(t.readable_id)
+        if t.conditions:
+            conditions.check(t.readable_id, t.conditions, t.parents)
         if t.on_failure and t.parents:
             raise InvalidInput(f"on-failure task {t.readable_id!r} must not have parents")
         if t.retries < 0:

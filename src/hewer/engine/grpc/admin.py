@@ -7,9 +7,13 @@ from typing import Any
 from hewer import defaults
 from hewer._proto.v1 import workflows_pb2 as pb
 from hewer._proto.v1 import workflows_pb2_grpc as pb_grpc
+from hewer._proto.v1.shared import condition_pb2
 from hewer.domain import (
     ConcurrencySpec,
     ConcurrencyStrategy,
+    ConditionAction,
+    ConditionKind,
+    ConditionSpec,
     IdempotencyMethod,
     IdempotencySpec,
     RateLimitSpec,
@@ -131,16 +135,6 @@ def task_def(opts: Any, *, on_failure: bool = False) -> TaskDef:
         for label, present in (
             ("durable tasks", opts.is_durable),
             ("batching", opts.HasField("batch")),
-            (
-                "conditions",
-                opts.HasField("conditions")
-                and (
-                    len(opts.conditions.parent_override_conditions)
-                    + len(opts.conditions.sleep_conditions)
-                    + len(opts.conditions.user_event_conditions)
-                )
-                > 0,
-            ),
         )
         if present
     ]
@@ -167,7 +161,62 @@ def task_def(opts: Any, *, on_failure: bool = False) -> TaskDef:
         concurrency=tuple(concurrency_spec(c) for c in opts.concurrency),
         rate_limits=tuple(rate_limit_spec(name, r) for r in opts.rate_limits),
         on_failure=on_failure,
+        conditions=task_conditions(name, opts.conditions) if opts.HasField("conditions") else (),
     )
+
+
+_ACTIONS = {
+    condition_pb2.CREATE: ConditionAction.QUEUE,
+    condition_pb2.QUEUE: ConditionAction.QUEUE,
+    condition_pb2.CANCEL: ConditionAction.CANCEL,
+    condition_pb2.SKIP: ConditionAction.SKIP,
+}
+
+
+def task_conditions(task: str, msg: Any) -> tuple[ConditionSpec, ...]:
+    """A task's ``wait_for`` / ``skip_if`` / ``cancel_if`` conditions."""
+
+    def base(b: Any, kind: ConditionKind, **fields: Any) -> ConditionSpec:
+        if b.action not in _ACTIONS:
+            raise InvalidInput(f"task {task!r}: unknown condition action {b.action}")
+        if not b.readable_data_key:
+            raise InvalidInput(f"task {task!r}: a condition needs a readable_data_key")
+        return ConditionSpec(
+            kind,
+            _ACTIONS[b.action],
+            b.or_group_id or b.readable_data_key,
+            b.readable_data_key,
+            expression=b.expression or None,
+            **fields,
+        )
+
+    out = [
+        base(c.base, ConditionKind.PARENT, parent=c.parent_readable_id)
+        for c in msg.parent_override_conditions
+    ]
+    out += [
+        base(
+            c.base,
+            ConditionKind.SLEEP,
+            sleep_s=_seconds(c.sleep_for, 0.0, f"task {task!r} sleep condition"),
+        )
+        for c in msg.sleep_conditions
+    ]
+    out += [
+        base(
+            c.base,
+            ConditionKind.EVENT,
+            event_key=c.user_event_key,
+            scope=c.event_scope if c.HasField("event_scope") else None,
+            events_since=(
+                c.consider_events_since.ToMicroseconds() / 1e6
+                if c.HasField("consider_events_since")
+                else None
+            ),
+        )
+        for c in msg.user_event_conditions
+    ]
+    return tuple(out)
 
 
 _IDEMPOTENCY = {pb.TTL: IdempotencyMethod.TTL, pb.STATUS: IdempotencyMethod.STATUS}
@@ -211,15 +260,6 @@ def run_details_response(details: RunDetails) -> Any:
 class AdminServicer(Servicer, pb_grpc.AdminServiceServicer):  # type: ignore[misc]
     @unary
     async def PutWorkflow(self, tenant_id: str, request: Any, context: Any) -> Any:
-        unsupported = [
-            label
-            for label, present in (("default filters", len(request.default_filters) > 0),)
-            if present
-        ]
-        if unsupported:
-            raise NotSupported(
-                f"workflow {request.name!r} uses {', '.join(unsupported)}: not supported yet"
-            )
         tasks = [task_def(t) for t in request.tasks]
         if request.HasField("on_failure_task"):
             tasks.append(task_def(request.on_failure_task, on_failure=True))
@@ -247,6 +287,14 @@ class AdminServicer(Servicer, pb_grpc.AdminServiceServicer):  # type: ignore[mis
             cron_triggers=list(request.cron_triggers),
             cron_input=request.cron_input if request.HasField("cron_input") else None,
             idempotency=idempotency,
+            default_filters=[
+                (
+                    f.expression,
+                    f.scope,
+                    f.payload.decode("utf-8", "replace") if f.HasField("payload") else None,
+                )
+                for f in request.default_filters
+            ],
         )
         return pb.CreateWorkflowVersionResponse(id=workflow.version_id, workflow_id=workflow.id)
 

@@ -97,10 +97,12 @@ def action_payload(info: DispatchInfo) -> str:
     parsing them again."""
     parents = ",".join(f"{json.dumps(name)}:{output}" for name, output in info.parents.items())
     errors = f',"step_run_errors":{json.dumps(info.errors)}' if info.errors is not None else ""
+    filter_payload = info.links.filter_payload
+    triggers = f'{{"filter_payload":{filter_payload}}}' if filter_payload else "{}"
     return (
         f'{{"input":{info.input},"parents":{{{parents}}},'
         f'"triggered_by":"{info.links.triggered_by}",'
-        f'"triggers":{{}},"user_data":{{}},"overrides":{{}}{errors}}}'
+        f'"triggers":{triggers},"user_data":{{}},"overrides":{{}}{errors}}}'
     )
 
 

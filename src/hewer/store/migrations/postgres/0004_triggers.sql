@@ -66,3 +66,32 @@ CREATE TABLE idempotency_keys (
     method      text NOT NULL,
     PRIMARY KEY (tenant_id, workflow_id, key)
 );
+
+-- A task waiting on its conditions once its parents are done: what it has seen so far, and
+-- when its next sleep condition is due.
+ALTER TABLE tasks ADD COLUMN waiting text;
+ALTER TABLE tasks ADD COLUMN wake_at double precision;
+CREATE INDEX tasks_wake ON tasks (wake_at) WHERE wake_at IS NOT NULL;
+-- Which waiting tasks an event of a key may wake.
+CREATE TABLE task_event_waits (
+    tenant_id text COLLATE "C" NOT NULL,
+    event_key text NOT NULL,
+    task_id   text COLLATE "C" NOT NULL,
+    PRIMARY KEY (tenant_id, event_key, task_id)
+);
+CREATE INDEX task_event_waits_task ON task_event_waits (task_id);
+
+-- Event filters; the payload of the one that let an event's run through.
+ALTER TABLE runs ADD COLUMN filter_payload text;
+CREATE TABLE event_filters (
+    id          text COLLATE "C" PRIMARY KEY,
+    tenant_id   text COLLATE "C" NOT NULL,
+    workflow_id text COLLATE "C" NOT NULL,
+    scope       text NOT NULL,
+    expression  text NOT NULL,
+    payload     text NOT NULL,
+    declarative boolean NOT NULL DEFAULT false,
+    created_at  double precision NOT NULL,
+    updated_at  double precision NOT NULL
+);
+CREATE INDEX event_filters_workflow ON event_filters (tenant_id, workflow_id, scope);

@@ -66,3 +66,32 @@ CREATE TABLE idempotency_keys (
     method      TEXT NOT NULL,
     PRIMARY KEY (tenant_id, workflow_id, key)
 );
+
+-- A task waiting on its conditions once its parents are done: what it has seen so far, and
+-- when its next sleep condition is due.
+ALTER TABLE tasks ADD COLUMN waiting TEXT;
+ALTER TABLE tasks ADD COLUMN wake_at REAL;
+CREATE INDEX tasks_wake ON tasks (wake_at) WHERE wake_at IS NOT NULL;
+-- Which waiting tasks an event of a key may wake.
+CREATE TABLE task_event_waits (
+    tenant_id TEXT NOT NULL,
+    event_key TEXT NOT NULL,
+    task_id   TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, event_key, task_id)
+);
+CREATE INDEX task_event_waits_task ON task_event_waits (task_id);
+
+-- Event filters; the payload of the one that let an event's run through.
+ALTER TABLE runs ADD COLUMN filter_payload TEXT;
+CREATE TABLE event_filters (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    workflow_id TEXT NOT NULL,
+    scope       TEXT NOT NULL,
+    expression  TEXT NOT NULL,
+    payload     TEXT NOT NULL,
+    declarative INTEGER NOT NULL DEFAULT 0,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+CREATE INDEX event_filters_workflow ON event_filters (tenant_id, workflow_id, scope);

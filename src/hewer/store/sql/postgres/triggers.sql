@@ -107,3 +107,45 @@ INSERT INTO idempotency_keys (tenant_id, workflow_id, key, run_id, expires_at, m
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[])
 ON CONFLICT (tenant_id, workflow_id, key) DO UPDATE SET
     run_id = excluded.run_id, expires_at = excluded.expires_at, method = excluded.method;
+
+-- name: event_waiters
+SELECT w.tenant_id, w.event_key, w.task_id FROM task_event_waits w
+JOIN unnest($1::text[], $2::text[]) AS v (tenant_id, event_key)
+  ON w.tenant_id = v.tenant_id AND w.event_key = v.event_key;
+
+-- name: wait_add
+INSERT INTO task_event_waits (tenant_id, event_key, task_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING;
+
+-- name: waits_drop
+DELETE FROM task_event_waits WHERE task_id = ANY($1::text[]);
+
+-- name: tasks_wake_due
+SELECT {task} FROM tasks WHERE wake_at IS NOT NULL AND wake_at <= $1
+ORDER BY wake_at LIMIT $2;
+
+-- name: filters_of_workflows
+SELECT {filter} FROM event_filters WHERE tenant_id = $1 AND workflow_id = ANY($2::text[])
+ORDER BY created_at, id;
+
+-- name: filters_list
+SELECT {filter} FROM event_filters WHERE tenant_id = $1
+AND ($2::text[] IS NULL OR workflow_id = ANY($2::text[]))
+AND ($3::text[] IS NULL OR scope = ANY($3::text[]))
+ORDER BY created_at, id LIMIT $4 OFFSET $5;
+
+-- name: filter_get
+SELECT {filter} FROM event_filters WHERE tenant_id = $1 AND id = $2;
+
+-- name: filter_insert
+INSERT INTO event_filters ({filter}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9);
+
+-- name: filter_update
+UPDATE event_filters SET scope = $1, expression = $2, payload = $3, updated_at = $4
+WHERE tenant_id = $5 AND id = $6;
+
+-- name: filter_delete
+DELETE FROM event_filters WHERE tenant_id = $1 AND id = $2;
+
+-- name: filters_undeclare
+DELETE FROM event_filters WHERE tenant_id = $1 AND workflow_id = $2 AND declarative;

@@ -100,3 +100,44 @@ INSERT INTO idempotency_keys (tenant_id, workflow_id, key, run_id, expires_at, m
 VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (tenant_id, workflow_id, key) DO UPDATE SET
     run_id = excluded.run_id, expires_at = excluded.expires_at, method = excluded.method;
+
+-- name: event_waiters
+SELECT task_id FROM task_event_waits WHERE tenant_id = :tenant_id AND event_key = :key;
+
+-- name: wait_add
+INSERT OR IGNORE INTO task_event_waits (tenant_id, event_key, task_id) VALUES (?, ?, ?);
+
+-- name: waits_drop
+DELETE FROM task_event_waits WHERE task_id = ?;
+
+-- name: tasks_wake_due
+SELECT {task} FROM tasks WHERE wake_at IS NOT NULL AND wake_at <= :now
+ORDER BY wake_at LIMIT :limit;
+
+-- name: filters_of_workflows
+SELECT {filter} FROM event_filters
+WHERE tenant_id = :tenant_id AND workflow_id IN (SELECT value FROM json_each(:ids))
+ORDER BY created_at, id;
+
+-- name: filters_list
+SELECT {filter} FROM event_filters WHERE tenant_id = :tenant_id
+AND (:workflows IS NULL OR workflow_id IN (SELECT value FROM json_each(:workflows)))
+AND (:scopes IS NULL OR scope IN (SELECT value FROM json_each(:scopes)))
+ORDER BY created_at, id LIMIT :limit OFFSET :offset;
+
+-- name: filter_get
+SELECT {filter} FROM event_filters WHERE tenant_id = :tenant_id AND id = :id;
+
+-- name: filter_insert
+INSERT INTO event_filters ({filter}) VALUES ({filter_params});
+
+-- name: filter_update
+UPDATE event_filters SET scope = ?, expression = ?, payload = ?, updated_at = ?
+WHERE tenant_id = ? AND id = ?;
+
+-- name: filter_delete
+DELETE FROM event_filters WHERE tenant_id = :tenant_id AND id = :id;
+
+-- name: filters_undeclare
+DELETE FROM event_filters
+WHERE tenant_id = :tenant_id AND workflow_id = :workflow_id AND declarative = 1;
