@@ -5,17 +5,15 @@ cancel_if on an event."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hewer.testing import EngineThread
-from tests.compat.test_hatchet_sdk import hatchet_env, pytestmark  # noqa: F401
-from tests.helpers import wait_for
+from tests.compat._hatchet import hatchet_worker, run_client
+from tests.compat.test_hatchet_sdk import pytestmark  # noqa: F401
 
 APP = Path(__file__).with_name("hatchet_condition_app.py")
 WORKER = "condition-worker"
@@ -23,44 +21,14 @@ WORKER = "condition-worker"
 
 @pytest.fixture
 def condition_worker(engine: EngineThread, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    log = (tmp_path / f"{WORKER}.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, str(APP), "worker"],
-        env=hatchet_env(engine),
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-
-    def registered() -> bool:
-        workers = engine.call(engine.engine.store.workers_list())
-        return proc.poll() is not None or any(
-            w.name == WORKER and w.status == "active" for w in workers
-        )
-
-    try:
-        wait_for(registered, timeout=60, what="hatchet worker registered")
-        assert proc.poll() is None, (tmp_path / f"{WORKER}.log").read_text()
+    with hatchet_worker(engine, tmp_path, APP, WORKER) as proc:
         yield proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
 
 
 def test_conditions_with_hatchet_sdk(
     engine: EngineThread, condition_worker: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, str(APP), "client"],
-        env=hatchet_env(engine),
-        cwd=tmp_path,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr.decode()[-4000:]
-    out = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    out = run_client(engine, tmp_path, APP)
     res = out["result"]
     start = res["start"]["at"]
     # The sleep held its task for a second after the parent finished.

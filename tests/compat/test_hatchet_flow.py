@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,8 @@ from typing import Any
 import pytest
 
 from hewer.testing import EngineThread
-from tests.compat.test_hatchet_sdk import hatchet_env, pytestmark  # noqa: F401
+from tests.compat._hatchet import hatchet_worker, run_client
+from tests.compat.test_hatchet_sdk import pytestmark  # noqa: F401
 from tests.helpers import wait_for
 
 APP = Path(__file__).with_name("hatchet_flow_app.py")
@@ -25,29 +25,8 @@ WORKER = "flow-worker"
 @pytest.fixture
 def flow_worker(engine: EngineThread, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A hatchet-sdk worker with 12 slots: concurrency, not slots, limits what runs."""
-    log = (tmp_path / f"{WORKER}.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, str(APP), "worker", WORKER, "12"],
-        env=hatchet_env(engine),
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-
-    def registered() -> bool:
-        workers = engine.call(engine.engine.store.workers_list())
-        return proc.poll() is not None or any(
-            w.name == WORKER and w.status == "active" for w in workers
-        )
-
-    try:
-        wait_for(registered, timeout=60, what="hatchet worker registered")
-        assert proc.poll() is None, (tmp_path / f"{WORKER}.log").read_text()
+    with hatchet_worker(engine, tmp_path, APP, WORKER, WORKER, "12") as proc:
         yield proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
 
 
 def _peak(intervals: list[tuple[float, float]]) -> int:
@@ -72,16 +51,7 @@ def _gate_holders(engine: EngineThread) -> dict[Any, int]:
 def test_concurrency_limits_with_hatchet_sdk(
     engine: EngineThread, flow_worker: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, str(APP), "client"],
-        env=hatchet_env(engine),
-        cwd=tmp_path,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr.decode()[-4000:]
-    out = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    out = run_client(engine, tmp_path, APP)
 
     # GROUP_ROUND_ROBIN, max_runs=2: never three of a key at once, though 12 slots were free;
     # the limit is reached, and every run ran.

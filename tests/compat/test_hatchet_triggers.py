@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,8 @@ import pytest
 
 from hewer.domain import RunRow, RunStatus
 from hewer.testing import EngineThread
-from tests.compat.test_hatchet_sdk import hatchet_env, pytestmark  # noqa: F401
+from tests.compat._hatchet import hatchet_worker, run_client
+from tests.compat.test_hatchet_sdk import pytestmark  # noqa: F401
 from tests.helpers import wait_for
 
 APP = Path(__file__).with_name("hatchet_trigger_app.py")
@@ -24,29 +24,8 @@ WORKER = "trigger-worker"
 
 @pytest.fixture
 def trigger_worker(engine: EngineThread, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    log = (tmp_path / f"{WORKER}.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, str(APP), "worker"],
-        env=hatchet_env(engine),
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-
-    def registered() -> bool:
-        workers = engine.call(engine.engine.store.workers_list())
-        return proc.poll() is not None or any(
-            w.name == WORKER and w.status == "active" for w in workers
-        )
-
-    try:
-        wait_for(registered, timeout=60, what="hatchet worker registered")
-        assert proc.poll() is None, (tmp_path / f"{WORKER}.log").read_text()
+    with hatchet_worker(engine, tmp_path, APP, WORKER) as proc:
         yield proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
 
 
 def _runs(engine: EngineThread, workflow: str) -> list[RunRow]:
@@ -64,16 +43,7 @@ def _output(engine: EngineThread, run_id: str) -> Any:
 def test_triggers_with_hatchet_sdk(
     engine: EngineThread, trigger_worker: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, str(APP), "client"],
-        env=hatchet_env(engine),
-        cwd=tmp_path,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr.decode()[-4000:]
-    out = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    out = run_client(engine, tmp_path, APP)
 
     # Events: one run per event whose key a workflow listens to, with the payload as its
     # input and the event's id and key on the task; the other key started nothing.

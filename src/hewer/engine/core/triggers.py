@@ -107,6 +107,14 @@ def passing(event: EventRecord, filters: Sequence[FilterRecord] | None) -> list[
     return out
 
 
+def metadata_and_priority(meta: str | None, priority: int | None) -> str | None:
+    """What a trigger-to-be stores: its metadata validated (None when there is none), once
+    its priority, if any, is known to be in range."""
+    if priority:
+        check_priority(priority)
+    return json_object_text(meta, "additional_metadata") if meta else None
+
+
 def next_tick(expression: str, after: float) -> float:
     """The first tick of a cron expression strictly after ``after`` (UTC)."""
     start = datetime.fromtimestamp(after, UTC)
@@ -161,13 +169,7 @@ class Triggers(Component):
             if len(key) > MAX_EVENT_KEY:
                 raise InvalidInput(f"event key is longer than {MAX_EVENT_KEY} characters")
             payload = json_object_text(spec.payload, "event payload")
-            meta = (
-                json_object_text(spec.additional_metadata, "additional_metadata")
-                if spec.additional_metadata
-                else None
-            )
-            if spec.priority:
-                check_priority(spec.priority)
+            meta = metadata_and_priority(spec.additional_metadata, spec.priority)
             event = EventRecord(
                 event_id,
                 tenant_id,
@@ -288,13 +290,7 @@ class Triggers(Component):
             raise InvalidInput(f"at most {MAX_SCHEDULES_PER_CALL} times per call")
         await self.workflows.current(tenant_id, workflow_name)  # NotFound if none
         input_text = json_object_text(input, "input")
-        meta = (
-            json_object_text(additional_metadata, "additional_metadata")
-            if additional_metadata
-            else None
-        )
-        if priority:
-            check_priority(priority)
+        meta = metadata_and_priority(additional_metadata, priority)
         now = self.clock.now()
         records = [
             ScheduleRecord(
@@ -331,13 +327,7 @@ class Triggers(Component):
             raise InvalidInput("cron name must not be empty")
         await self.workflows.current(tenant_id, workflow_name)
         expression = check_cron(expression)
-        meta = (
-            json_object_text(additional_metadata, "additional_metadata")
-            if additional_metadata
-            else None
-        )
-        if priority:
-            check_priority(priority)
+        meta = metadata_and_priority(additional_metadata, priority)
         now = self.clock.now()
         record = CronRecord(
             new_ids(1)[0],
