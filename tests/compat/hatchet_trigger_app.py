@@ -218,11 +218,24 @@ def client() -> None:
     out["cron_after_delete"] = [
         c.metadata.id for c in hatchet.cron.list(workflow_name="compat-later").rows or []
     ]
+    far = datetime.now(UTC) + timedelta(days=1)
+    movable = later.schedule(far, Order(item="moved")).scheduled_workflows[0].id
+    moved_to = datetime.now(UTC) + timedelta(seconds=2)
+    moved = hatchet.scheduled.update(movable, moved_to)
+    out["moved"] = {
+        "id": movable,
+        "at": moved_to.timestamp(),
+        "reported": moved.trigger_at.timestamp(),
+    }
+    bulk_ids = [later.schedule(far, Order(item="bulk")).scheduled_workflows[0].id for _ in range(2)]
+    dropped = hatchet.scheduled.bulk_delete(scheduled_ids=bulk_ids)
+    out["bulk_deleted"] = sorted(dropped.deleted_ids)
+    out["bulk_schedule_ids"] = sorted(bulk_ids)
     pending = hatchet.scheduled.get(out["schedule_ids"][0])
     out["scheduled"] = {
         "workflow": pending.workflow_name,
         "input": pending.input,
-        "listed": [s.metadata.id for s in hatchet.scheduled.list().rows or []],
+        "listed": sorted(s.metadata.id for s in hatchet.scheduled.list().rows or []),
     }
     try:
         failing.run()

@@ -76,23 +76,41 @@ def test_triggers_with_hatchet_sdk(
     def scheduled() -> list[RunRow]:
         return [r for r in _runs(engine, "compat-later") if r.triggered_by == "schedule"]
 
+    tenant = engine.engine.default_tenant_id
+
+    def fired_run(schedule_id: str) -> RunRow | None:
+        record = engine.call(engine.engine.store.schedule_get(tenant, schedule_id))
+        assert record is not None
+        return next((r for r in scheduled() if r.id == record.run_id), None)
+
     wait_for(
-        lambda: any(r.status is RunStatus.COMPLETED for r in scheduled()),
+        lambda: (
+            (r := fired_run(out["schedule_ids"][0])) is not None and r.status is RunStatus.COMPLETED
+        ),
         timeout=30,
         what="the scheduled run completed",
     )
-    (fired,) = scheduled()
+    fired = fired_run(out["schedule_ids"][0])
+    assert fired is not None
     assert out["scheduled_for"] <= fired.created_at <= out["scheduled_for"] + 1.0
     assert _output(engine, fired.id)["item"] == "clock"
     assert out["scheduled"] == {
         "workflow": "compat-later",
         "input": {"item": "clock", "n": 0},
-        "listed": out["schedule_ids"],
+        "listed": sorted([*out["schedule_ids"], out["moved"]["id"]]),
     }
+    # A scheduled run moved to a new time fired then; bulk-deleted ones are gone.
+    moved = out["moved"]
+    assert abs(moved["reported"] - moved["at"]) < 0.01
+    wait_for(lambda: fired_run(moved["id"]) is not None, timeout=30, what="the moved scheduled run")
+    moved_run = fired_run(moved["id"])
+    assert moved_run is not None
+    assert moved["at"] <= moved_run.created_at <= moved["at"] + 1.0
+    assert out["bulk_deleted"] == out["bulk_schedule_ids"]
     wait_for(
         lambda: time.time() > fired.created_at + 3.0, timeout=10, what="the deleted one's time"
     )
-    assert len(scheduled()) == 1
+    assert len(scheduled()) == 2
 
     # Crons through the feature client: created, listed, fetched, deleted; the declared one
     # is listed as DEFAULT. The declared every-second cron fired once per second.

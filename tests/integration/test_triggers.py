@@ -112,6 +112,10 @@ def test_a_scheduled_run_fires_once_at_its_time_and_a_deleted_one_never(
     listed = {s.id: s for s in client.scheduled.list("remind")}
     assert set(listed) == {kept.id, dropped.id}
     assert listed[kept.id].input == {"who": "ann"} and listed[kept.id].run_id is None
+    moved = client.scheduled.update(dropped.id, at + timedelta(days=1))
+    assert moved.trigger_at == (at + timedelta(days=1)).replace(
+        microsecond=moved.trigger_at.microsecond
+    )
     client.scheduled.delete(dropped.id)
     with pytest.raises(HewerError, match="not found"):
         client.scheduled.get(dropped.id)
@@ -122,6 +126,8 @@ def test_a_scheduled_run_fires_once_at_its_time_and_a_deleted_one_never(
     assert at.timestamp() <= started <= at.timestamp() + 1.5
     fired = client.scheduled.get(kept.id)
     assert fired.run_id is not None
+    with pytest.raises(HewerError, match=r"409.*fired already"):
+        client.scheduled.update(kept.id, at + timedelta(hours=1))
     wait_for(
         lambda: client.scheduled.get(kept.id).run_status == "SUCCEEDED",
         timeout=20,

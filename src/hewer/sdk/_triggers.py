@@ -334,6 +334,14 @@ class Scheduled:
             self._rest.call("GET", path, what=f"get scheduled run {scheduled_id!r}")
         )
 
+    def update(self, scheduled_id: str, trigger_at: datetime) -> ScheduledRun:
+        """A new time for a scheduled run that has not fired yet."""
+        path = f"{self._base()}/scheduled/{_id_path(scheduled_id, 'scheduled_id')}"
+        body = {"triggerAt": _timestamp(trigger_at).ToJsonString()}
+        return ScheduledRun.from_json(
+            self._rest.call("PATCH", path, body, what=f"move scheduled run {scheduled_id!r}")
+        )
+
     def delete(self, scheduled_id: str) -> None:
         """Delete a scheduled run; one that has not fired yet never will."""
         path = f"{self._base()}/scheduled/{_id_path(scheduled_id, 'scheduled_id')}"

@@ -287,6 +287,8 @@ class Store(Protocol):
 
     async def schedule_get(self, tenant_id: str, schedule_id: str) -> ScheduleRecord | None: ...
     async def schedule_delete(self, tenant_id: str, schedule_id: str) -> bool: ...
+    async def schedule_move(self, tenant_id: str, schedule_id: str, trigger_at: float) -> bool:
+        """Give a scheduled run that has not fired a new time (False: none such)."""
 
     # crons (ticks advanced through StoreTx.stage, with the run they start)
     async def cron_insert(self, record: CronRecord) -> None:

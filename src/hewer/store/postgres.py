@@ -1091,6 +1091,9 @@ class PostgresStore:
     async def schedule_delete(self, tenant_id: str, schedule_id: str) -> bool:
         return await self._change("schedule_delete", tenant_id, schedule_id) > 0
 
+    async def schedule_move(self, tenant_id: str, schedule_id: str, trigger_at: float) -> bool:
+        return await self._change("schedule_move", tenant_id, schedule_id, trigger_at) > 0
+
     async def cron_insert(self, record: CronRecord) -> None:
         async def body(conn: Conn) -> None:
             try:

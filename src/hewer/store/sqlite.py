@@ -1054,6 +1054,10 @@ class SqliteStore:
             await self._change("schedule_delete", {"tenant_id": tenant_id, "id": schedule_id}) > 0
         )
 
+    async def schedule_move(self, tenant_id: str, schedule_id: str, trigger_at: float) -> bool:
+        params = {"tenant_id": tenant_id, "id": schedule_id, "trigger_at": trigger_at}
+        return await self._change("schedule_move", params) > 0
+
     async def cron_insert(self, record: CronRecord) -> None:
         def body(conn: sqlite3.Connection) -> None:
             try:

@@ -53,6 +53,21 @@ def build_app(core: EngineCore, auth: TokenAuthority, metrics: EngineMetrics) ->
         Route(
             f"{wfs}/{{workflow}}/scheduled", authed(triggers.schedule_create, RUN), methods=["POST"]
         ),
+        Route(
+            f"{wfs}/scheduled/{{scheduled}}",
+            authed(triggers.schedule_update, RUN),
+            methods=["PATCH"],
+        ),
+        Route(
+            f"{wfs}/scheduled/bulk-delete",
+            authed(triggers.schedule_bulk_delete, RUN),
+            methods=["POST"],
+        ),
+        Route(
+            f"{wfs}/scheduled/bulk-update",
+            authed(triggers.schedule_bulk_update, RUN),
+            methods=["POST"],
+        ),
         Route("/api/v1/workers/{worker}", authed(workers.get, READ), methods=["GET"]),
         Route("/api/v1/workers/{worker}", authed(workers.update, WORK), methods=["PATCH"]),
         Route("/api/v1/tenants/{tenant}/worker", authed(workers.list, READ), methods=["GET"]),

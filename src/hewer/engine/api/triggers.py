@@ -10,14 +10,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from hewer.domain import CronRecord, FilterRecord, RunStatus, ScheduleRecord, Workflow
-from hewer.engine.api._http import json_object
-from hewer.engine.api.filters import parse_time
+from hewer.engine.api._http import json_object, optional_list_of_str
+from hewer.engine.api.filters import metadata_pairs, parse_time
 from hewer.engine.api.workers import iso
 from hewer.engine.core.service import EngineCore
 from hewer.engine.core.transitions import details
 from hewer.errors import HewerError, InvalidInput
 
 MAX_PAGE = 1000
+MAX_BULK = 500  # ids per bulk call, as upstream's API
 DEFAULT_PAGE = 50
 
 # A fired scheduled run's status as Hatchet's ScheduledWorkflows.workflowRunStatus.
@@ -205,6 +206,82 @@ class TriggerRoutes:
     async def schedule_delete(self, request: Request, tenant_id: str) -> Any:
         await self.core.schedule_delete(tenant_id, request.path_params["scheduled"])
         return Response(status_code=204)
+
+    async def schedule_update(self, request: Request, tenant_id: str) -> Any:
+        """``{"triggerAt": ISO}``: a new time for a scheduled run that has not fired."""
+        body = await json_object(request)
+        at = body.get("triggerAt")
+        if not isinstance(at, str):
+            raise InvalidInput("'triggerAt' is required (an ISO 8601 time)")
+        schedule_id = request.path_params["scheduled"]
+        await self.core.schedule_move(tenant_id, schedule_id, parse_time(at, "triggerAt"))
+        record = await self.core.schedule_get(tenant_id, schedule_id)
+        return (await self._schedules_json(tenant_id, [record]))[0]
+
+    async def schedule_bulk_delete(self, request: Request, tenant_id: str) -> Any:
+        """``{"scheduledWorkflowRunIds": [...]}`` or ``{"filter": {"workflowId"?,
+        "additionalMetadata"?: ["k:v"]}}`` -> ``{"deletedIds", "errors"}``."""
+        body = await json_object(request)
+        ids = body.get("scheduledWorkflowRunIds")
+        raw_filter = body.get("filter")
+        if ids is not None:
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise InvalidInput("'scheduledWorkflowRunIds' must be a list of ids")
+            if len(ids) > MAX_BULK:
+                raise InvalidInput(f"at most {MAX_BULK} ids per call")
+        elif isinstance(raw_filter, dict):
+            ids = [s.id for s in await self._matching(tenant_id, raw_filter)]
+        else:
+            raise InvalidInput("give 'scheduledWorkflowRunIds' or 'filter'")
+        deleted, errors = [], []
+        for schedule_id in ids:
+            try:
+                await self.core.schedule_delete(tenant_id, schedule_id)
+                deleted.append(schedule_id)
+            except HewerError as exc:
+                errors.append({"id": schedule_id, "error": str(exc)})
+        return {"deletedIds": deleted, "errors": errors}
+
+    async def schedule_bulk_update(self, request: Request, tenant_id: str) -> Any:
+        """``{"updates": [{"id", "triggerAt"}, ...]}`` -> ``{"updatedIds", "errors"}``."""
+        body = await json_object(request)
+        updates = body.get("updates")
+        if not isinstance(updates, list) or not updates or len(updates) > MAX_BULK:
+            raise InvalidInput(f"'updates' must list 1 to {MAX_BULK} updates")
+        updated, errors = [], []
+        for item in updates:
+            if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+                raise InvalidInput("each update needs an 'id' and a 'triggerAt'")
+            at = item.get("triggerAt")
+            if not isinstance(at, str):
+                raise InvalidInput("each update needs an 'id' and a 'triggerAt'")
+            try:
+                await self.core.schedule_move(tenant_id, item["id"], parse_time(at, "triggerAt"))
+                updated.append(item["id"])
+            except HewerError as exc:
+                errors.append({"id": item["id"], "error": str(exc)})
+        return {"updatedIds": updated, "errors": errors}
+
+    async def _matching(self, tenant_id: str, raw: dict[str, Any]) -> list[ScheduleRecord]:
+        workflow_id = raw.get("workflowId")
+        wanted = metadata_pairs(optional_list_of_str(raw, "additionalMetadata") or ())
+        names = None
+        if workflow_id is not None:
+            names = {
+                wf.name for wf in await self.core.workflows_list(tenant_id) if wf.id == workflow_id
+            }
+        out = []
+        offset = 0
+        while True:
+            page_rows = await self.core.schedules_list(tenant_id, None, MAX_PAGE, offset)
+            for s in page_rows:
+                if s.run_id is None and (names is None or s.workflow_name in names):
+                    meta = json.loads(s.additional_metadata or "{}")
+                    if all(str(meta.get(k)) == v for k, v in wanted):
+                        out.append(s)
+            if len(page_rows) < MAX_PAGE:
+                return out
+            offset += MAX_PAGE
 
 
 class FilterRoutes:

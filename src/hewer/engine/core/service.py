@@ -407,6 +407,10 @@ class EngineCore(Component):
     async def schedule_delete(self, tenant_id: str, schedule_id: str) -> None:
         await self.triggers.schedule_delete(tenant_id, schedule_id)
 
+    async def schedule_move(self, tenant_id: str, schedule_id: str, trigger_at: float) -> None:
+        """A new time for a scheduled run that has not fired (FailedPrecondition if it has)."""
+        await self.triggers.schedule_move(tenant_id, schedule_id, trigger_at)
+
     async def cron_create(
         self,
         tenant_id: str,

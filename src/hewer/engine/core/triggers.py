@@ -39,6 +39,7 @@ from hewer.engine.core.clock import Clock
 from hewer.engine.core.component import Component
 from hewer.engine.core.ingest import Ingest, TriggerSpec, json_object_text, new_ids
 from hewer.engine.core.loop import EngineLoop
+from hewer.engine.core.sessions import FailedPrecondition
 from hewer.engine.core.transitions import CreateRuns, FireTriggers, Firing, Wake
 from hewer.engine.core.workflows import Workflows, check_priority
 from hewer.errors import HewerError, InvalidInput, NotFound
@@ -306,6 +307,11 @@ class Triggers(Component):
         if found is None:
             raise NotFound(f"scheduled run {schedule_id!r} not found")
         return found
+
+    async def schedule_move(self, tenant_id: str, schedule_id: str, trigger_at: float) -> None:
+        if not await self.store.schedule_move(tenant_id, schedule_id, trigger_at):
+            await self.schedule_get(tenant_id, schedule_id)  # NotFound if there is none
+            raise FailedPrecondition(f"scheduled run {schedule_id!r} has fired already")
 
     async def schedule_delete(self, tenant_id: str, schedule_id: str) -> None:
         if not await self.store.schedule_delete(tenant_id, schedule_id):

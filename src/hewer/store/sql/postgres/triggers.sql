@@ -149,3 +149,6 @@ DELETE FROM event_filters WHERE tenant_id = $1 AND id = $2;
 
 -- name: filters_undeclare
 DELETE FROM event_filters WHERE tenant_id = $1 AND workflow_id = $2 AND declarative;
+
+-- name: schedule_move
+UPDATE scheduled_runs SET trigger_at = $3 WHERE tenant_id = $1 AND id = $2 AND run_id IS NULL;

@@ -141,3 +141,8 @@ DELETE FROM event_filters WHERE tenant_id = :tenant_id AND id = :id;
 -- name: filters_undeclare
 DELETE FROM event_filters
 WHERE tenant_id = :tenant_id AND workflow_id = :workflow_id AND declarative = 1;
+
+-- name: schedule_move
+-- Only one that has not fired: a fire and a move never both take effect.
+UPDATE scheduled_runs SET trigger_at = :trigger_at
+WHERE tenant_id = :tenant_id AND id = :id AND run_id IS NULL;
