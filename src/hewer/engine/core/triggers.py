@@ -444,9 +444,17 @@ class Triggers(Component):
             await asyncio.gather(task, return_exceptions=True)
 
     async def _forever(self) -> None:
+        failing = False
         while True:
             try:
                 await self.fire_due()
             except Exception as exc:
-                logger.warning("could not start due scheduled runs or crons: %s", exc)
+                # Said once per outage, not four times a second while the database is away.
+                level = logging.DEBUG if failing else logging.WARNING
+                logger.log(level, "could not start due scheduled runs or crons: %s", exc)
+                failing = True
+            else:
+                if failing:
+                    logger.info("starting due scheduled runs and crons again")
+                failing = False
             await asyncio.sleep(self.interval)
