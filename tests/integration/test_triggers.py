@@ -414,3 +414,33 @@ def test_event_filters_and_wildcard_keys(
         ("order:placed", {"tier": "gold"}),
     ]
     assert len(_runs(engine, "big-orders")) == 2
+
+
+def test_a_root_task_waits_on_its_conditions_from_the_start(
+    engine: EngineThread, client: Hewer, in_process_worker: Callable[..., Worker]
+) -> None:
+    @client.task(name="patient", wait_for=[SleepCondition(timedelta(seconds=0.5))])
+    def patient(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return {"at": time.time()}
+
+    @client.task(
+        name="gatekept",
+        wait_for=[UserEventCondition("gate:open")],
+        skip_if=[UserEventCondition("gate:skip")],
+    )
+    def gatekept(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return {"ran": True}
+
+    in_process_worker(client, [patient, gatekept])
+    started = time.time()
+    assert patient.run({})["at"] >= started + 0.5
+    opened = gatekept.run_no_wait({})
+    skipped = gatekept.run_no_wait({})
+    tenant = engine.engine.default_tenant_id
+    details = engine.call(engine.engine.core.run_details(tenant, opened.run_id))
+    assert str(details.tasks[0].status) == "pending"  # a root held back by its condition
+    client.events.push("gate:skip", {})  # both wait: the skip condition decides both
+    assert opened.result() == {"skipped": True} and skipped.result() == {"skipped": True}
+    third = gatekept.run_no_wait({})
+    client.events.push("gate:open", {})
+    assert third.result() == {"ran": True}

@@ -61,6 +61,10 @@ def ready(tasks: Sequence[TaskRow], workflow: Workflow) -> tuple[list[TaskRow], 
     skip)``, in topological order, cascading (a task whose parent is skipped here is skipped
     too). The rows are not changed; the caller applies both lists."""
     if len(tasks) == 1:
+        # A one-task run's task was queued at creation, unless conditions hold it back.
+        (only,) = tasks
+        if only.status is TaskStatus.PENDING and only.waiting is None:
+            return [only], []
         return [], []
     by_name = {t.readable_id: t for t in tasks}
     status = {t.readable_id: t.status for t in tasks}

@@ -506,8 +506,11 @@ def _create_run(ctx: Context, ws: WorkingSet, new: NewRun, seq: int, out: Outcom
     gates = new.gates or tuple(() for _ in new.task_ids)
     rates = new.rates or tuple(() for _ in new.task_ids)
     rows: list[TaskRow] = []
+    judged = False  # a root task with conditions is judged at once
     for task_id, tdef, g, r in zip(new.task_ids, wf.tasks, gates, rates, strict=True):
         root = not tdef.parents and not tdef.on_failure
+        if root and tdef.conditions:
+            root, judged = False, True
         row = TaskRow(
             seq=seq,
             id=task_id,
@@ -530,6 +533,8 @@ def _create_run(ctx: Context, ws: WorkingSet, new: NewRun, seq: int, out: Outcom
     for row, tdef in zip(rows, wf.tasks, strict=True):
         if row.status is TaskStatus.QUEUED:
             out.queued.append(queue_item(row, run, tdef))
+    if judged:
+        _advance(ctx, ws, run, out)
 
 
 def _idempotency_key(new: NewRun) -> tuple[str, str, str] | None:
