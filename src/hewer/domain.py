@@ -859,10 +859,9 @@ class TaskRow:
     output: str | None = None
     error: str | None = None
     created_at: float = 0.0
-    # A task waiting on its conditions (parents done): {"since": t, "hits": [keys]} as JSON,
-    # and when a sleep condition of it is next due.
+    # A task waiting on its conditions (parents done): {"since": t, "hits": [keys]} as JSON.
+    # When its next sleep is due is kept apart (Changes.wakes), off the hot path's updates.
     waiting: str | None = None
-    wake_at: float | None = None
 
     def holds_slot(self) -> bool:
         """Whether the live attempt occupies slot units on its worker."""
@@ -1009,6 +1008,7 @@ class Changes:
     idempotency: list[IdempotencyRow] = field(default_factory=list)  # keys taken (upserted)
     waits_added: list[tuple[str, str, str]] = field(default_factory=list)  # (t, event, task)
     waits_dropped: set[str] = field(default_factory=set)  # tasks no longer waiting
+    wakes: dict[str, float | None] = field(default_factory=dict)  # task -> next sleep due
 
     def task(self, row: TaskRow) -> None:
         """Mark a loaded (or new) task row changed."""
@@ -1044,6 +1044,7 @@ class Changes:
                 self.idempotency,
                 self.waits_added,
                 self.waits_dropped,
+                self.wakes,
             )
         )
 

@@ -60,7 +60,6 @@ TASK_MUTABLE = [
     "output",
     "error",
     "waiting",
-    "wake_at",
 ]
 TASK_STATUS = {s.value: s for s in TaskStatus}
 RUN_STATUS = {s.value: s for s in RunStatus}

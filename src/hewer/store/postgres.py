@@ -517,6 +517,13 @@ async def _write(conn: Conn, c: Changes) -> None:
         await conn.execute(Q["waits_drop"], list(c.waits_dropped))
     if c.waits_added:
         await conn.execute(Q["wait_add"], *_columns(c.waits_added))
+    if c.wakes:
+        dropped = [t for t, at in c.wakes.items() if at is None]
+        if dropped:
+            await conn.execute(Q["wake_drop"], dropped)
+        due = [(t, at) for t, at in c.wakes.items() if at is not None]
+        if due:
+            await conn.execute(Q["wake_set"], *_columns(due))
 
 
 async def _migrate(conn: Conn) -> None:

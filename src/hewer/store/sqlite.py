@@ -189,7 +189,7 @@ class _Tx:
             n += len(c.new_attempts) + len(c.attempts) + len(c.new_workers) + len(c.logs)
             n += len(c.worker_status) + len(c.heartbeats) + len(c.worker_labels)
             n += len(c.new_events) + len(c.schedules_fired) + len(c.cron_next)
-            n += len(c.idempotency) + len(c.waits_added) + len(c.waits_dropped)
+            n += len(c.idempotency) + len(c.waits_added) + len(c.waits_dropped) + len(c.wakes)
         return n
 
     def _commit(self, conn: sqlite3.Connection) -> None:
@@ -422,6 +422,9 @@ def _write(conn: sqlite3.Connection, c: Changes) -> None:
         conn.executemany(Q["waits_drop"], [(t,) for t in c.waits_dropped])
     if c.waits_added:
         conn.executemany(Q["wait_add"], c.waits_added)
+    if c.wakes:
+        conn.executemany(Q["wake_drop"], [(t,) for t, at in c.wakes.items() if at is None])
+        conn.executemany(Q["wake_set"], [(t, at) for t, at in c.wakes.items() if at is not None])
 
 
 class SqliteStore:

@@ -289,14 +289,19 @@ def _finish_task(
     row.status = status
     row.finished_at = now
     if row.waiting is not None:
-        row.waiting = row.wake_at = None
-        ws.changes.waits_dropped.add(row.id)
+        _stop_waiting(ws, row)
     if status is TaskStatus.COMPLETED:
         row.output = output
         row.started_at = row.started_at or now
     if error is not None:
         row.error = error
     ws.changes.task(row)
+
+
+def _stop_waiting(ws: WorkingSet, row: TaskRow) -> None:
+    row.waiting = None
+    ws.changes.waits_dropped.add(row.id)
+    ws.changes.wakes[row.id] = None
 
 
 def _enqueue(ctx: Context, ws: WorkingSet, run: RunRow, row: TaskRow, out: Outcome) -> None:
@@ -331,7 +336,7 @@ def _judge(
         return conditions.Verdict.FAIL
     if decision.verdict is conditions.Verdict.WAIT:
         row.waiting = state.to_text()
-        row.wake_at = decision.wake_at
+        ws.changes.wakes[row.id] = decision.wake_at
         ws.changes.task(row)
         ws.changes.waits_added.extend((row.tenant_id, k, row.id) for k in decision.event_keys)
     return decision.verdict
@@ -347,8 +352,7 @@ def _settle_judged(
 ) -> bool:
     """Apply a verdict other than WAIT; True if the task ended (its run must advance)."""
     if row.waiting is not None:
-        row.waiting = row.wake_at = None
-        ws.changes.waits_dropped.add(row.id)
+        _stop_waiting(ws, row)
         ws.changes.task(row)
     if verdict is conditions.Verdict.QUEUE:
         _enqueue(ctx, ws, run, row, out)
@@ -660,8 +664,6 @@ class Wake(Op[int]):
         for task_id in self.task_ids:
             row = ws.tasks.get(task_id)
             if row is None or row.waiting is None or row.status is not TaskStatus.PENDING:
-                continue
-            if row.wake_at is not None and row.wake_at > ctx.now:
                 continue
             woken += 1
             _rejudge(ctx, ws, row, conditions.WaitState.from_text(row.waiting), self.outcome)

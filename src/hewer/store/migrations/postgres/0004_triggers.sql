@@ -67,11 +67,15 @@ CREATE TABLE idempotency_keys (
     PRIMARY KEY (tenant_id, workflow_id, key)
 );
 
--- A task waiting on its conditions once its parents are done: what it has seen so far, and
--- when its next sleep condition is due.
+-- A task waiting on its conditions once its parents are done: what it has seen so far;
+-- when its next sleep is due is a table of its own (an index on a column of tasks would
+-- cost every update of the hot path).
 ALTER TABLE tasks ADD COLUMN waiting text;
-ALTER TABLE tasks ADD COLUMN wake_at double precision;
-CREATE INDEX tasks_wake ON tasks (wake_at) WHERE wake_at IS NOT NULL;
+CREATE TABLE task_wakes (
+    task_id text COLLATE "C" PRIMARY KEY,
+    wake_at double precision NOT NULL
+);
+CREATE INDEX task_wakes_due ON task_wakes (wake_at);
 -- Which waiting tasks an event of a key may wake.
 CREATE TABLE task_event_waits (
     tenant_id text COLLATE "C" NOT NULL,

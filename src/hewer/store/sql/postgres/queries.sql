@@ -119,15 +119,14 @@ UPDATE tasks t SET status = v.status, retry_count = v.retry_count,
                    queued_at = v.queued_at, schedule_deadline = v.schedule_deadline,
                    assigned_at = v.assigned_at, started_at = v.started_at,
                    timeout_at = v.timeout_at, finished_at = v.finished_at,
-                   output = v.output, error = v.error, waiting = v.waiting,
-                   wake_at = v.wake_at
+                   output = v.output, error = v.error, waiting = v.waiting
 FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::integer[], $5::integer[],
             $6::text[], $7::boolean[], $8::boolean[], $9::text[], $10::float8[],
             $11::float8[], $12::float8[], $13::float8[], $14::float8[], $15::float8[],
-            $16::float8[], $17::text[], $18::text[], $19::text[], $20::float8[])
+            $16::float8[], $17::text[], $18::text[], $19::text[])
   AS v (seq, status, retry_count, app_retries, reassignments, worker_id, acked,
         slot_released, desired_worker_id, available_at, queued_at, schedule_deadline,
-        assigned_at, started_at, timeout_at, finished_at, output, error, waiting, wake_at)
+        assigned_at, started_at, timeout_at, finished_at, output, error, waiting)
 WHERE t.seq = v.seq;
 
 -- name: run_update

@@ -121,8 +121,15 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING;
 DELETE FROM task_event_waits WHERE task_id = ANY($1::text[]);
 
 -- name: tasks_wake_due
-SELECT {task} FROM tasks WHERE wake_at IS NOT NULL AND wake_at <= $1
-ORDER BY wake_at LIMIT $2;
+SELECT {task_t} FROM task_wakes w JOIN tasks t ON t.id = w.task_id
+WHERE w.wake_at <= $1 ORDER BY w.wake_at LIMIT $2;
+
+-- name: wake_set
+INSERT INTO task_wakes (task_id, wake_at) SELECT * FROM unnest($1::text[], $2::float8[])
+ON CONFLICT (task_id) DO UPDATE SET wake_at = excluded.wake_at;
+
+-- name: wake_drop
+DELETE FROM task_wakes WHERE task_id = ANY($1::text[]);
 
 -- name: filters_of_workflows
 SELECT {filter} FROM event_filters WHERE tenant_id = $1 AND workflow_id = ANY($2::text[])

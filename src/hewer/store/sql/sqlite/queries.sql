@@ -94,7 +94,7 @@ UPDATE tasks SET status = ?, retry_count = ?, app_retries = ?, reassignments = ?
                  worker_id = ?, acked = ?, slot_released = ?, desired_worker_id = ?,
                  available_at = ?, queued_at = ?, schedule_deadline = ?, assigned_at = ?,
                  started_at = ?, timeout_at = ?, finished_at = ?, output = ?, error = ?,
-                 waiting = ?, wake_at = ?
+                 waiting = ?
 WHERE seq = ?;
 
 -- name: run_update

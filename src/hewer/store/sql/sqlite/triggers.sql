@@ -111,8 +111,15 @@ INSERT OR IGNORE INTO task_event_waits (tenant_id, event_key, task_id) VALUES (?
 DELETE FROM task_event_waits WHERE task_id = ?;
 
 -- name: tasks_wake_due
-SELECT {task} FROM tasks WHERE wake_at IS NOT NULL AND wake_at <= :now
-ORDER BY wake_at LIMIT :limit;
+SELECT {task_t} FROM task_wakes w JOIN tasks t ON t.id = w.task_id
+WHERE w.wake_at <= :now ORDER BY w.wake_at LIMIT :limit;
+
+-- name: wake_set
+INSERT INTO task_wakes (task_id, wake_at) VALUES (?, ?)
+ON CONFLICT (task_id) DO UPDATE SET wake_at = excluded.wake_at;
+
+-- name: wake_drop
+DELETE FROM task_wakes WHERE task_id = ?;
 
 -- name: filters_of_workflows
 SELECT {filter} FROM event_filters
