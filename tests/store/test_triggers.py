@@ -103,6 +103,7 @@ async def test_a_cron_tick_fires_once_and_declared_crons_are_replaced(
     await store.crons_declare(t, "ticker", [cron("d4", "0 * * * *", NOW + 99, True)])
     listed = {c.name: c for c in await store.crons_list(t, "ticker", 10, 0)}
     assert set(listed) == {"api", "0 * * * *"}
+    assert [c.id for c in await store.crons_list(t, None, 10, 0, name="api")] == ["c1"]
     assert listed["0 * * * *"].id == "d1" and listed["0 * * * *"].next_at == NOW + 30
     assert listed["0 * * * *"].declared and not listed["api"].declared
     assert [c.id for c in await store.crons_due(NOW, 10)] == ["c1"]

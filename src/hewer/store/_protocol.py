@@ -307,8 +307,15 @@ class Store(Protocol):
         """The earliest next tick of an enabled cron (None: there is none)."""
 
     async def crons_list(
-        self, tenant_id: str, workflow_name: str | None, limit: int, offset: int
-    ) -> list[CronRecord]: ...
+        self,
+        tenant_id: str,
+        workflow_name: str | None,
+        limit: int,
+        offset: int,
+        name: str | None = None,
+    ) -> list[CronRecord]:
+        """The tenant's crons (of one workflow, of one name), oldest first."""
+
     async def cron_get(self, tenant_id: str, cron_id: str) -> CronRecord | None: ...
     async def cron_delete(self, tenant_id: str, cron_id: str) -> bool: ...
 

@@ -1133,9 +1133,14 @@ class PostgresStore:
         return None if r is None else r[0]
 
     async def crons_list(
-        self, tenant_id: str, workflow_name: str | None, limit: int, offset: int
+        self,
+        tenant_id: str,
+        workflow_name: str | None,
+        limit: int,
+        offset: int,
+        name: str | None = None,
     ) -> list[CronRecord]:
-        rows = await self._fetch("crons_list", tenant_id, workflow_name, limit, offset)
+        rows = await self._fetch("crons_list", tenant_id, workflow_name, limit, offset, name)
         return [_rows.cron_record(r) for r in rows]
 
     async def cron_get(self, tenant_id: str, cron_id: str) -> CronRecord | None:

@@ -1090,9 +1090,14 @@ class SqliteStore:
         return await self._first("cron_next", {})  # type: ignore[no-any-return]
 
     async def crons_list(
-        self, tenant_id: str, workflow_name: str | None, limit: int, offset: int
+        self,
+        tenant_id: str,
+        workflow_name: str | None,
+        limit: int,
+        offset: int,
+        name: str | None = None,
     ) -> list[CronRecord]:
-        params = {"tenant_id": tenant_id, "workflow": workflow_name, "limit": limit}
+        params = {"tenant_id": tenant_id, "workflow": workflow_name, "limit": limit, "name": name}
         return await self._rows_of("crons_list", {**params, "offset": offset}, _rows.cron_record)
 
     async def cron_get(self, tenant_id: str, cron_id: str) -> CronRecord | None:

@@ -125,10 +125,8 @@ class TriggerRoutes:
     async def cron_list(self, request: Request, tenant_id: str) -> Any:
         limit, offset = page(request)
         workflow = request.query_params.get("workflowName") or None
-        crons = await self.core.crons_list(tenant_id, workflow, limit, offset)
-        name = request.query_params.get("cronName")
-        if name:
-            crons = [c for c in crons if c.name == name]
+        name = request.query_params.get("cronName") or None
+        crons = await self.core.crons_list(tenant_id, workflow, limit, offset, name)
         wfs = await self._workflows(tenant_id, {c.workflow_name for c in crons})
         return {
             "rows": [self._cron_json(c, wfs[c.workflow_name]) for c in crons],

@@ -426,9 +426,14 @@ class EngineCore(Component):
         )
 
     async def crons_list(
-        self, tenant_id: str, workflow_name: str | None, limit: int, offset: int
+        self,
+        tenant_id: str,
+        workflow_name: str | None,
+        limit: int,
+        offset: int,
+        name: str | None = None,
     ) -> list[CronRecord]:
-        return await self.store.crons_list(tenant_id, workflow_name, limit, offset)
+        return await self.store.crons_list(tenant_id, workflow_name, limit, offset, name)
 
     async def cron_get(self, tenant_id: str, cron_id: str) -> CronRecord:
         return await self.triggers.cron_get(tenant_id, cron_id)

@@ -161,7 +161,7 @@ class Triggers(Component):
         """Store events and start the runs of every workflow they trigger, together."""
         now = self.clock.now()
         events: list[EventRecord] = []
-        runs: list[NewRun] = []
+        matches: list[tuple[EventRecord, str | None, list[Workflow]]] = []
         ids = new_ids(len(specs))
         for event_id, spec in zip(ids, specs, strict=True):
             key = spec.key.strip()
@@ -182,18 +182,25 @@ class Triggers(Component):
                 spec.timestamp or now,
             )
             events.append(event)
-            matched = await self.workflows.by_event(tenant_id, key)
-            filters = await self._filters(tenant_id, matched)
-            run_meta = event_metadata(meta, event_id, key)
+            matches.append((event, meta, await self.workflows.by_event(tenant_id, key)))
+        # One read of the filters of every workflow any of these events starts.
+        filters = await self._filters(
+            tenant_id, list({wf.id: wf for _, _, wfs in matches for wf in wfs}.values())
+        )
+        runs: list[NewRun] = []
+        for event, meta, matched in matches:
+            run_meta = event_metadata(meta, event.id, event.key)
             for wf in matched:
                 for filter_payload in passing(event, filters.get(wf.id)):
                     links = RunLinks(
-                        event_id=event_id,
-                        event_key=key,
+                        event_id=event.id,
+                        event_key=event.key,
                         triggered_by="event",
                         filter_payload=filter_payload,
                     )
-                    trigger = TriggerSpec(wf.name, payload, run_meta, spec.priority, links=links)
+                    trigger = TriggerSpec(
+                        wf.name, event.payload, run_meta, event.priority, links=links
+                    )
                     runs.append(self.ingest.new_run(tenant_id, wf, trigger))
         await self.loop.run(CreateRuns(runs, events))
         return events
@@ -393,24 +400,10 @@ class Triggers(Component):
         now = self.clock.now()
         firings: list[Firing] = []
         for schedule in await self.store.schedules_due(now, FIRE_BATCH):
-            spec = TriggerSpec(
-                schedule.workflow_name,
-                schedule.input,
-                schedule.additional_metadata,
-                schedule.priority,
-                links=RunLinks(triggered_by="schedule"),
-            )
-            run = await self._new_run(schedule.tenant_id, spec, f"scheduled run {schedule.id}")
+            run = await self._new_run(schedule, "schedule", f"scheduled run {schedule.id}")
             firings.append(Firing(run, schedule_id=schedule.id))
         for cron in await self.store.crons_due(now, FIRE_BATCH):
-            spec = TriggerSpec(
-                cron.workflow_name,
-                cron.input,
-                cron.additional_metadata,
-                cron.priority,
-                links=RunLinks(triggered_by="cron"),
-            )
-            run = await self._new_run(cron.tenant_id, spec, f"cron {cron.name!r}")
+            run = await self._new_run(cron, "cron", f"cron {cron.name!r}")
             try:
                 after = next_tick(cron.expression, now)
             except InvalidInput:
@@ -423,10 +416,20 @@ class Triggers(Component):
             return []
         return await self.loop.run(FireTriggers(firings))
 
-    async def _new_run(self, tenant_id: str, spec: TriggerSpec, what: str) -> NewRun | None:
+    async def _new_run(
+        self, due: ScheduleRecord | CronRecord, triggered_by: str, what: str
+    ) -> NewRun | None:
+        """The run a due scheduled run or cron tick starts (None: it cannot start)."""
+        spec = TriggerSpec(
+            due.workflow_name,
+            due.input,
+            due.additional_metadata,
+            due.priority,
+            links=RunLinks(triggered_by=triggered_by),
+        )
         try:
-            wf = await self.workflows.current(tenant_id, spec.workflow_name)
-            return self.ingest.new_run(tenant_id, wf, spec)
+            wf = await self.workflows.current(due.tenant_id, spec.workflow_name)
+            return self.ingest.new_run(due.tenant_id, wf, spec)
         except HewerError as exc:
             # Its workflow is gone, or no longer takes that input: this tick (or scheduled
             # run) is given up, said once; a cron tries again at its next tick.

@@ -79,7 +79,7 @@ SELECT min(next_at) FROM crons WHERE enabled;
 
 -- name: crons_list
 SELECT {cron} FROM crons WHERE tenant_id = $1
-AND ($2::text IS NULL OR workflow_name = $2)
+AND ($2::text IS NULL OR workflow_name = $2) AND ($5::text IS NULL OR name = $5)
 ORDER BY created_at, id LIMIT $3 OFFSET $4;
 
 -- name: cron_get

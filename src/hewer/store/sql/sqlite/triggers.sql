@@ -75,7 +75,7 @@ SELECT min(next_at) FROM crons WHERE enabled = 1;
 
 -- name: crons_list
 SELECT {cron} FROM crons WHERE tenant_id = :tenant_id
-AND (:workflow IS NULL OR workflow_name = :workflow)
+AND (:workflow IS NULL OR workflow_name = :workflow) AND (:name IS NULL OR name = :name)
 ORDER BY created_at, id LIMIT :limit OFFSET :offset;
 
 -- name: cron_get
