@@ -374,9 +374,12 @@ class TaskDef:
     # done and one of them failed (skipped otherwise).
     on_failure: bool = False
     conditions: tuple[ConditionSpec, ...] = ()
+    # A durable task keeps an event log (DurableLog) its later invocations replay.
+    durable: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "durable": self.durable,
             "conditions": [c.to_json() for c in self.conditions],
             "on_failure": self.on_failure,
             "rate_limits": [r.to_json() for r in self.rate_limits],
@@ -410,6 +413,7 @@ class TaskDef:
             rate_limits=tuple(RateLimitSpec.from_json(r) for r in data.get("rate_limits", ())),
             on_failure=bool(data.get("on_failure", False)),
             conditions=tuple(ConditionSpec.from_json(c) for c in data.get("conditions", ())),
+            durable=bool(data.get("durable", False)),
         )
 
 
@@ -946,6 +950,112 @@ class LogQuery:
     limit: int = 1000
 
 
+class DurableKind(StrEnum):
+    WAIT = "wait"  # sleeps and user events (DurableEventListenerConditions)
+    MEMO = "memo"  # a value computed once by the task body, keyed by its arguments
+    RUN = "run"  # a child run spawned by the task
+
+
+@dataclass(slots=True)
+class DurableEntry:
+    """One node of a durable task's log: what the body asked for at that point, and (once
+    ``done``) what it got. ``order`` numbers the entries of a task as they were satisfied."""
+
+    node: int
+    kind: DurableKind
+    created_at: float
+    conditions: tuple[ConditionSpec, ...] = ()  # WAIT
+    hits: dict[str, Any] = field(default_factory=dict)  # WAIT: condition key -> its data
+    memo_key: str | None = None  # MEMO: the key (hex)
+    child_run_id: str | None = None  # RUN
+    label: str | None = None
+    done: bool = False
+    order: int | None = None
+    payload: str | None = None  # JSON text (WAIT, RUN) or the memoised bytes (MEMO, hex)
+    failure: bool = False
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "kind": str(self.kind),
+            "created_at": self.created_at,
+            "conditions": [c.to_json() for c in self.conditions],
+            "hits": self.hits,
+            "memo_key": self.memo_key,
+            "child_run_id": self.child_run_id,
+            "label": self.label,
+            "done": self.done,
+            "order": self.order,
+            "payload": self.payload,
+            "failure": self.failure,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> DurableEntry:
+        return cls(
+            int(d["node"]),
+            DurableKind(d["kind"]),
+            float(d["created_at"]),
+            tuple(ConditionSpec.from_json(c) for c in d.get("conditions", ())),
+            dict(d.get("hits") or {}),
+            d.get("memo_key"),
+            d.get("child_run_id"),
+            d.get("label"),
+            bool(d.get("done")),
+            d.get("order"),
+            d.get("payload"),
+            bool(d.get("failure")),
+            d.get("error"),
+        )
+
+
+@dataclass(slots=True)
+class DurableLog:
+    """A durable task's event log. Each invocation of the task (its first run, a retry, a
+    resume on another worker or after an eviction) numbers the nodes it reaches from 1; a
+    node the log holds already is replayed (its result handed back), not done again.
+    ``evicted``: the body left its worker while waiting and is queued again once an entry
+    is satisfied."""
+
+    task_id: str
+    tenant_id: str
+    invocation: int = 0  # the invocation ``cursor`` counts in
+    cursor: int = 0  # the last node that invocation reached
+    orders: int = 0  # entries satisfied so far
+    evicted: bool = False
+    entries: dict[int, DurableEntry] = field(default_factory=dict)
+    evicted_orders: int = 0  # ``orders`` when it was evicted (resumes once that grows)
+
+    def body(self) -> str:
+        return json.dumps(
+            {
+                "invocation": self.invocation,
+                "cursor": self.cursor,
+                "orders": self.orders,
+                "evicted_orders": self.evicted_orders,
+                "entries": [e.to_json() for e in self.entries.values()],
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_row(cls, task_id: str, tenant_id: str, evicted: bool, body: str) -> DurableLog:
+        d = json.loads(body)
+        entries = [DurableEntry.from_json(e) for e in d.get("entries", ())]
+        return cls(
+            task_id,
+            tenant_id,
+            int(d.get("invocation", 0)),
+            int(d.get("cursor", 0)),
+            int(d.get("orders", 0)),
+            bool(evicted),
+            {e.node: e for e in entries},
+            int(d.get("evicted_orders", 0)),
+        )
+
+
 @dataclass(slots=True)
 class Keys:
     """What a batch of operations needs loaded before the core can decide it."""
@@ -961,10 +1071,13 @@ class Keys:
     # (tenant, event key): the tasks waiting for such an event (loaded with their runs)
     event_waits: set[tuple[str, str]] = field(default_factory=set)
     idempotency_keys: set[tuple[str, str, str]] = field(default_factory=set)  # (t, wf, key)
+    # durable tasks by id: their logs (also loaded for the tasks an event waits on)
+    durable: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(
-            self.task_ids
+            self.durable
+            or self.task_ids
             or self.run_ids
             or self.running_on
             or self.attempts_of
@@ -985,6 +1098,7 @@ class Keys:
         self.child_keys |= other.child_keys
         self.idempotency_keys |= other.idempotency_keys
         self.event_waits |= other.event_waits
+        self.durable |= other.durable
 
 
 @dataclass(slots=True)
@@ -1009,6 +1123,7 @@ class Changes:
     waits_added: list[tuple[str, str, str]] = field(default_factory=list)  # (t, event, task)
     waits_dropped: set[str] = field(default_factory=set)  # tasks no longer waiting
     wakes: dict[str, float | None] = field(default_factory=dict)  # task -> next sleep due
+    durable: dict[str, DurableLog] = field(default_factory=dict)  # logs written whole
 
     def task(self, row: TaskRow) -> None:
         """Mark a loaded (or new) task row changed."""
@@ -1045,6 +1160,7 @@ class Changes:
                 self.waits_added,
                 self.waits_dropped,
                 self.wakes,
+                self.durable,
             )
         )
 
@@ -1070,6 +1186,7 @@ class WorkingSet:
     children: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
     idempotency: dict[tuple[str, str, str], IdempotencyRow] = field(default_factory=dict)
     waiters: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # event -> tasks
+    durable: dict[str, DurableLog] = field(default_factory=dict)  # task -> its log, if any
 
     def add_run(self, run: RunRow, tasks: list[TaskRow]) -> None:
         """A run created in this batch."""

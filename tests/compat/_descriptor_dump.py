@@ -47,6 +47,7 @@ HEWER_MODULES = [
     "hewer._proto.v1.shared.trigger_pb2",
     "hewer._proto.v1.shared.condition_pb2",
     "hewer._proto.v1.workflows_pb2",
+    "hewer._proto.v1.dispatcher_pb2",
     "hewer._proto.hewer.v1.worker_pb2",
 ]
 

@@ -46,10 +46,11 @@ def hatchet_worker(
         proc.wait(timeout=30)
 
 
-def run_client(engine: EngineThread, tmp_path: Path, app: Path) -> Any:
-    """``python APP client``; the JSON of its last line of output."""
+def run_client(engine: EngineThread, tmp_path: Path, app: Path, *args: str) -> Any:
+    """``python APP client`` (or ``python APP ARGS...``); the JSON of its last line of
+    output."""
     result = subprocess.run(
-        [sys.executable, str(app), "client"],
+        [sys.executable, str(app), *(args or ("client",))],
         env=hatchet_env(engine),
         cwd=tmp_path,
         capture_output=True,

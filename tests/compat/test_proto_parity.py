@@ -23,7 +23,13 @@ CONTRACTS = ROOT / "contracts"
 EXIT_NOT_INSTALLED = 3
 
 # Services whose method set must equal upstream's exactly.
-CORE_SERVICES = ("Dispatcher", "EventsService", "WorkflowService", "v1.AdminService")
+CORE_SERVICES = (
+    "Dispatcher",
+    "EventsService",
+    "WorkflowService",
+    "v1.AdminService",
+    "v1.V1Dispatcher",
+)
 
 Dump = dict[str, Any]
 

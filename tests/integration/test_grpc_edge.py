@@ -379,8 +379,8 @@ def test_bad_workflow_definitions_are_refused(stubs: Stubs) -> None:
         concurrency=v1.Concurrency(expression="input.x +", max_runs=1),
     )
     assert code is grpc.StatusCode.INVALID_ARGUMENT and "input.x +" in details
-    code, details = put(task(readable_id="a", action="bad:a", is_durable=True))
-    assert code is grpc.StatusCode.UNIMPLEMENTED and "durable" in details
+    code, details = put(task(readable_id="a", action="bad:a", batch=v1.TaskBatchConfig()))
+    assert code is grpc.StatusCode.UNIMPLEMENTED and "batching" in details
 
 
 def test_oversized_messages_are_refused_and_the_engine_carries_on(stubs: Stubs) -> None:

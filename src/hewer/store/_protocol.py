@@ -23,6 +23,7 @@ from hewer.domain import (
     AttemptRow,
     Changes,
     CronRecord,
+    DurableLog,
     EventRecord,
     FilterRecord,
     GateClaim,
@@ -170,6 +171,12 @@ class Store(Protocol):
 
     async def tasks_wake_due(self, now: float, limit: int) -> list[TaskRow]:
         """Tasks waiting on conditions whose next sleep condition is due."""
+
+    async def durable_get(self, tenant_id: str, task_id: str) -> DurableLog | None:
+        """A durable task's event log (None: it has none yet)."""
+
+    async def durable_evicted(self, limit: int) -> list[tuple[str, str]]:
+        """(tenant id, task id) of durable tasks evicted from their workers."""
 
     async def runs_children(self, tenant_id: str, parent_task_ids: Collection[str]) -> list[str]:
         """Ids of the unfinished runs spawned by any of ``parent_task_ids``."""

@@ -11,9 +11,11 @@ from typing import Any, Protocol
 from hewer.domain import (
     AttemptRow,
     CronRecord,
+    DurableLog,
     EventRecord,
     FilterRecord,
     IdempotencyRow,
+    Keys,
     RunRow,
     RunStatus,
     ScheduleRecord,
@@ -22,6 +24,7 @@ from hewer.domain import (
     TaskStatus,
     WorkerRecord,
     WorkerStatus,
+    WorkingSet,
     metadata_object,
 )
 
@@ -123,3 +126,16 @@ def metadata_matches(meta_text: str | None, wanted: Iterable[tuple[str, str]]) -
     whose ``str()`` is the one given (what a filter from a query string can say)."""
     meta = metadata_object(meta_text)
     return all(str(meta.get(k)) == v for k, v in wanted)
+
+
+def durable_wanted(ws: WorkingSet, keys: Keys) -> set[str]:
+    """The tasks whose durable logs a load reads: those named, and every task an event of
+    the batch waits on (a durable task waits for events while it runs)."""
+    wanted = set(keys.durable)
+    for ids in ws.waiters.values():
+        wanted.update(ids)
+    return wanted
+
+
+def durable_log(r: StoredRow) -> DurableLog:
+    return DurableLog.from_row(r[0], r[1], bool(r[2]), r[3])

@@ -33,6 +33,7 @@ from hewer.domain import (
     AttemptRow,
     Changes,
     CronRecord,
+    DurableLog,
     EventRecord,
     FilterRecord,
     GateClaim,
@@ -394,6 +395,10 @@ async def _load(conn: Conn, ws: WorkingSet, keys: Keys, known_versions: Collecti
 
 
 async def _load_triggers(conn: Conn, ws: WorkingSet, keys: Keys) -> None:
+    wanted = [i for i in _rows.durable_wanted(ws, keys) if i not in ws.durable]
+    if wanted:
+        for r in await conn.fetch(Q["lock_durable_by_ids"], wanted):
+            ws.durable[r[0]] = _rows.durable_log(r)
     wanted = [i for i in keys.schedule_ids if i not in ws.schedules]
     if wanted:
         for r in await conn.fetch(Q["lock_schedules_by_ids"], wanted):
@@ -517,6 +522,11 @@ async def _write(conn: Conn, c: Changes) -> None:
         await conn.execute(Q["waits_drop"], list(c.waits_dropped))
     if c.waits_added:
         await conn.execute(Q["wait_add"], *_columns(c.waits_added))
+    if c.durable:
+        await conn.execute(
+            Q["durable_put"],
+            *_columns((d.task_id, d.tenant_id, d.evicted, d.body()) for d in c.durable.values()),
+        )
     if c.wakes:
         dropped = [t for t, at in c.wakes.items() if at is None]
         if dropped:
@@ -1007,6 +1017,13 @@ class PostgresStore:
 
     async def tasks_wake_due(self, now: float, limit: int) -> list[TaskRow]:
         return [_task(r) for r in await self._fetch("tasks_wake_due", now, limit)]
+
+    async def durable_get(self, tenant_id: str, task_id: str) -> DurableLog | None:
+        r = await self._fetchrow("durable_get", tenant_id, task_id)
+        return None if r is None else _rows.durable_log(r)
+
+    async def durable_evicted(self, limit: int) -> list[tuple[str, str]]:
+        return [(r[0], r[1]) for r in await self._fetch("durable_evicted", limit)]
 
     async def runs_children(self, tenant_id: str, parent_task_ids: Collection[str]) -> list[str]:
         rows = await self._fetch("runs_children", tenant_id, list(parent_task_ids))

@@ -28,6 +28,7 @@ from hewer.domain import (
     AttemptRow,
     Changes,
     CronRecord,
+    DurableLog,
     EventRecord,
     FilterRecord,
     GateClaim,
@@ -311,6 +312,10 @@ def _load(
 
 
 def _load_triggers(conn: sqlite3.Connection, ws: WorkingSet, keys: Keys) -> None:
+    wanted = [i for i in _rows.durable_wanted(ws, keys) if i not in ws.durable]
+    if wanted:
+        for r in conn.execute(Q["durable_by_ids"], {"ids": _ids(wanted)}):
+            ws.durable[r[0]] = _rows.durable_log(r)
     wanted = [i for i in keys.schedule_ids if i not in ws.schedules]
     if wanted:
         for r in conn.execute(Q["schedules_by_ids"], {"ids": _ids(wanted)}):
@@ -422,6 +427,11 @@ def _write(conn: sqlite3.Connection, c: Changes) -> None:
         conn.executemany(Q["waits_drop"], [(t,) for t in c.waits_dropped])
     if c.waits_added:
         conn.executemany(Q["wait_add"], c.waits_added)
+    if c.durable:
+        conn.executemany(
+            Q["durable_put"],
+            [(d.task_id, d.tenant_id, d.evicted, d.body()) for d in c.durable.values()],
+        )
     if c.wakes:
         conn.executemany(Q["wake_drop"], [(t,) for t, at in c.wakes.items() if at is None])
         conn.executemany(Q["wake_set"], [(t, at) for t, at in c.wakes.items() if at is not None])
@@ -952,6 +962,17 @@ class SqliteStore:
 
     async def tasks_wake_due(self, now: float, limit: int) -> list[TaskRow]:
         return await self._tasks("tasks_wake_due", {"now": now, "limit": limit})
+
+    async def durable_get(self, tenant_id: str, task_id: str) -> DurableLog | None:
+        rows = await self._rows_of(
+            "durable_get",
+            {"tenant_id": tenant_id, "task_id": task_id},
+            _rows.durable_log,
+        )
+        return rows[0] if rows else None
+
+    async def durable_evicted(self, limit: int) -> list[tuple[str, str]]:
+        return await self._rows_of("durable_evicted", {"limit": limit}, lambda r: (r[0], r[1]))
 
     async def runs_children(self, tenant_id: str, parent_task_ids: Collection[str]) -> list[str]:
         params = {"tenant_id": tenant_id, "ids": _ids(parent_task_ids)}

@@ -70,6 +70,7 @@ _WORK = (
     "/Dispatcher/RefreshTimeout",
     "/Dispatcher/PutOverridesData",
     "/Dispatcher/RestoreEvictedTask",
+    "/v1.V1Dispatcher/DurableTask",
     "/EventsService/PutLog",
     "/EventsService/PutStreamEvent",
     "/hewer.v1.Worker/Listen",

@@ -16,14 +16,17 @@ Every component follows one contract: ``start()``, ``stop(grace)`` (idempotent),
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import math
-from collections.abc import Collection, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from hewer import defaults
 from hewer.domain import (
     ConcurrencySpec,
+    ConditionSpec,
     CronRecord,
     DispatchInfo,
     EventOutcome,
@@ -45,11 +48,14 @@ from hewer.domain import (
     TaskStatus,
     WorkerRecord,
     Workflow,
+    metadata_object,
 )
-from hewer.engine.core import stats
+from hewer.engine.core import conditions, durable, stats
 from hewer.engine.core.auth import Principal
 from hewer.engine.core.clock import Clock
 from hewer.engine.core.component import Component
+from hewer.engine.core.durable_hub import DurableHub, DurableStream
+from hewer.engine.core.durable_hub import Message as DurableMessage
 from hewer.engine.core.ingest import (
     Ingest,
     TriggerSpec,
@@ -159,6 +165,7 @@ class EngineCore(Component):
         self.sweeps = Sweeps(
             store, clock, self.loop, self.sessions, self.cancel, inactive_after=inactive_after
         )
+        self.durable = DurableHub(store, self.loop, self._spawn, self._task)
         self._background: set[asyncio.Task[Any]] = set()
         self._task_callers: dict[tuple[str, str], float] = {}
         self._started = False
@@ -193,6 +200,7 @@ class EngineCore(Component):
         self.sweeps.every(self.reaper_interval, self.reap)
         await self.sweeps.start()
         await self.triggers.start()
+        self._spawn(self.durable.recheck_evicted(), "durable-recheck")
 
     async def rebuild(self) -> None:
         """Build the scheduler's state from the store and the workers in memory (at start,
@@ -274,13 +282,21 @@ class EngineCore(Component):
 
     def committed(self, ops: Sequence[Op[Any]], dispatched: list[DispatchInfo]) -> None:
         finished: list[RunDetails] = []
+        satisfied: list[tuple[str, str]] = []
+        children: list[durable.ChildDone] = []
         for op in ops:
             out = op.outcome
             for held in out.stop:
                 self.sessions.send_cancel(held)
             finished.extend(out.finished)
+            satisfied.extend(out.durable)
+            children.extend(durable.ChildDone.of(p, d) for p, d in out.children_done)
         if finished:
             self.subscriptions.finished(finished)
+        if satisfied:
+            self.durable.satisfied(satisfied)
+        if children:
+            self._spawn(self.durable.children_done(children), "durable-children")
         if dispatched:
             self.sessions.dispatch(dispatched)
 
@@ -628,6 +644,109 @@ class EngineCore(Component):
 
     def close_session(self, session: Session) -> None:
         self.sessions.close(session)
+
+    # ------------------------------------------------------------------ durable tasks
+
+    def durable_open(
+        self, tenant_id: str, worker_id: str, send: Callable[[DurableMessage], None]
+    ) -> DurableStream:
+        return self.durable.open(tenant_id, worker_id, send)
+
+    def durable_close(self, stream: DurableStream) -> None:
+        self.durable.close(stream)
+
+    async def durable_wait_for(
+        self,
+        stream: DurableStream,
+        task_id: str,
+        invocation: int,
+        specs: Sequence[ConditionSpec],
+        label: str | None,
+    ) -> int:
+        """A durable wait on sleeps and events; returns its node."""
+        conditions.check(task_id, specs, ())
+        recent: list[conditions.ArrivedEvent] = []
+        since = {
+            c.event_key: c.events_since
+            for c in specs
+            if c.events_since is not None and c.event_key is not None
+        }
+        if since:
+            # Events pushed before the wait that it considers (a lookback window).
+            earliest = min(since.values())
+            for e in await self.store.events_list(stream.tenant_id, list(since), 1000, 0):
+                if e.created_at >= earliest:
+                    recent.append(
+                        conditions.ArrivedEvent(
+                            e.key,
+                            json.loads(e.payload),
+                            metadata_object(e.additional_metadata),
+                            e.scope,
+                            e.created_at,
+                        )
+                    )
+            recent.reverse()  # oldest first: the first match is the one kept
+        op = durable.WaitFor(
+            stream.tenant_id, stream.worker_id, task_id, invocation, specs, label, recent
+        )
+        node: int = await self.loop.run(op)
+        return node
+
+    def durable_memo(
+        self, stream: DurableStream, task_id: str, invocation: int, key: bytes
+    ) -> asyncio.Future[durable.MemoAck]:
+        op = durable.Memo(stream.tenant_id, stream.worker_id, task_id, invocation, key)
+        return self.loop.submit(op)
+
+    def durable_complete_memo(
+        self,
+        stream: DurableStream,
+        task_id: str,
+        invocation: int,
+        node: int,
+        key: bytes,
+        payload: bytes,
+    ) -> asyncio.Future[None]:
+        op = durable.CompleteMemo(
+            stream.tenant_id, stream.worker_id, task_id, invocation, node, key, payload
+        )
+        return self.loop.submit(op)
+
+    async def durable_trigger(
+        self, stream: DurableStream, task_id: str, invocation: int, specs: Sequence[TriggerSpec]
+    ) -> list[tuple[int, str]]:
+        """Child runs spawned by a durable task: (node, run id) of each, in order."""
+        tenant_id = stream.tenant_id
+        parent = await self._task(tenant_id, task_id)
+        if parent is None:
+            raise NotFound(f"task {task_id!r} not found")
+        runs = []
+        for i, spec in enumerate(specs):
+            links = spec.links
+            # Whatever the request says, a durable task's children are its own.
+            spec = dataclasses.replace(
+                spec,
+                links=dataclasses.replace(
+                    links,
+                    parent_run_id=parent.run_id,
+                    parent_task_id=task_id,
+                    child_index=links.child_index if links.child_index is not None else i,
+                ),
+            )
+            wf = await self.workflows.current(tenant_id, spec.workflow_name)
+            runs.append(self.ingest.new_run(tenant_id, wf, spec))
+        op = durable.TriggerChildren(tenant_id, stream.worker_id, task_id, invocation, runs)
+        result: list[tuple[int, str]] = await self.loop.run(op)
+        return result
+
+    async def durable_evict(self, stream: DurableStream, task_id: str, invocation: int) -> None:
+        op = durable.Evict(stream.tenant_id, stream.worker_id, task_id, invocation)
+        await self.loop.run(op)
+
+    def durable_waiting(
+        self, stream: DurableStream, entries: Sequence[tuple[str, int, int]]
+    ) -> None:
+        self.durable.wait_on(stream, entries)
 
     async def heartbeat(self, tenant_id: str, worker_id: str) -> None:
         await self.sessions.heartbeat(tenant_id, worker_id)

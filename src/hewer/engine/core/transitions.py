@@ -86,6 +86,10 @@ class Outcome:
     failed: list[str] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)
     reason: str = ""
+    # (tenant, task): durable tasks with entries newly satisfied (their workers are told)
+    durable: list[tuple[str, str]] = field(default_factory=list)
+    # child runs that finished, for the durable tasks that may have spawned them
+    children_done: list[tuple[str, RunDetails]] = field(default_factory=list)
 
     def freeze(self) -> EventOutcome:
         return EventOutcome(
@@ -257,6 +261,9 @@ def _end_attempt(
     return attempt
 
 
+end_attempt = _end_attempt
+
+
 def _retry(
     ws: WorkingSet,
     row: TaskRow,
@@ -304,12 +311,18 @@ def _stop_waiting(ws: WorkingSet, row: TaskRow) -> None:
     ws.changes.wakes[row.id] = None
 
 
+stop_waiting = _stop_waiting
+
+
 def _enqueue(ctx: Context, ws: WorkingSet, run: RunRow, row: TaskRow, out: Outcome) -> None:
     tdef = ctx.versions[run.version_id].step(row.readable_id)
     if run.sticky and run.sticky_worker_id is not None:
         row.desired_worker_id = run.sticky_worker_id
     _queue(ws, row, tdef, ctx.now, ctx.now)
     out.queued.append(queue_item(row, run, tdef))
+
+
+enqueue = _enqueue
 
 
 def _judge(
@@ -406,7 +419,10 @@ def _advance(ctx: Context, ws: WorkingSet, run: RunRow, out: Outcome) -> None:
         run.status = status
         run.finished_at = ctx.now
         ws.changes.run(run)
-        out.finished.append(details(run, tasks))
+        done = details(run, tasks)
+        out.finished.append(done)
+        if run.parent_task_id:
+            out.children_done.append((run.parent_task_id, done))
 
 
 def _fail_or_retry(
@@ -572,6 +588,32 @@ def _child_key(new: NewRun) -> tuple[str, str, str] | None:
     return (new.workflow.tenant_id, links.parent_task_id, links.child_key)
 
 
+def create_run(
+    ctx: Context,
+    ws: WorkingSet,
+    new: NewRun,
+    seq: int,
+    out: Outcome,
+    collisions: list[Collision],
+) -> str:
+    """Create one run, at queue positions from ``seq``; returns its id. A child run whose
+    key its parent task spawned already is not created again (its id is the existing
+    run's); a run refused for an idempotency key another run holds is recorded in
+    ``collisions`` (its id is "")."""
+    key = _child_key(new)
+    existing = ws.children.get(key) if key is not None else None
+    if existing is not None:
+        return existing
+    holder = _take_key(ctx, ws, new)
+    if holder is not None:
+        collisions.append(Collision(holder, new.id))
+        return ""
+    _create_run(ctx, ws, new, seq, out)
+    if key is not None:
+        ws.children[key] = new.id
+    return new.id
+
+
 class CreateRuns(Op[list[str]]):
     """Write new runs with all their tasks (and the events that started them); the root
     tasks are queued. A child run whose key its parent task spawned already is not created
@@ -602,21 +644,8 @@ class CreateRuns(Op[list[str]]):
         ws.next_seq += self.seqs
         ids: list[str] = []
         for new in self.runs:
-            key = _child_key(new)
-            existing = ws.children.get(key) if key is not None else None
-            if existing is not None:
-                ids.append(existing)
-                continue
-            holder = _take_key(ctx, ws, new)
-            if holder is not None:
-                self.collisions.append(Collision(holder, new.id))
-                ids.append("")
-                continue
-            _create_run(ctx, ws, new, seq, out)
+            ids.append(create_run(ctx, ws, new, seq, out, self.collisions))
             seq += len(new.task_ids)
-            if key is not None:
-                ws.children[key] = new.id
-            ids.append(new.id)
         ws.changes.new_events.extend(self.events)
         for event in self.events:
             _deliver(ctx, ws, event, out)
@@ -633,8 +662,17 @@ def _deliver(ctx: Context, ws: WorkingSet, event: EventRecord, out: Outcome) -> 
         event.scope,
         event.created_at,
     )
+    from hewer.engine.core import durable  # it builds on this module
+
     for task_id in ws.waiters.get((event.tenant_id, event.key), ()):
         row = ws.tasks.get(task_id)
+        log = ws.durable.get(task_id)
+        if row is not None and log is not None and log.invocation:
+            if durable.alive(row, log):
+                durable.deliver(ctx, ws, row, log, arrived, out)
+            else:
+                durable.drop(ws, row)
+            continue
         if row is None or row.waiting is None or row.status is not TaskStatus.PENDING:
             ws.changes.waits_dropped.add(task_id)  # a wait left behind: tidy it
             continue
@@ -658,11 +696,22 @@ class Wake(Op[int]):
 
     def keys(self, keys: Keys) -> None:
         keys.task_ids.update(self.task_ids)
+        keys.durable.update(self.task_ids)
 
     def apply(self, ctx: Context, ws: WorkingSet) -> None:
+        from hewer.engine.core import durable  # it builds on this module
+
         woken = 0
         for task_id in self.task_ids:
             row = ws.tasks.get(task_id)
+            log = ws.durable.get(task_id)
+            if row is not None and log is not None and log.invocation:
+                woken += 1
+                if durable.alive(row, log):
+                    durable.wake(ctx, ws, row, log, self.outcome)
+                else:
+                    durable.drop(ws, row)
+                continue
             if row is None or row.waiting is None or row.status is not TaskStatus.PENDING:
                 continue
             woken += 1

@@ -130,18 +130,11 @@ def rate_limit_spec(task: str, msg: Any) -> RateLimitSpec:
 def task_def(opts: Any, *, on_failure: bool = False) -> TaskDef:
     """A registered task from ``CreateTaskOpts``; features not built yet are refused."""
     name = opts.readable_id
-    unsupported = [
-        label
-        for label, present in (
-            ("durable tasks", opts.is_durable),
-            ("batching", opts.HasField("batch")),
-        )
-        if present
-    ]
-    if unsupported:
-        raise NotSupported(f"task {name!r} uses {', '.join(unsupported)}: not supported yet")
+    if opts.HasField("batch"):
+        raise NotSupported(f"task {name!r} uses batching: not supported yet")
     return TaskDef(
         readable_id=name,
+        durable=opts.is_durable,
         action_id=opts.action,
         parents=tuple(opts.parents),
         retries=opts.retries,
@@ -192,7 +185,7 @@ def task_conditions(task: str, msg: Any) -> tuple[ConditionSpec, ...]:
 
     out = [
         base(c.base, ConditionKind.PARENT, parent=c.parent_readable_id)
-        for c in msg.parent_override_conditions
+        for c in getattr(msg, "parent_override_conditions", ())
     ]
     out += [
         base(

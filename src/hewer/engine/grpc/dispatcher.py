@@ -135,6 +135,8 @@ def assigned_action(tenant_id: str, action: Action) -> Any:
         workflow_id=info.workflow_id,
         workflow_version_id=info.workflow_version_id,
         child_workflow_index=info.links.child_index or 0,
+        # Each attempt is an invocation of a durable task's log (other tasks ignore it).
+        durable_task_invocation_count=info.retry_count + 1,
     )
     if info.additional_metadata:
         msg.additional_metadata = info.additional_metadata

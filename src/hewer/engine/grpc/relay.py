@@ -35,6 +35,8 @@ from hewer._proto import (
 )
 from hewer._proto.hewer.v1 import worker_pb2 as hewer_v1
 from hewer._proto.hewer.v1 import worker_pb2_grpc as hewer_v1_grpc
+from hewer._proto.v1 import dispatcher_pb2 as v1_dispatcher_pb2
+from hewer._proto.v1 import dispatcher_pb2_grpc as v1_dispatcher_pb2_grpc
 from hewer._proto.v1 import workflows_pb2 as v1_workflows_pb2
 from hewer._proto.v1 import workflows_pb2_grpc as v1_workflows_pb2_grpc
 from hewer.engine.core.auth import TokenAuthority
@@ -43,6 +45,7 @@ from hewer.engine.core.service import EngineCore
 from hewer.engine.grpc._common import tolerant
 from hewer.engine.grpc.admin import AdminServicer
 from hewer.engine.grpc.dispatcher import DispatcherServicer
+from hewer.engine.grpc.durable import V1DispatcherServicer
 from hewer.engine.grpc.events import EventsServicer
 from hewer.engine.grpc.hewer_v1 import RunsServicer, WorkerServicer
 from hewer.engine.grpc.workflows import WorkflowServicer
@@ -59,6 +62,7 @@ _FILES: tuple[FileDescriptor, ...] = (
     events_pb2.DESCRIPTOR,
     workflows_pb2.DESCRIPTOR,
     v1_workflows_pb2.DESCRIPTOR,
+    v1_dispatcher_pb2.DESCRIPTOR,
     hewer_v1.DESCRIPTOR,
 )
 
@@ -111,6 +115,9 @@ def local_handlers(
     events_pb2_grpc.add_EventsServiceServicer_to_server(EventsServicer(core, auth), server)
     workflows_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(core, auth), server)
     v1_workflows_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(core, auth), server)
+    v1_dispatcher_pb2_grpc.add_V1DispatcherServicer_to_server(
+        V1DispatcherServicer(core, auth), server
+    )
     worker = WorkerServicer(core, auth)
     worker.max_message_bytes = max_message_bytes
     hewer_v1_grpc.add_WorkerServicer_to_server(worker, server)
