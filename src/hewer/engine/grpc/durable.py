@@ -55,6 +55,9 @@ def _message(msg: Message) -> Any:
 
 
 class V1DispatcherServicer(Servicer, pb_grpc.V1DispatcherServicer):  # type: ignore[misc]
+    # The pre-v0.80 durable methods (RegisterDurableEvent, ListenForDurableEvent) are not
+    # served: hatchet-sdk uses DurableTask against the version Hewer reports.
+
     async def DurableTask(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
@@ -256,18 +259,14 @@ class V1DispatcherServicer(Servicer, pb_grpc.V1DispatcherServicer):  # type: ign
                 ],
             )
 
-    async def RegisterDurableEvent(self, request: Any, context: Any) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "the pre-eviction durable API is not served: use V1Dispatcher/DurableTask "
-            "(hatchet-sdk does against an engine of v0.80.0 or later, as Hewer reports)",
-        )
-
     async def ListenForDurableEvent(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
+        # Read the first request, so one that does not parse is answered INVALID_ARGUMENT.
+        async for _ in request_iterator:
+            break
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED,
-            "the pre-eviction durable API is not served: use DurableTask",
+            "the pre-v0.80 durable API is not served: use V1Dispatcher/DurableTask",
         )
         yield None  # pragma: no cover - abort raises
