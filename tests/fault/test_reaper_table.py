@@ -18,6 +18,7 @@ import pytest
 from hewer.domain import EventType, RunDetails, TaskDef, TaskEvent
 from hewer.engine.core.clock import ManualClock
 from hewer.engine.core.service import Action, ActionKind, EngineCore, Session, TriggerSpec
+from hewer.engine.core.sweeps import RECONNECT_ALLOWANCE
 from tests.helpers import GatedStore
 
 INACTIVE_AFTER = 30.0
@@ -280,14 +281,18 @@ async def test_unacknowledged_start(rig: Rig, age: float, requeued: bool) -> Non
 
 
 @pytest.mark.parametrize(
-    ("after_restart", "requeued"), [(INACTIVE_AFTER - EPS, False), (INACTIVE_AFTER + EPS, True)]
+    ("after_restart", "requeued"),
+    [
+        (INACTIVE_AFTER + RECONNECT_ALLOWANCE - EPS, False),
+        (INACTIVE_AFTER + RECONNECT_ALLOWANCE + EPS, True),
+    ],
 )
 async def test_engine_restart_gives_unacknowledged_starts_a_fresh_window(
     rig: Rig, after_restart: float, requeued: bool
 ) -> None:
     """A start delivered just before the engine went down: the worker's STARTED report is
     being retried through the outage. After the restart it gets a full window to land, as
-    the worker's liveness does."""
+    the worker's liveness does, plus the time a worker takes to reconnect."""
     worker_id, session = await rig.worker()
     (run_id,) = await rig.trigger()
     await next_action(session)  # delivered; the STARTED report is lost with the engine

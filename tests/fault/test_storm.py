@@ -141,7 +141,9 @@ def storm(
             n_cancel = int(TASKS * CANCEL_SHARE)
             n_timeout = int(TASKS * TIMEOUT_SHARE)
             plan = (
-                [("ignore-cancel", app.short, 0.6)] * (n_cancel // 2)
+                # Long enough that the cancel lands while the body runs, even on a loaded
+                # machine where the canceller (beside the engine thread) lags.
+                [("ignore-cancel", app.short, 1.5)] * (n_cancel // 2)
                 + [("cooperative", app.cooperative, 2.0)] * (n_cancel - n_cancel // 2)
                 + [("timeout", app.stubborn, STUBBORN_SECONDS)] * n_timeout
                 + [("normal", app.short_async, None)] * (TASKS - n_cancel - n_timeout)

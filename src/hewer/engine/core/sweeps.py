@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 SWEEP_BATCH = 500
 MAX_SWEEPS = 20  # pages per kind and tick
 REPORT_GRACE = 10.0
+# After a restart, workers come back at their reconnect backoff (the SDKs cap it at 5 s):
+# a start sent before the restart is judged only once its worker had that long to say
+# it runs it, else a live worker's task would be handed to a second one.
+RECONNECT_ALLOWANCE = 5.0
 
 CancelFn = Callable[[str, Sequence[str], str], Awaitable[list[str]]]
 
@@ -52,6 +56,7 @@ class Sweeps(Component):
         self.cancel = cancel
         self.inactive_after = inactive_after
         self.started_at = clock.monotonic()
+        self.started_wall = clock.now()
         self._interval = 1.0
         self._reap: Callable[[], Awaitable[object]] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -78,12 +83,15 @@ class Sweeps(Component):
                 break
         self.sessions.prune_sent()
         # Starts are judged only after a full window of this engine's life: one sent before
-        # a restart gets the same fresh window as its worker.
-        if self.clock.monotonic() - self.started_at > self.inactive_after:
+        # a restart gets a fresh window, plus the time its worker takes to reconnect.
+        age = self.clock.monotonic() - self.started_at
+        if age > self.inactive_after:
+            settled = age > self.inactive_after + RECONNECT_ALLOWANCE
             lost = [
                 Judged(t.tenant_id, t.id, t.retry_count, t.worker_id or "")
                 for t in await self.store.tasks_unacked(now - self.inactive_after, SWEEP_BATCH)
-                if not self.sessions.still_on_open_stream(t.id, t.retry_count, t.worker_id or "")
+                if (settled or (t.assigned_at or 0.0) >= self.started_wall)
+                and not self.sessions.still_on_open_stream(t.id, t.retry_count, t.worker_id or "")
             ]
             for j in lost:
                 self.sessions.forget_sent(j.task_id, j.retry_count)
@@ -122,6 +130,7 @@ class Sweeps(Component):
 
     async def start(self) -> None:
         self.started_at = self.clock.monotonic()
+        self.started_wall = self.clock.now()
         if self._task is None and self._reap is not None:
             self._task = asyncio.create_task(self._forever(), name="hewer-reaper")
 

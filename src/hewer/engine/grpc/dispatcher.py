@@ -115,6 +115,9 @@ def assigned_action(tenant_id: str, action: Action) -> Any:
             task_run_external_id=action.task_id,
             action_type=pb.CANCEL_STEP_RUN,
             retry_count=action.retry_count,
+            # hatchet-sdk keys its running tasks by id, retry and invocation: a cancel
+            # without the invocation the start carried would find nothing to cancel.
+            durable_task_invocation_count=action.retry_count + 1,
         )
     info = action.info
     assert info is not None
