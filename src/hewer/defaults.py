@@ -6,6 +6,8 @@ from __future__ import annotations
 # Workers
 DEFAULT_SLOT_TYPE = "default"
 DEFAULT_SLOTS = 100
+# Durable tasks mostly wait, so a worker holds many more of them (as hatchet-sdk does).
+DEFAULT_DURABLE_SLOTS = 1000
 HEARTBEAT_INTERVAL_S = 4.0
 INACTIVE_AFTER_S = 30.0
 

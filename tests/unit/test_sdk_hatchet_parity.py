@@ -26,6 +26,7 @@ from hewer import (
     ConcurrencyLimitStrategy,
     Context,
     DesiredWorkerLabel,
+    DurableContext,
     Hewer,
     RateLimit,
     RateLimitDuration,
@@ -111,6 +112,11 @@ out["single"] = d(single.to_proto())
 @h.task(name="plain")
 def plain(input: EmptyModel, ctx: Context) -> None: ...
 out["plain"] = d(plain._workflow.to_proto())
+
+from hatchet_sdk import DurableContext
+@h.durable_task(name="lasting", default_priority=1)
+async def lasting(input: EmptyModel, ctx: DurableContext) -> None: ...
+out["lasting"] = d(lasting._workflow.to_proto())
 
 admin = h._client.admin
 out["trigger_top"] = d(admin._create_workflow_run_request(
@@ -249,6 +255,12 @@ def hewer_requests() -> dict[str, Any]:
 
     out["plain"] = d(plain.workflow.put_request())
 
+    @hw.durable_task(name="lasting", default_priority=1)
+    async def lasting(input: dict[str, Any], ctx: DurableContext) -> None:
+        return None
+
+    out["lasting"] = d(lasting.workflow.put_request())
+
     out["trigger_top"] = d(
         solo._request(
             {"x": 1},
@@ -287,7 +299,7 @@ def _json_fields(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("case", ["solo", "limits", "flow", "trigger_top"])
+@pytest.mark.parametrize("case", ["solo", "limits", "flow", "trigger_top", "lasting"])
 def test_same_request_as_hatchet_sdk(
     hatchet: dict[str, Any], ours: dict[str, Any], case: str
 ) -> None:

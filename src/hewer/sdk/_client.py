@@ -18,6 +18,7 @@ from hewer.sdk._admin import Metrics, Workers
 from hewer.sdk._core import ClientCore
 from hewer.sdk._options import (
     DefaultFilter,
+    DurableTaskKwargs,
     IdempotencyConfig,
     TaskKwargs,
     TaskOptions,
@@ -26,7 +27,13 @@ from hewer.sdk._options import (
 )
 from hewer.sdk._rate_limits import RateLimits
 from hewer.sdk._runs_api import Runs
-from hewer.sdk._task import StandaloneDecorator, StandaloneTask, Workflow
+from hewer.sdk._task import (
+    DurableStandaloneDecorator,
+    StandaloneDecorator,
+    StandaloneTask,
+    Workflow,
+    durable_options,
+)
 from hewer.sdk._time import SYSTEM_CLOCK, Clock
 from hewer.sdk._triggers import Crons, Events, Filters, Scheduled
 from hewer.sdk._worker import Worker
@@ -103,16 +110,55 @@ class Hewer(ClientCore):
         are those of ``TaskOptions`` (``concurrency`` limits the task itself, as hatchet-sdk
         does).
         """
-        opts = TaskOptions(**options)
-        workflow_options = WorkflowKwargs(
-            default_priority=default_priority,
-            sticky=sticky,
-            on_events=on_events,
-            on_crons=on_crons,
-            cron_input=cron_input,
-            idempotency=idempotency,
-            default_filters=default_filters,
+        return self._standalone(
+            name,
+            TaskOptions(**options),
+            WorkflowKwargs(
+                default_priority=default_priority,
+                sticky=sticky,
+                on_events=on_events,
+                on_crons=on_crons,
+                cron_input=cron_input,
+                idempotency=idempotency,
+                default_filters=default_filters,
+            ),
         )
+
+    def durable_task(
+        self,
+        *,
+        name: str | None = None,
+        default_priority: int | None = None,
+        sticky: StickyStrategy | None = None,
+        on_events: Sequence[str] = (),
+        on_crons: Sequence[str] = (),
+        cron_input: Mapping[str, Any] | None = None,
+        idempotency: IdempotencyConfig | None = None,
+        default_filters: Sequence[DefaultFilter] = (),
+        **options: Unpack[DurableTaskKwargs],
+    ) -> DurableStandaloneDecorator:
+        """Decorator making an async function a standalone durable task: its
+        ``DurableContext`` sleeps, waits for events, memoises values and spawns children
+        through a log that survives its worker (options as ``task``, plus
+        ``eviction_policy``; it takes a "durable" slot unless ``slot_requests`` says
+        otherwise)."""
+        return self._standalone(
+            name,
+            durable_options(options),
+            WorkflowKwargs(
+                default_priority=default_priority,
+                sticky=sticky,
+                on_events=on_events,
+                on_crons=on_crons,
+                cron_input=cron_input,
+                idempotency=idempotency,
+                default_filters=default_filters,
+            ),
+        )
+
+    def _standalone(
+        self, name: str | None, opts: TaskOptions, workflow_options: WorkflowKwargs
+    ) -> Callable[[Callable[..., Any]], StandaloneTask[Any, Any]]:
         # Checked now, so a bad value fails where the decorator is written.
         WorkflowOptions(**workflow_options)
 

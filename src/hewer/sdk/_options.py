@@ -47,6 +47,33 @@ class TaskKwargs(TypedDict, total=False):
     cancel_if: ConditionList
 
 
+class DurableTaskKwargs(TaskKwargs, total=False):
+    """Keyword options of ``@hw.durable_task(...)`` and ``@workflow.durable_task(...)``."""
+
+    eviction_policy: EvictionPolicy | None
+
+
+@dataclass(frozen=True)
+class EvictionPolicy:
+    """When a waiting durable task gives its durable slot back: after ``ttl`` of waiting
+    (None: never). The engine queues it again once the wait is satisfied, and the new
+    invocation replays the task's log up to where it was."""
+
+    ttl: timedelta | None = timedelta(minutes=15)
+
+    def __post_init__(self) -> None:
+        if self.ttl is not None and (
+            not isinstance(self.ttl, timedelta) or self.ttl <= timedelta(0)
+        ):
+            raise ConfigurationError(f"an eviction ttl is a positive timedelta, not {self.ttl!r}")
+
+
+DEFAULT_EVICTION_POLICY = EvictionPolicy()
+
+DURABLE_SLOT_TYPE = "durable"
+"""The slot pool durable tasks take by default (hatchet-sdk's name for it)."""
+
+
 def _default_slot_requests() -> Mapping[str, int]:
     return MappingProxyType({defaults.DEFAULT_SLOT_TYPE: 1})
 
@@ -84,6 +111,11 @@ class TaskOptions:
     """Conditions that skip the task (it completes with ``{"skipped": true}``)."""
     cancel_if: ConditionList = None
     """Conditions that cancel the task."""
+    durable: bool = False
+    """A durable task (made with ``durable_task``): its waits, memoised values and children
+    are kept in a log that later invocations replay."""
+    eviction_policy: EvictionPolicy | None = DEFAULT_EVICTION_POLICY
+    """For a durable task: when a long wait gives its slot back."""
 
     def __post_init__(self) -> None:
         if self.retries < 0:

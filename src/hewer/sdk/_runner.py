@@ -32,6 +32,7 @@ from hewer.defaults import DEFAULT_SLOT_TYPE as DEFAULT_POOL
 from hewer.errors import NonRetryableError, RetryAfter
 from hewer.sdk import _serde, _wire
 from hewer.sdk._context import Context, enter_task
+from hewer.sdk._durable import DurableContext, Evicted
 from hewer.sdk._reporter import REPORT_GIVE_UP_SECONDS, BatchReporter, EventReporter
 from hewer.sdk._services import WorkerServices
 from hewer.sdk._task import Task
@@ -262,16 +263,26 @@ class Runner:
         triggered_by = payload.get("triggered_by")
         triggers = payload.get("triggers")
         filter_payload = triggers.get("filter_payload") if isinstance(triggers, dict) else None
-        ctx = Context(
-            action,
-            services=self._services,
-            input=raw_input if isinstance(raw_input, dict) else {},
-            parents=parents if isinstance(parents, dict) else {},
-            errors=errors if isinstance(errors, dict) else None,
-            triggered_by=triggered_by if isinstance(triggered_by, str) else None,
-            filter_payload=filter_payload if isinstance(filter_payload, dict) else None,
-        )
+        facts: dict[str, Any] = {
+            "input": raw_input if isinstance(raw_input, dict) else {},
+            "parents": parents if isinstance(parents, dict) else {},
+            "errors": errors if isinstance(errors, dict) else None,
+            "triggered_by": triggered_by if isinstance(triggered_by, str) else None,
+            "filter_payload": filter_payload if isinstance(filter_payload, dict) else None,
+        }
         task = self._registry.get(action.action_id)
+        ctx: Context
+        if task is not None and task.options.durable:
+            ctx = DurableContext(
+                action,
+                services=self._services,
+                stream=self._services.durable_stream(),
+                eviction=task.options.eviction_policy,
+                namespace=task.workflow._client.namespaced,
+                **facts,
+            )
+        else:
+            ctx = Context(action, services=self._services, **facts)
         run = _Run(action, ctx, is_async=task is not None and task.is_async)
         self._runs[key] = run
         logger.debug(
@@ -288,6 +299,8 @@ class Runner:
     def _forget(self, key: str, run: _Run, _done: asyncio.Task[None]) -> None:
         if self._runs.get(key) is run:
             del self._runs[key]
+        if isinstance(run.ctx, DurableContext):
+            run.ctx.ended()
 
     def _cancel(self, action: _wire.Action) -> None:
         run = self._runs.get(action.task_run_external_id)
@@ -348,6 +361,11 @@ class Runner:
                 raise
             logger.info("%s cancelled", action.action_id)
             event = self._cancelled(action)
+        except Evicted as exc:
+            # The engine has ended this invocation already (and freed its slot): nothing
+            # to report. A later invocation carries on from the task's log.
+            logger.info("%s (task run %s): %s", action.action_id, action.task_run_external_id, exc)
+            return
         except Exception as exc:
             run.returned = True
             if run.ctx.is_cancelled:
@@ -426,7 +444,11 @@ class Runner:
         return self._reporter().report(event)
 
     async def drain(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for running tasks, then abandon the rest."""
+        """Wait up to ``grace`` seconds for running tasks, then abandon the rest. Durable
+        tasks that wait are evicted at once: they resume on another worker."""
+        for run in list(self._runs.values()):
+            if isinstance(run.ctx, DurableContext):
+                run.ctx.evict_when_waiting()
         tasks = [run.task for run in self._runs.values() if run.task is not None]
         if tasks:
             logger.info("waiting up to %.1fs for %d running tasks", grace, len(tasks))

@@ -19,6 +19,7 @@ import grpc.aio
 from hewer.sdk import _wire
 from hewer.sdk._connection import TRANSIENT_CODES, Connection, status_code
 from hewer.sdk._controls import LabelValue
+from hewer.sdk._durable import DurableStream
 from hewer.sdk._labels import WorkerLabelSet
 from hewer.sdk._retry import call_with_retry, translate
 from hewer.sdk._time import Clock
@@ -35,9 +36,16 @@ class WorkerServices:
     """Channels and stubs of one running worker; implements ``TaskServices``."""
 
     def __init__(
-        self, connection: Connection, clock: Clock, labels: WorkerLabelSet | None = None
+        self,
+        connection: Connection,
+        clock: Clock,
+        labels: WorkerLabelSet | None = None,
+        *,
+        worker_id: Callable[[], str] | None = None,
     ) -> None:
         self.connection = connection
+        self._worker_id = worker_id
+        self._durable: DurableStream | None = None
         self.clock = clock
         self.labels = labels if labels is not None else WorkerLabelSet()
         self.metadata = connection.metadata
@@ -61,6 +69,7 @@ class WorkerServices:
             "admin": _wire.admin_stub(self._aio_channel),
             "events": _wire.events_stub(self._aio_channel),
             "hewer_worker": _wire.hewer_worker_stub(self._aio_channel),
+            "durable": _wire.durable_stub(self._aio_channel),
         }
         self._sync_channel = self.connection.sync_channel()
         self._log_thread = threading.Thread(target=self._send_logs, name="hewer-logs", daemon=True)
@@ -118,8 +127,22 @@ class WorkerServices:
             return
         thread.join(timeout)
 
+    def durable_stream(self) -> DurableStream:
+        """The worker's durable task stream (opened when a durable task first uses it)."""
+        if self._durable is None:
+            worker_id = self._worker_id
+            if worker_id is None:
+                raise RuntimeError("these services belong to no worker")
+            self._durable = DurableStream(
+                lambda: self._aio_stub("durable"), self.metadata, worker_id
+            )
+        return self._durable
+
     async def aclose(self) -> None:
-        """Close the channels."""
+        """Close the durable stream and the channels."""
+        if self._durable is not None:
+            await self._durable.close()
+            self._durable = None
         if self._aio_channel is not None:
             await self._aio_channel.close(None)
             self._aio_channel = None

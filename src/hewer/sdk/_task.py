@@ -18,9 +18,12 @@ from pydantic import BaseModel
 from hewer.errors import ConfigurationError
 from hewer.sdk import _serde, _trigger, _triggers, _wire
 from hewer.sdk._conditions import ParentCondition
-from hewer.sdk._context import Context
+from hewer.sdk._context import Context, current_context
 from hewer.sdk._core import ClientCore
+from hewer.sdk._durable import DurableContext, Spawned, current_durable
 from hewer.sdk._options import (
+    DURABLE_SLOT_TYPE,
+    DurableTaskKwargs,
     TaskKwargs,
     TaskOptions,
     TriggerKwargs,
@@ -72,6 +75,11 @@ class Task(Generic[InT, OutT]):
         self.options = options
         self.parents: tuple[Task[Any, Any], ...] = tuple(parents)
         self.is_async = inspect.iscoroutinefunction(fn)
+        if options.durable and not self.is_async:
+            raise ConfigurationError(
+                f"durable task {name!r} must be an async function: its waits are awaited "
+                "on the worker's loop"
+            )
         self.input_model: type[BaseModel] | None = (
             _serde.input_model_of(fn) or workflow.input_validator
         )
@@ -140,8 +148,14 @@ class _Runnable(Generic[InT, ResultT]):
     def _input_model(self) -> type[BaseModel] | None:
         raise NotImplementedError
 
-    def _convert(self, event: _wire.RunEvent) -> ResultT:
+    def _convert_outputs(self, outputs: dict[str, Any]) -> ResultT:
         raise NotImplementedError
+
+    def _convert(self, event: _wire.RunEvent) -> ResultT:
+        return self._convert_outputs(run_outputs(event))
+
+    async def _durable_result(self, ctx: DurableContext, child: Spawned) -> ResultT:
+        return self._convert_outputs(await ctx.child_outputs(child, self._workflow.name))
 
     def _request(self, input: TaskInput[InT], options: TriggerKwargs) -> Any:
         return _trigger.trigger_request(
@@ -167,6 +181,11 @@ class _Runnable(Generic[InT, ResultT]):
     ) -> RunRef[ResultT]:
         """Trigger a run and return at once (options as ``run_no_wait``)."""
         request = self._request(input, options)
+        durable = current_durable(current_context())
+        if durable is not None:
+            # Through the task's log: a later invocation gets this run, not a second one.
+            (child,) = await durable.spawn([request])
+            return self._ref(child.run_id)
         return self._ref(await self._client._runs.aio_trigger(request))
 
     def run(self, input: TaskInput[InT] = None, **options: Unpack[TriggerKwargs]) -> ResultT:
@@ -179,6 +198,10 @@ class _Runnable(Generic[InT, ResultT]):
     ) -> ResultT:
         """Trigger a run and wait for its result; raises TaskRunError if it failed
         (options as ``run_no_wait``)."""
+        durable = current_durable(current_context())
+        if durable is not None:
+            (child,) = await durable.spawn([self._request(input, options)])
+            return await self._durable_result(durable, child)
         ref = await self.aio_run_no_wait(input, **options)
         return await ref.aio_result()
 
@@ -196,6 +219,9 @@ class _Runnable(Generic[InT, ResultT]):
         """Trigger one run per input in bulk, each with ``options``; returns their refs in
         order."""
         requests = [self._request(i, options) for i in inputs]
+        durable = current_durable(current_context())
+        if durable is not None:
+            return [self._ref(child.run_id) for child in await durable.spawn(requests)]
         run_ids = await self._client._runs.aio_bulk_trigger(requests)
         return [self._ref(run_id) for run_id in run_ids]
 
@@ -211,6 +237,10 @@ class _Runnable(Generic[InT, ResultT]):
         self, inputs: Sequence[TaskInput[InT]], **options: Unpack[TriggerKwargs]
     ) -> list[ResultT]:
         """Trigger one run per input and wait until all finish; results in input order."""
+        durable = current_durable(current_context())
+        if durable is not None:
+            children = await durable.spawn([self._request(i, options) for i in inputs])
+            return list(await asyncio.gather(*(self._durable_result(durable, c) for c in children)))
         refs = await self.aio_run_many_no_wait(inputs, **options)
         return list(await asyncio.gather(*(ref.aio_result() for ref in refs)))
 
@@ -256,6 +286,21 @@ class _Runnable(Generic[InT, ResultT]):
         """Start a run at ``run_at`` (as ``schedule``)."""
         request = self._schedule_request(run_at, input, additional_metadata, priority)
         return await _triggers.aio_schedule(self._client, request)
+
+
+def durable_options(options: DurableTaskKwargs) -> TaskOptions:
+    """``TaskOptions`` of a durable task: on the durable slot pool unless told otherwise."""
+    kwargs: dict[str, Any] = dict(options)
+    kwargs.setdefault("slot_requests", {DURABLE_SLOT_TYPE: 1})
+    return TaskOptions(durable=True, **kwargs)
+
+
+class DurableTaskDecorator(Protocol):
+    """What ``workflow.durable_task(...)`` returns: turns an async function into a ``Task``."""
+
+    def __call__(
+        self, fn: Callable[[FnInT, DurableContext], Coroutine[Any, Any, FnOutT]], /
+    ) -> Task[FnInT, FnOutT]: ...
 
 
 class TaskDecorator(Protocol):
@@ -311,8 +356,8 @@ class Workflow(_Runnable[InT, dict[str, Any]]):
         roots = [t.input_model for t in self.tasks if not t.parents and t.input_model]
         return roots[0] if roots else None
 
-    def _convert(self, event: _wire.RunEvent) -> dict[str, Any]:
-        return run_outputs(event)
+    def _convert_outputs(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        return outputs
 
     def add_task(
         self,
@@ -348,6 +393,25 @@ class Workflow(_Runnable[InT, dict[str, Any]]):
         ``rate_limits``); ``parents`` are tasks of this workflow that must complete first.
         """
         opts = TaskOptions(**options)
+
+        def decorate(fn: Callable[..., Any]) -> Task[Any, Any]:
+            return self.add_task(fn, name=name, options=opts, parents=parents)
+
+        return decorate
+
+    def durable_task(
+        self,
+        *,
+        name: str | None = None,
+        parents: Sequence[Task[Any, Any]] = (),
+        **options: Unpack[DurableTaskKwargs],
+    ) -> DurableTaskDecorator:
+        """Decorator adding an async function as a durable task of this workflow: its
+        ``DurableContext`` waits on sleeps and events, memoises values and spawns children
+        through a log that survives the worker (options as ``task``, plus
+        ``eviction_policy``). It takes a "durable" slot unless ``slot_requests`` says
+        otherwise."""
+        opts = durable_options(options)
 
         def decorate(fn: Callable[..., Any]) -> Task[Any, Any]:
             return self.add_task(fn, name=name, options=opts, parents=parents)
@@ -427,8 +491,7 @@ class StandaloneTask(_Runnable[InT, OutT]):
     def _input_model(self) -> type[BaseModel] | None:
         return self.task.input_model
 
-    def _convert(self, event: _wire.RunEvent) -> OutT:
-        outputs = run_outputs(event)
+    def _convert_outputs(self, outputs: dict[str, Any]) -> OutT:
         return self.task.parse_output(outputs.get(self.task.name))
 
     def __repr__(self) -> str:
@@ -446,4 +509,13 @@ class StandaloneDecorator(Protocol):
     @overload
     def __call__(
         self, fn: Callable[[FnInT, Context], FnOutT], /
+    ) -> StandaloneTask[FnInT, FnOutT]: ...
+
+
+class DurableStandaloneDecorator(Protocol):
+    """What ``hw.durable_task(...)`` returns: turns an async function into a
+    ``StandaloneTask``."""
+
+    def __call__(
+        self, fn: Callable[[FnInT, DurableContext], Coroutine[Any, Any, FnOutT]], /
     ) -> StandaloneTask[FnInT, FnOutT]: ...

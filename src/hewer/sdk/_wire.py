@@ -27,6 +27,8 @@ from hewer._proto import (
 )
 from hewer._proto.hewer.v1 import worker_pb2 as hewer_v1_pb2
 from hewer._proto.hewer.v1 import worker_pb2_grpc as hewer_v1_pb2_grpc
+from hewer._proto.v1 import dispatcher_pb2 as v1_dispatcher_pb2
+from hewer._proto.v1 import dispatcher_pb2_grpc as v1_dispatcher_pb2_grpc
 from hewer._proto.v1 import workflows_pb2 as v1_workflows_pb2
 from hewer._proto.v1 import workflows_pb2_grpc as v1_workflows_pb2_grpc
 from hewer._proto.v1.shared import condition_pb2, trigger_pb2
@@ -100,6 +102,11 @@ def admin_stub(channel: Any) -> Any:
 def hewer_worker_stub(channel: Any) -> Any:
     """``hewer.v1.Worker`` stub (Hello, batched Listen and Report)."""
     return hewer_v1_pb2_grpc.WorkerStub(channel)
+
+
+def durable_stub(channel: Any) -> Any:
+    """``v1.V1Dispatcher`` stub (the durable task stream)."""
+    return v1_dispatcher_pb2_grpc.V1DispatcherStub(channel)
 
 
 def hewer_runs_stub(channel: Any) -> Any:
@@ -282,6 +289,7 @@ def set_task(task: Any, spec: TaskSpec) -> None:
     task.retries = opts.retries
     task.schedule_timeout = format_duration(opts.schedule_timeout)
     task.slot_requests.update(opts.slot_requests)
+    task.is_durable = opts.durable
     if opts.backoff_factor is not None:
         task.backoff_factor = opts.backoff_factor
     if opts.backoff_max_seconds is not None:
@@ -487,6 +495,8 @@ class Action:
     child_key: str | None = None
     triggering_event_id: str | None = None
     triggering_event_key: str | None = None
+    durable_invocation: int = 0
+    """Which invocation of a durable task's log this attempt is (0: not said)."""
 
     @classmethod
     def from_proto(cls, msg: Any, worker_id: str) -> Action:
@@ -525,6 +535,7 @@ class Action:
             triggering_event_key=(
                 msg.triggering_event_key if msg.HasField("triggering_event_key") else None
             ),
+            durable_invocation=int(msg.durable_task_invocation_count),
         )
         return action
 
@@ -692,3 +703,83 @@ class RunEvent:
                 for r in msg.results
             ),
         )
+
+
+# --- durable tasks -------------------------------------------------------------------------
+
+DURABLE_NONDETERMINISM = v1_dispatcher_pb2.DURABLE_TASK_ERROR_TYPE_NONDETERMINISM
+
+
+def durable_register_request(worker_id: str) -> Any:
+    """The first message of a ``DurableTask`` stream."""
+    return v1_dispatcher_pb2.DurableTaskRequest(
+        register_worker=v1_dispatcher_pb2.DurableTaskRequestRegisterWorker(worker_id=worker_id)
+    )
+
+
+def durable_status_request(worker_id: str, entries: Sequence[tuple[str, int, int]]) -> Any:
+    """``worker_status``: the entries (task run id, invocation, node) this worker waits on."""
+    status = v1_dispatcher_pb2.DurableTaskWorkerStatusRequest(worker_id=worker_id)
+    for task_id, invocation, node in entries:
+        status.waiting_entries.add(
+            durable_task_external_id=task_id, invocation_count=invocation, node_id=node
+        )
+    return v1_dispatcher_pb2.DurableTaskRequest(worker_status=status)
+
+
+def durable_wait_request(
+    task_id: str,
+    invocation: int,
+    conditions: Sequence[tuple[str, str, Condition]],
+    namespace: Callable[[str], str],
+    label: str | None,
+) -> Any:
+    """``wait_for``: sleeps and events, as ``(action, or-group, condition)``."""
+    wait = v1_dispatcher_pb2.DurableTaskWaitForRequest(
+        durable_task_external_id=task_id, invocation_count=invocation
+    )
+    set_conditions(wait.wait_for_conditions, conditions, namespace)
+    if label is not None:
+        wait.label = label
+    return v1_dispatcher_pb2.DurableTaskRequest(wait_for=wait)
+
+
+def durable_memo_request(task_id: str, invocation: int, key: bytes) -> Any:
+    """``memo``: is a value stored under ``key``?"""
+    return v1_dispatcher_pb2.DurableTaskRequest(
+        memo=v1_dispatcher_pb2.DurableTaskMemoRequest(
+            durable_task_external_id=task_id, invocation_count=invocation, key=key
+        )
+    )
+
+
+def durable_complete_memo_request(
+    task_id: str, invocation: int, node: int, key: bytes, payload: bytes
+) -> Any:
+    """``complete_memo``: the value computed for a memo entry."""
+    ref = v1_dispatcher_pb2.DurableEventLogEntryRef(
+        durable_task_external_id=task_id, invocation_count=invocation, node_id=node
+    )
+    return v1_dispatcher_pb2.DurableTaskRequest(
+        complete_memo=v1_dispatcher_pb2.DurableTaskCompleteMemoRequest(
+            ref=ref, payload=payload, memo_key=key
+        )
+    )
+
+
+def durable_trigger_request(task_id: str, invocation: int, requests: Sequence[Any]) -> Any:
+    """``trigger_runs``: child runs (``v1.TriggerWorkflowRequest``s) spawned through the log."""
+    return v1_dispatcher_pb2.DurableTaskRequest(
+        trigger_runs=v1_dispatcher_pb2.DurableTaskTriggerRunsRequest(
+            durable_task_external_id=task_id, invocation_count=invocation, trigger_opts=requests
+        )
+    )
+
+
+def durable_evict_request(task_id: str, invocation: int, *, reason: str) -> Any:
+    """``evict_invocation``: this worker gives up the waiting invocation and its slot."""
+    return v1_dispatcher_pb2.DurableTaskRequest(
+        evict_invocation=v1_dispatcher_pb2.DurableTaskEvictInvocationRequest(
+            durable_task_external_id=task_id, invocation_count=invocation, reason=reason
+        )
+    )

@@ -32,6 +32,7 @@ from hewer.sdk._health import HealthServer, WorkerHealth, WorkerProbes
 from hewer.sdk._heartbeat import Heartbeater
 from hewer.sdk._labels import WorkerLabelSet
 from hewer.sdk._listener import ActionListener
+from hewer.sdk._options import DURABLE_SLOT_TYPE
 from hewer.sdk._retry import aio_call_with_retry, translate
 from hewer.sdk._runner import Runner
 from hewer.sdk._services import WorkerServices
@@ -139,15 +140,17 @@ class Worker:
         self.client = client
         """The client the worker registers and reports through."""
         self.name = name
-        self.slot_config = resolve_slot_config(slots, slot_config)
-        """Size of each slot pool by slot type, as registered."""
-        self.slots = self.slot_config[defaults.DEFAULT_SLOT_TYPE]
-        """Size of the "default" slot pool."""
         self._labels = WorkerLabelSet(labels)
         self.workflows: list[Workflow[Any]] = [
             w.workflow if isinstance(w, StandaloneTask) else w for w in workflows
         ]
         self._registry = build_registry(self.workflows)
+        self.slot_config = resolve_slot_config(slots, slot_config)
+        """Size of each slot pool by slot type, as registered."""
+        if any(DURABLE_SLOT_TYPE in t.options.slot_requests for t in self._registry.values()):
+            self.slot_config.setdefault(DURABLE_SLOT_TYPE, defaults.DEFAULT_DURABLE_SLOTS)
+        self.slots = self.slot_config[defaults.DEFAULT_SLOT_TYPE]
+        """Size of the "default" slot pool."""
         check_slot_requests(self._registry, self.slot_config)
         self.id: str | None = None
         """Engine id of this worker once registered (changes if it has to register again)."""
@@ -277,7 +280,9 @@ class Worker:
             self.slot_config,
             connection.address,
         )
-        services = WorkerServices(connection, self._client.clock, self._labels)
+        services = WorkerServices(
+            connection, self._client.clock, self._labels, worker_id=self._current_id
+        )
         services.open()
         runner = Runner(
             registry=self._registry,

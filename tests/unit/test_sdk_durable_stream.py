@@ -1,0 +1,154 @@
+"""The SDK's durable stream against a scripted ``V1Dispatcher`` over real gRPC on loopback:
+what it says after a reconnect, and what a body sees when the stream breaks mid-request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from hewer._proto.v1 import dispatcher_pb2 as pb
+from hewer._proto.v1 import dispatcher_pb2_grpc as pb_grpc
+from hewer.sdk import _wire
+from hewer.sdk._durable import DurableStream, Evicted
+
+TASK = "task-1"
+
+
+class Scripted(pb_grpc.V1DispatcherServicer):  # type: ignore[misc]
+    """Connection 1 breaks when a wait_for arrives; later ones answer and record."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.seen: list[list[str]] = []
+        self.evicted: list[tuple[str, int]] = []
+        self.status: list[list[tuple[str, int, int]]] = []
+
+    async def DurableTask(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        self.connections += 1
+        number = self.connections
+        seen: list[str] = []
+        self.seen.append(seen)
+        async for req in request_iterator:
+            kind = req.WhichOneof("message")
+            seen.append(kind)
+            if kind == "register_worker":
+                yield pb.DurableTaskResponse(
+                    register_worker=pb.DurableTaskResponseRegisterWorker(worker_id="w")
+                )
+            elif kind == "wait_for" and number == 1:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "engine going away")
+            elif kind == "wait_for":
+                ref = pb.DurableEventLogEntryRef(
+                    durable_task_external_id=TASK, invocation_count=1, node_id=1
+                )
+                yield pb.DurableTaskResponse(
+                    wait_for_ack=pb.DurableTaskEventWaitForAckResponse(ref=ref)
+                )
+            elif kind == "worker_status":
+                entries = [
+                    (e.durable_task_external_id, e.invocation_count, e.node_id)
+                    for e in req.worker_status.waiting_entries
+                ]
+                self.status.append(entries)
+                for task_id, inv, node in entries:
+                    ref = pb.DurableEventLogEntryRef(
+                        durable_task_external_id=task_id, invocation_count=inv, node_id=node
+                    )
+                    yield pb.DurableTaskResponse(
+                        entry_completed=pb.DurableTaskEventLogEntryCompletedResponse(
+                            ref=ref, payload=b'{"CREATE":{}}'
+                        )
+                    )
+            elif kind == "evict_invocation":
+                m = req.evict_invocation
+                self.evicted.append((m.durable_task_external_id, m.invocation_count))
+                yield pb.DurableTaskResponse(
+                    eviction_ack=pb.DurableTaskEvictionAckResponse(
+                        durable_task_external_id=m.durable_task_external_id,
+                        invocation_count=m.invocation_count,
+                    )
+                )
+
+
+async def _serve(servicer: Scripted) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server()
+    pb_grpc.add_V1DispatcherServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+def _wait_request() -> Any:
+    return _wire.durable_wait_request(TASK, 1, [], str, None)
+
+
+async def _until(check: Any, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not check():
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+async def test_a_request_cut_off_by_a_broken_stream_evicts_its_invocation() -> None:
+    servicer = Scripted()
+    server, address = await _serve(servicer)
+    channel = grpc.aio.insecure_channel(address)
+    stream = DurableStream(lambda: _wire.durable_stub(channel), (), lambda: "w")
+    try:
+        with pytest.raises(Evicted, match="broke"):
+            await stream.request((TASK, 1), _wait_request())
+        # Its body cannot know which node it got; later calls of that invocation are
+        # refused too, and the engine is told to start the next invocation.
+        with pytest.raises(Evicted):
+            await stream.request((TASK, 1), _wait_request())
+        await _until(lambda: servicer.evicted == [(TASK, 1)], "the eviction sent on reconnect")
+        assert servicer.seen[1][:2] == ["register_worker", "evict_invocation"]
+        # Another invocation goes on as usual, and its completion reaches it.
+        stream.forget((TASK, 1))
+        ack = await stream.request((TASK, 1), _wait_request())
+        done = await stream.wait((TASK, 1), ack.ref.node_id)
+        assert done.payload == b'{"CREATE":{}}' and not done.failure
+        assert servicer.status[-1] == [(TASK, 1, 1)]
+    finally:
+        await stream.close()
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_waits_are_declared_again_after_a_reconnect() -> None:
+    servicer = Scripted()
+    servicer.connections = 1  # no scripted break: every wait_for is answered
+    server, address = await _serve(servicer)
+    channel = grpc.aio.insecure_channel(address)
+    stream = DurableStream(lambda: _wire.durable_stub(channel), (), lambda: "w")
+    try:
+        await stream.ensure_started()
+        # A wait declared while the stream is down is said once it is back.
+        await server.stop(0)
+        await _until(lambda: not stream._registered.is_set(), "the stream noticed")
+        waiting = asyncio.ensure_future(stream.wait((TASK, 2), 5))
+        await _until(lambda: (TASK, 2, 5) in stream._waits, "the wait registered")
+        server, _ = await _serve_on(servicer, address)
+        done = await asyncio.wait_for(waiting, 15)
+        assert done.payload == b'{"CREATE":{}}'
+        assert (TASK, 2, 5) in servicer.status[-1]
+    finally:
+        await stream.close()
+        await channel.close()
+        await server.stop(0)
+
+
+async def _serve_on(servicer: Scripted, address: str) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server()
+    pb_grpc.add_V1DispatcherServicer_to_server(servicer, server)
+    server.add_insecure_port(address)
+    await server.start()
+    return server, address
