@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hewer.domain import DurableKind, RunStatus, TaskRow
+from hewer.domain import DurableEntry, DurableKind, RunStatus, TaskRow
 from hewer.engine.core import durable
 from hewer.engine.core.loop import EngineLoop
 from hewer.engine.core.transitions import details
@@ -153,13 +153,25 @@ class DurableHub:
                         entry.order,
                     )
                 )
-            elif entry.kind is DurableKind.RUN and entry.child_run_id:
-                found = await self.store.run_get(tenant_id, entry.child_run_id)
-                if found is not None and found[0].status is not RunStatus.QUEUED:
-                    finished.append(durable.ChildDone.of(task_id, details(*found)))
+            else:
+                done = await self._finished_child(tenant_id, task_id, entry)
+                if done is not None:
+                    finished.append(done)
         if finished:
             # Recorded now; the commit wakes this check again, which hands them over.
             await self.children_done(finished)
+
+    async def _finished_child(
+        self, tenant_id: str, task_id: str, entry: DurableEntry
+    ) -> durable.ChildDone | None:
+        """What the log should record for a child run entry whose run has finished (None
+        while it runs, or for any other entry)."""
+        if entry.kind is not DurableKind.RUN or entry.done or not entry.child_run_id:
+            return None
+        found = await self.store.run_get(tenant_id, entry.child_run_id)
+        if found is None or found[0].status is RunStatus.QUEUED:
+            return None
+        return durable.ChildDone.of(task_id, details(*found))
 
     async def children_done(self, done: Sequence[durable.ChildDone]) -> None:
         try:
@@ -174,11 +186,10 @@ class DurableHub:
             log = await self.store.durable_get(tenant_id, task_id)
             if log is None:
                 continue
-            finished = []
-            for entry in log.entries.values():
-                if entry.kind is DurableKind.RUN and not entry.done and entry.child_run_id:
-                    found = await self.store.run_get(tenant_id, entry.child_run_id)
-                    if found is not None and found[0].status is not RunStatus.QUEUED:
-                        finished.append(durable.ChildDone.of(task_id, details(*found)))
+            finished = [
+                done
+                for entry in log.entries.values()
+                if (done := await self._finished_child(tenant_id, task_id, entry)) is not None
+            ]
             if finished:
                 await self.children_done(finished)

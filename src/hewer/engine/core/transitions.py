@@ -239,7 +239,7 @@ def _queue(ws: WorkingSet, row: TaskRow, tdef: TaskDef, now: float, available_at
     ws.changes.task(row)
 
 
-def _end_attempt(
+def end_attempt(
     ws: WorkingSet, row: TaskRow, outcome: str, now: float, *, holds_slot: bool
 ) -> AttemptRow:
     """Keep the live attempt as a row of its own (its task goes on without it, or its body
@@ -259,9 +259,6 @@ def _end_attempt(
     ws.attempts[key] = attempt
     ws.changes.new_attempts[key] = attempt
     return attempt
-
-
-end_attempt = _end_attempt
 
 
 def _retry(
@@ -296,7 +293,7 @@ def _finish_task(
     row.status = status
     row.finished_at = now
     if row.waiting is not None:
-        _stop_waiting(ws, row)
+        stop_waiting(ws, row)
     if status is TaskStatus.COMPLETED:
         row.output = output
         row.started_at = row.started_at or now
@@ -305,24 +302,18 @@ def _finish_task(
     ws.changes.task(row)
 
 
-def _stop_waiting(ws: WorkingSet, row: TaskRow) -> None:
+def stop_waiting(ws: WorkingSet, row: TaskRow) -> None:
     row.waiting = None
     ws.changes.waits_dropped.add(row.id)
     ws.changes.wakes[row.id] = None
 
 
-stop_waiting = _stop_waiting
-
-
-def _enqueue(ctx: Context, ws: WorkingSet, run: RunRow, row: TaskRow, out: Outcome) -> None:
+def enqueue(ctx: Context, ws: WorkingSet, run: RunRow, row: TaskRow, out: Outcome) -> None:
     tdef = ctx.versions[run.version_id].step(row.readable_id)
     if run.sticky and run.sticky_worker_id is not None:
         row.desired_worker_id = run.sticky_worker_id
     _queue(ws, row, tdef, ctx.now, ctx.now)
     out.queued.append(queue_item(row, run, tdef))
-
-
-enqueue = _enqueue
 
 
 def _judge(
@@ -365,10 +356,10 @@ def _settle_judged(
 ) -> bool:
     """Apply a verdict other than WAIT; True if the task ended (its run must advance)."""
     if row.waiting is not None:
-        _stop_waiting(ws, row)
+        stop_waiting(ws, row)
         ws.changes.task(row)
     if verdict is conditions.Verdict.QUEUE:
-        _enqueue(ctx, ws, run, row, out)
+        enqueue(ctx, ws, run, row, out)
         return False
     if verdict is conditions.Verdict.SKIP:
         _finish_task(ws, row, TaskStatus.COMPLETED, ctx.now, output=conditions.SKIPPED_OUTPUT)
@@ -407,7 +398,7 @@ def _advance(ctx: Context, ws: WorkingSet, run: RunRow, out: Outcome) -> None:
         ended = False
         for row in to_queue:
             if not wf.step(row.readable_id).conditions:
-                _enqueue(ctx, ws, run, row, out)
+                enqueue(ctx, ws, run, row, out)
                 continue
             verdict = _judge(ctx, ws, run, row, conditions.WaitState(ctx.now))
             if verdict is not conditions.Verdict.WAIT:
@@ -445,14 +436,14 @@ def _fail_or_retry(
             row.app_retries + 1, tdef.backoff_factor, tdef.backoff_max_s, retry_after_ms
         )
         row.error = error
-        _end_attempt(ws, row, attempt_outcome, ctx.now, holds_slot=holds_slot)
+        end_attempt(ws, row, attempt_outcome, ctx.now, holds_slot=holds_slot)
         out.queued.append(
             _retry(ws, row, tdef, ctx.now, delay=delay, app_failure=True, lost=False, error=error)
         )
         return
     if holds_slot:
         row.error = error
-        _end_attempt(ws, row, attempt_outcome, ctx.now, holds_slot=True)
+        end_attempt(ws, row, attempt_outcome, ctx.now, holds_slot=True)
     _finish_task(ws, row, TaskStatus.FAILED, ctx.now, error=error)
     out.failed.append(row.id)
     _advance(ctx, ws, ws.runs[row.run_id], out)
@@ -1024,7 +1015,7 @@ class Requeue(Op[EventOutcome]):
             if not row.slot_released:
                 out.freed.append(running(row, tdef.slot_requests))
             reason = f"{self.reason} (worker {j.worker_id})" if self.worker_id else self.reason
-            _end_attempt(ws, row, "lost", ctx.now, holds_slot=False)
+            end_attempt(ws, row, "lost", ctx.now, holds_slot=False)
             if self.count and retry.gives_up(row, ctx.max_reassignments):
                 error = f"worker lost: {reason}; gave up after {row.reassignments} reassignment(s)"
                 _finish_task(ws, row, TaskStatus.FAILED, ctx.now, error=error)
@@ -1084,7 +1075,7 @@ class Cancel(Op[EventOutcome]):
                 out.stop.append(held)
                 keeps = row.worker_id in ctx.keepers and not row.slot_released
                 if keeps:
-                    _end_attempt(ws, row, "cancelled", ctx.now, holds_slot=True)
+                    end_attempt(ws, row, "cancelled", ctx.now, holds_slot=True)
                 elif not row.slot_released:
                     out.freed.append(held)
             _finish_task(ws, row, TaskStatus.CANCELLED, ctx.now, error=self.reason)
