@@ -7,15 +7,13 @@ than its slots at once" from the outside.
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from datetime import timedelta
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from hewer import Context, DurableContext, Hewer
+from hewer import Context, Hewer
 
 hw = Hewer()
 
@@ -60,30 +58,9 @@ async def block_loop(input: Sleep, ctx: Context) -> dict[str, int]:
     return {"pid": os.getpid(), "retry_count": ctx.retry_count}
 
 
-def _trace(event: str, ctx: DurableContext) -> None:
-    log_dir = os.environ.get("HEWER_TEST_LOG_DIR")
-    if log_dir:
-        record = {"event": event, "invocation": ctx.invocation_count, "at": time.time()}
-        with (Path(log_dir) / "durable-trace.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-@hw.durable_task(name="it-durable-sleeper")
-async def durable_sleeper(input: Sleep, ctx: DurableContext) -> dict[str, object]:
-    async def compute() -> str:
-        _trace("memo", ctx)
-        return "computed-once"
-
-    memo = await ctx.aio_memo(compute)
-    _trace("sleeping", ctx)
-    await ctx.aio_sleep_for(timedelta(seconds=input.seconds))
-    _trace("woke", ctx)
-    return {"memo": memo, "invocation": ctx.invocation_count, "pid": os.getpid()}
-
-
 def make_worker():  # type: ignore[no-untyped-def]
     return hw.worker(
         os.environ.get("HEWER_TEST_WORKER_NAME", "it-worker"),
         slots=int(os.environ.get("HEWER_TEST_SLOTS", "5")),
-        workflows=[noop, slow, block_loop, durable_sleeper],
+        workflows=[noop, slow, block_loop],
     )

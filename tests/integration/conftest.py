@@ -29,7 +29,11 @@ def spawn_worker(engine: EngineThread, tmp_path: Path) -> Iterator[WorkerFactory
     log_dir.mkdir()
 
     def spawn(
-        name: str, slots: int = 5, wait: bool = True, grace_period: float = 5
+        name: str,
+        slots: int = 5,
+        wait: bool = True,
+        grace_period: float = 5,
+        app: str = "tests.integration.app:make_worker",
     ) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         env.update(
@@ -44,7 +48,7 @@ def spawn_worker(engine: EngineThread, tmp_path: Path) -> Iterator[WorkerFactory
         )
         out = (tmp_path / f"worker-{name}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hewer", "worker", "start", "tests.integration.app:make_worker"],
+            [sys.executable, "-m", "hewer", "worker", "start", app],
             cwd=REPO,
             env=env,
             stdout=out,

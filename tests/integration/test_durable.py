@@ -4,6 +4,7 @@ SIGKILLed mid-sleep whose task resumes on another worker without sleeping again.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -31,6 +32,8 @@ from hewer.domain import RunStatus
 from hewer.testing import EngineThread
 from tests.helpers import wait_for
 from tests.integration.conftest import WorkerFactory
+
+DURABLE_APP = "tests.integration.durable_app:make_worker"
 
 
 def _status(engine: EngineThread, run_id: str) -> RunStatus:
@@ -184,10 +187,18 @@ def test_a_failing_child_fails_the_durable_wait_with_its_error(
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_sleep_resumes_elsewhere_without_sleeping_again(
-    engine: EngineThread, spawn_worker: WorkerFactory, app: Any, tmp_path: Path
+    engine: EngineThread,
+    spawn_worker: WorkerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("HEWER_TOKEN", engine.token)
+    monkeypatch.setenv("HEWER_HOST_PORT", engine.address)
+    from tests.integration import durable_app
+
+    app = importlib.reload(durable_app)
     trace = tmp_path / "executions" / "durable-trace.jsonl"
-    first = spawn_worker("durable-a", slots=2)
+    first = spawn_worker("durable-a", slots=2, app=DURABLE_APP)
     began = time.time()
     ref = app.durable_sleeper.run_no_wait({"seconds": 4})
 
@@ -203,7 +214,7 @@ def test_a_worker_killed_mid_sleep_resumes_elsewhere_without_sleeping_again(
     )
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
-    spawn_worker("durable-b", slots=2)
+    spawn_worker("durable-b", slots=2, app=DURABLE_APP)
     out = ref.result()
     done_at = time.time()
     trace_events = events()
