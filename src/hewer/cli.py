@@ -161,6 +161,12 @@ def main() -> None:
     "UNAVAILABLE [default: 10s]",
 )
 @_option(
+    "--http-request-timeout",
+    "HEWER_HTTP_REQUEST_TIMEOUT",
+    help="How long an HTTP request's headers and body may take to arrive before the "
+    "connection is cut off (408) [default: 10s]",
+)
+@_option(
     "--shutdown-grace",
     "HEWER_SHUTDOWN_GRACE",
     help="How long a stopping engine lets calls in flight finish; a second SIGTERM/SIGINT "

@@ -101,6 +101,11 @@ class EngineSettings(BaseSettings):
         description="how long a replica holds a call while no replica schedules (a "
         "takeover) before answering UNAVAILABLE",
     )
+    http_request_timeout: timedelta = Field(
+        timedelta(seconds=10),
+        description="how long an HTTP request's headers and body may take to arrive before "
+        "the connection is closed (408)",
+    )
     shutdown_grace: timedelta = Field(
         timedelta(seconds=2),
         description="how long a stopping engine lets calls in flight finish (a second "
@@ -114,6 +119,7 @@ class EngineSettings(BaseSettings):
         "token_ttl",
         "lease_ttl",
         "relay_wait",
+        "http_request_timeout",
         mode="before",
     )(_duration)
 

@@ -101,6 +101,8 @@ class Engine:
         return self._scheduling
 
     async def start(self) -> None:
+        raise_open_files_limit()
+        quiet_accept_errors(asyncio.get_running_loop())
         await self.store.open()
         tenant = await self.store.tenant_ensure(DEFAULT_TENANT, self.clock.now())
         self.default_tenant_id = tenant.id
@@ -114,7 +116,12 @@ class Engine:
         if port == 0:
             await self.store.close()
             raise OSError(f"could not bind gRPC to {s.host}:{s.port}")
-        api = ApiServer(self._api_switch, s.api_listen_host, s.api_port)
+        api = ApiServer(
+            self._api_switch,
+            s.api_listen_host,
+            s.api_port,
+            read_seconds=s.http_request_timeout.total_seconds(),
+        )
         try:
             # Both listeners are bound before tokens are minted: they carry the real ports.
             api_port = api.bind()
@@ -398,3 +405,61 @@ async def revoke_token(settings: EngineSettings, token_or_id: str) -> bool:
         return await store.token_revoke(token_id, SystemClock().now())
     finally:
         await store.close()
+
+
+# Highest soft limit on open files the engine asks for: each connection is a descriptor, and
+# the default soft limit (1,024 on many systems) is reached by a modest fleet.
+MAX_OPEN_FILES = 1 << 20
+ACCEPT_ERROR_LOG_SECONDS = 10.0
+
+
+def raise_open_files_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit (bounded)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as exc:
+            logger.debug("could not raise the open files limit to %d: %s", target, exc)
+
+
+class _QuietAcceptErrors:
+    """A loop exception handler: failed accepts (out of file descriptors, usually) are
+    logged once per interval with a count, instead of once per attempt; everything else
+    goes to the handler that was there before."""
+
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+        self.last = -ACCEPT_ERROR_LOG_SECONDS
+        self.count = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message", ""))
+        if "accept" not in message or not isinstance(context.get("exception"), OSError):
+            if self.previous is not None:
+                self.previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        self.count += 1
+        now = loop.time()
+        if now - self.last >= ACCEPT_ERROR_LOG_SECONDS:
+            logger.error(
+                "accepting connections fails (%d time(s) in the last %.0fs): %s",
+                self.count,
+                ACCEPT_ERROR_LOG_SECONDS,
+                context.get("exception"),
+            )
+            self.last, self.count = now, 0
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Install ``_QuietAcceptErrors`` on ``loop`` (once)."""
+    previous = loop.get_exception_handler()
+    if not isinstance(previous, _QuietAcceptErrors):
+        loop.set_exception_handler(_QuietAcceptErrors(previous))

@@ -7,21 +7,122 @@ signal handlers, and the engine process owns signals.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+from typing import Any
 
+import h11
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 logger = logging.getLogger(__name__)
+
+REQUEST_READ_SECONDS = 10.0
+"""Default of how long a request's head and body may take to arrive (from its first byte,
+or from the connection's start or the previous response): slow clients cannot hold
+connections."""
+MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADER_LINES = 100
+MAX_CONNECTIONS = 1000
+"""Connections served at once; more are answered 503 and closed at once."""
+KEEP_ALIVE_SECONDS = 5
+
+
+def _refusal(status: int, reason: str, message: str) -> bytes:
+    body = message.encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with what it lacks against hostile clients: a deadline for
+    reading each request (slowloris), limits on the size and number of header lines (431),
+    and a bound on open connections."""
+
+    read_seconds = REQUEST_READ_SECONDS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head = bytearray()
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > MAX_CONNECTIONS:
+            self._refuse(503, "Service Unavailable", "too many connections; try again later")
+            return
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:
+            if not self._head:
+                self._arm()  # a new request: its own deadline
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            head = self._head if end < 0 else self._head[:end]
+            if len(head) > MAX_HEADER_BYTES or head.count(b"\r\n") >= MAX_HEADER_LINES:
+                self._refuse(
+                    431,
+                    "Request Header Fields Too Large",
+                    f"request headers are limited to {MAX_HEADER_BYTES} bytes and "
+                    f"{MAX_HEADER_LINES} lines",
+                )
+                return
+            if end >= 0:
+                self._head = bytearray()
+        super().data_received(data)
+        if self.conn.their_state is h11.DONE:
+            self._disarm()  # all of it is in: the app takes its time answering
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is not h11.DONE:
+            self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.read_seconds, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.conn.their_state is h11.IDLE and not self._head:
+            self.transport.close()  # an idle connection: nothing to answer
+        else:
+            self._refuse(
+                408, "Request Timeout", f"the request took over {self.read_seconds:g}s to send"
+            )
+
+    def _refuse(self, status: int, reason: str, message: str) -> None:
+        self._disarm()
+        if not self.transport.is_closing():
+            logger.debug("HTTP %d to %s: %s", status, self.client, message)
+            self.transport.write(_refusal(status, reason, message))
+            self.transport.close()
 
 
 class ApiServer:
     """``bind()`` then ``await start()``; ``await stop(grace)`` is idempotent."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+    def __init__(
+        self, app: ASGIApp, host: str, port: int, read_seconds: float = REQUEST_READ_SECONDS
+    ) -> None:
         self.app = app
         self.host = host
+        self.read_seconds = read_seconds
         self.requested_port = port
         self.port = port
         self._socket: socket.socket | None = None
@@ -57,7 +158,10 @@ class ApiServer:
             raise RuntimeError("bind() the API server before starting it")
         config = uvicorn.Config(
             self.app,
-            http="h11",
+            http=type("Guarded", (GuardedH11Protocol,), {"read_seconds": self.read_seconds}),
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            limit_concurrency=MAX_CONNECTIONS,
             lifespan="off",
             log_config=None,
             access_log=False,

@@ -13,14 +13,21 @@ def new_server(max_message_bytes: int) -> aio.Server:
     return aio.server(options=server_options(max_message_bytes))
 
 
+# Connections without a call for this long are closed (GOAWAY; clients reconnect when they
+# next call): idle connections do not pile up.
+MAX_CONNECTION_IDLE_MS = 10 * 60 * 1000
+
+
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """Options that let SDK clients (every 5 s) and relaying replicas (every 1 s) ping
-    without being sent GOAWAY."""
+    """Options that let SDK clients (every 5 s; hatchet-sdk every 10 s) and relaying
+    replicas (every 1 s) ping, and send GOAWAY to a client flooding pings (more than two
+    closer together than half the fastest of those)."""
     return [
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
         ("grpc.http2.min_ping_interval_without_data_ms", 1000),
-        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
