@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+import pydantic
 
 from hewer.config import EngineSettings
+from hewer.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from hewer.sdk import Hewer, WorkerInfo
@@ -161,6 +163,26 @@ def main() -> None:
     "UNAVAILABLE [default: 10s]",
 )
 @_option(
+    "--tls-cert",
+    "HEWER_TLS_CERT",
+    type=click.Path(path_type=Path),
+    help="PEM certificate the engine presents on both ports (TLS on; with --tls-key)",
+)
+@_option("--tls-key", "HEWER_TLS_KEY", type=click.Path(path_type=Path), help="PEM key")
+@_option(
+    "--tls-client-ca",
+    "HEWER_TLS_CLIENT_CA",
+    type=click.Path(path_type=Path),
+    help="PEM CA bundle; clients must present a certificate it signed (mTLS)",
+)
+@_option(
+    "--tls-root-ca",
+    "HEWER_TLS_ROOT_CA",
+    type=click.Path(path_type=Path),
+    help="PEM CA bundle trusted when relaying to another replica [default: --tls-client-ca, "
+    "else the system's roots]",
+)
+@_option(
     "--http-request-timeout",
     "HEWER_HTTP_REQUEST_TIMEOUT",
     help="How long an HTTP request's headers and body may take to arrive before the "
@@ -177,10 +199,14 @@ def engine(log_level: str, **given: Any) -> None:
     """Run the engine (gRPC on 127.0.0.1:7070, HTTP API on 127.0.0.1:8080, state in
     ./hewer.db)."""
     _setup_logging(log_level)
-    settings = _engine_settings(**given)
+    try:
+        settings = _engine_settings(**given)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise click.ClickException(f"cannot start the engine: {problems}") from None
     try:
         asyncio.run(_serve_engine(settings))
-    except OSError as exc:
+    except (OSError, ConfigurationError) as exc:
         raise click.ClickException(f"cannot start the engine: {exc}") from None
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import socket
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hewer import defaults
@@ -101,6 +102,19 @@ class EngineSettings(BaseSettings):
         description="how long a replica holds a call while no replica schedules (a "
         "takeover) before answering UNAVAILABLE",
     )
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain) the engine presents on both ports: TLS on"
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(
+        None,
+        description="PEM CA bundle: clients must present a certificate it signed (mTLS)",
+    )
+    tls_root_ca: Path | None = Field(
+        None,
+        description="PEM CA bundle this engine trusts when it relays to another replica "
+        "(default: tls_client_ca, else the system's roots)",
+    )
     http_request_timeout: timedelta = Field(
         timedelta(seconds=10),
         description="how long an HTTP request's headers and body may take to arrive before "
@@ -122,6 +136,19 @@ class EngineSettings(BaseSettings):
         "http_request_timeout",
         mode="before",
     )(_duration)
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> EngineSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("HEWER_TLS_CERT and HEWER_TLS_KEY go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("HEWER_TLS_CLIENT_CA (mTLS) needs HEWER_TLS_CERT and HEWER_TLS_KEY")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether both ports speak TLS."""
+        return self.tls_cert is not None
 
     @property
     def store_url(self) -> str:
@@ -176,7 +203,7 @@ class EngineSettings(BaseSettings):
         if api_host not in ("0.0.0.0", "::", "") and api_host != self.host:
             # The API listens on an address of its own: that is where clients reach it.
             host = f"[{api_host}]" if ":" in api_host else api_host
-        return f"http://{host}:{self.api_port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.api_port}"
 
     @property
     def token_file(self) -> Path:
@@ -221,9 +248,45 @@ class ClientSettings(BaseSettings):
         description="a worker whose event loop is blocked longer than this is UNHEALTHY",
     )
 
+    tls_strategy: Literal["none", "tls", "mtls"] | None = Field(
+        None,
+        description="none, tls or mtls (default: tls when a TLS file below is set or the "
+        "engine's URL is https, else none)",
+    )
+    tls_root_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle the engine's certificate is checked against "
+        "(default: the system's roots)",
+    )
+    tls_cert_file: Path | None = Field(None, description="PEM client certificate (mTLS)")
+    tls_key_file: Path | None = Field(None, description="PEM key of tls_cert_file")
+    tls_server_name: str | None = Field(
+        None, description="name the engine's certificate must carry (default: the host dialed)"
+    )
+
     _coerce = field_validator(
         "heartbeat_interval", "grace_period", "worker_healthcheck_loop_threshold", mode="before"
     )(_duration)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> ClientSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "HEWER_TLS_CERT_FILE and HEWER_TLS_KEY_FILE go together: give both or neither"
+            )
+        if self.tls_strategy == "mtls" and self.tls_cert_file is None:
+            raise ValueError("HEWER_TLS_STRATEGY=mtls needs HEWER_TLS_CERT_FILE and _KEY_FILE")
+        return self
+
+    def tls_mode(self, server_url: str | None) -> str:
+        """``tls_strategy``, or what the other settings and the engine's URL imply."""
+        if self.tls_strategy is not None:
+            return self.tls_strategy
+        if self.tls_cert_file is not None:
+            return "mtls"
+        if self.tls_root_ca_file is not None or (server_url or "").startswith("https:"):
+            return "tls"
+        return "none"
 
     @property
     def token_file(self) -> Path:

@@ -17,6 +17,7 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from hewer import tls
 from hewer.config import LOOPBACK_HOSTS, EngineSettings
 from hewer.engine.api.app import build_app
 from hewer.engine.api.ops import build_ops_app
@@ -101,6 +102,7 @@ class Engine:
         return self._scheduling
 
     async def start(self) -> None:
+        check_tls(self.settings)
         raise_open_files_limit()
         quiet_accept_errors(asyncio.get_running_loop())
         await self.store.open()
@@ -112,7 +114,13 @@ class Engine:
         server.add_generic_rpc_handlers((self._switch,))
         # Answered by every replica itself (the switch knows none of its methods).
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        port = server.add_insecure_port(f"{s.host}:{s.port}")
+        address = f"{s.host}:{s.port}"
+        if s.tls_cert is not None and s.tls_key is not None:
+            port = server.add_secure_port(
+                address, tls.server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca)
+            )
+        else:
+            port = server.add_insecure_port(address)
         if port == 0:
             await self.store.close()
             raise OSError(f"could not bind gRPC to {s.host}:{s.port}")
@@ -121,6 +129,9 @@ class Engine:
             s.api_listen_host,
             s.api_port,
             read_seconds=s.http_request_timeout.total_seconds(),
+            tls=(s.tls_cert, s.tls_key, s.tls_client_ca)
+            if s.tls_cert is not None and s.tls_key is not None
+            else None,
         )
         try:
             # Both listeners are bound before tokens are minted: they carry the real ports.
@@ -163,7 +174,7 @@ class Engine:
             for host in {self.settings.host, self.settings.api_host or self.settings.host}
             if host.lower() not in LOOPBACK_HOSTS
         ]
-        if exposed:
+        if exposed and not self.settings.tls:
             logger.warning(
                 "listening beyond loopback (%s) without TLS: tokens and task data cross the "
                 "network in clear text; keep these ports on a private network or put a "
@@ -184,7 +195,11 @@ class Engine:
             ttl=s.lease_ttl.total_seconds(),
         )
         self.keeper = keeper
-        self.relay = Relay(keeper, s.max_message_bytes, s.relay_wait.total_seconds())
+        credentials, context = relay_tls(s)
+        self.relay = Relay(
+            keeper, s.max_message_bytes, s.relay_wait.total_seconds(), credentials=credentials
+        )
+        self._api_switch.tls = context
         self._switch.relay_with(self.relay)
         self._api_switch.keeper = keeper
         await keeper.start()
@@ -463,3 +478,31 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
     previous = loop.get_exception_handler()
     if not isinstance(previous, _QuietAcceptErrors):
         loop.set_exception_handler(_QuietAcceptErrors(previous))
+
+
+def check_tls(settings: EngineSettings) -> None:
+    """Refuse TLS files that cannot serve (ConfigurationError, one line naming them)."""
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls.check_pair(settings.tls_cert, settings.tls_key, "HEWER_TLS_CERT", "HEWER_TLS_KEY")
+    for path, setting in (
+        (settings.tls_client_ca, "HEWER_TLS_CLIENT_CA"),
+        (settings.tls_root_ca, "HEWER_TLS_ROOT_CA"),
+    ):
+        if path is not None:
+            tls.check_ca(path, setting)
+
+
+def relay_tls(settings: EngineSettings) -> tuple[Any, Any]:
+    """(gRPC channel credentials, ssl context) a replica relays to another with, or
+    (None, None) without TLS. It trusts ``tls_root_ca`` (else ``tls_client_ca``, else the
+    system's roots) and, under mTLS, presents its own certificate."""
+    if not settings.tls:
+        return None, None
+    root = settings.tls_root_ca or settings.tls_client_ca
+    mutual = settings.tls_client_ca is not None
+    cert = settings.tls_cert if mutual else None
+    key = settings.tls_key if mutual else None
+    credentials = tls.channel_credentials(
+        root, cert, key, settings=("HEWER_TLS_ROOT_CA", "HEWER_TLS_CERT", "HEWER_TLS_KEY")
+    )
+    return credentials, tls.client_context(root, cert, key)

@@ -144,13 +144,15 @@ class RestClient:
         if data is not None:
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(url, data=data, method=method, headers=headers)
-        host = urllib.parse.urlsplit(base).netloc
+        parts = urllib.parse.urlsplit(base)
+        handlers: list[urllib.request.BaseHandler] = []
         # Loopback never goes through a proxy, whatever *_proxy variables say.
-        opener = (
-            urllib.request.build_opener(urllib.request.ProxyHandler({}))
-            if is_local(host)
-            else urllib.request.build_opener()
-        )
+        if is_local(parts.netloc):
+            handlers.append(urllib.request.ProxyHandler({}))
+        client_tls = self._client.connection.tls
+        if parts.scheme == "https" and client_tls is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=client_tls.ssl_context()))
+        opener = urllib.request.build_opener(*handlers)
         try:
             with opener.open(request, timeout=HTTP_TIMEOUT_SECONDS) as response:
                 raw = response.read()

@@ -13,15 +13,18 @@ import json
 import logging
 import random
 import socket
+import ssl
 import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
 
+from hewer import tls
 from hewer.config import LOOPBACK_HOSTS, ClientSettings
 from hewer.errors import ConfigurationError
 
@@ -145,6 +148,30 @@ def resolve_token(settings: ClientSettings) -> str:
 
 
 @dataclass(frozen=True)
+class ClientTls:
+    """How a client speaks TLS to the engine: the CA it trusts (None: the system's roots),
+    its own certificate and key under mTLS, and the name the engine's certificate must carry
+    (None: the host dialed)."""
+
+    root_ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return tls.channel_credentials(
+            self.root_ca,
+            self.cert,
+            self.key,
+            settings=("HEWER_TLS_ROOT_CA_FILE", "HEWER_TLS_CERT_FILE", "HEWER_TLS_KEY_FILE"),
+        )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """For HTTPS calls to the engine's REST API."""
+        return tls.client_context(self.root_ca, self.cert, self.key)
+
+
+@dataclass(frozen=True)
 class Connection:
     """A resolved engine endpoint plus credentials; makes channels on demand."""
 
@@ -152,6 +179,7 @@ class Connection:
     address: str
     tenant_id: str | None = None
     max_message_bytes: int = 4 * 1024 * 1024
+    tls: ClientTls | None = None
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -174,19 +202,37 @@ class Connection:
             ("grpc.max_reconnect_backoff_ms", _MAX_RECONNECT_BACKOFF_MS),
         ]
 
+    def _secure_options(self) -> list[tuple[str, Any]]:
+        options = self.channel_options()
+        if self.tls is not None and self.tls.server_name:
+            options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+        return options
+
     def sync_channel(self) -> grpc.Channel:
-        """A new blocking channel (plaintext)."""
-        return grpc.insecure_channel(
-            channel_target(self.address),
-            options=self.channel_options(),
+        """A new blocking channel (TLS if the connection says so)."""
+        target = channel_target(self.address)
+        if self.tls is None:
+            return grpc.insecure_channel(
+                target, options=self.channel_options(), compression=grpc.Compression.Gzip
+            )
+        return grpc.secure_channel(
+            target,
+            self.tls.credentials(),
+            options=self._secure_options(),
             compression=grpc.Compression.Gzip,
         )
 
     def aio_channel(self) -> grpc.aio.Channel:
         """A new asyncio channel; call only with a running event loop."""
-        return grpc.aio.insecure_channel(
-            channel_target(self.address),
-            options=self.channel_options(),
+        target = channel_target(self.address)
+        if self.tls is None:
+            return grpc.aio.insecure_channel(
+                target, options=self.channel_options(), compression=grpc.Compression.Gzip
+            )
+        return grpc.aio.secure_channel(
+            target,
+            self.tls.credentials(),
+            options=self._secure_options(),
             compression=grpc.Compression.Gzip,
         )
 
@@ -206,11 +252,22 @@ def resolve_connection(settings: ClientSettings) -> Connection:
         address = claimed
     tenant = claims.get("sub")
     logger.debug("engine address %s", address)
+    claimed_url = claims.get("server_url")
+    server_url = settings.server_url or (claimed_url if isinstance(claimed_url, str) else None)
+    mode = settings.tls_mode(server_url)
     return Connection(
         token=token,
         address=address,
         tenant_id=tenant if isinstance(tenant, str) else None,
         max_message_bytes=settings.max_message_bytes,
+        tls=None
+        if mode == "none"
+        else ClientTls(
+            root_ca=settings.tls_root_ca_file,
+            cert=settings.tls_cert_file if mode == "mtls" else None,
+            key=settings.tls_key_file if mode == "mtls" else None,
+            server_name=settings.tls_server_name,
+        ),
     )
 
 

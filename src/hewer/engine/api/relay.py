@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 
 import httpx
 from starlette.requests import Request
@@ -39,7 +40,11 @@ class ApiSwitch:
     """The ASGI app a replica serves: its own REST app while it schedules (``local``),
     else a relay to the replica that does."""
 
-    def __init__(self, keeper: LeaseKeeper | None, wait_s: float) -> None:
+    def __init__(
+        self, keeper: LeaseKeeper | None, wait_s: float, tls: ssl.SSLContext | None = None
+    ) -> None:
+        self.tls = tls
+        """Set when the replicas' HTTP ports speak TLS: the trust (and identity) to relay with."""
         self.local: ASGIApp | None = None
         self.ops: ASGIApp | None = None
         """``/health``, ``/ready``, ``/metrics``: answered here whatever the role."""
@@ -73,8 +78,11 @@ class ApiSwitch:
         if keeper is None or holder is None or holder.holder == keeper.replica_id:
             return _unavailable("no engine replica is scheduling right now; retry shortly")
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=FORWARD_TIMEOUT_S)
-        url = f"http://{holder.api_address}{request.url.path}"
+            self._client = httpx.AsyncClient(
+                timeout=FORWARD_TIMEOUT_S, verify=self.tls if self.tls is not None else True
+            )
+        scheme = "https" if self.tls is not None else "http"
+        url = f"{scheme}://{holder.api_address}{request.url.path}"
         if request.url.query:
             url += f"?{request.url.query}"
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]

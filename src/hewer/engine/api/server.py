@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -118,8 +120,16 @@ class ApiServer:
     """``bind()`` then ``await start()``; ``await stop(grace)`` is idempotent."""
 
     def __init__(
-        self, app: ASGIApp, host: str, port: int, read_seconds: float = REQUEST_READ_SECONDS
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        read_seconds: float = REQUEST_READ_SECONDS,
+        tls: tuple[Path, Path, Path | None] | None = None,
     ) -> None:
+        """``tls``: certificate, key, and the CA client certificates must be signed by
+        (None: no client certificates asked for)."""
+        self.tls = tls
         self.app = app
         self.host = host
         self.read_seconds = read_seconds
@@ -162,6 +172,7 @@ class ApiServer:
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
             limit_concurrency=MAX_CONNECTIONS,
+            **self._ssl_options(),
             lifespan="off",
             log_config=None,
             access_log=False,
@@ -175,6 +186,15 @@ class ApiServer:
         server.lifespan = config.lifespan_class(config)
         await server.startup(sockets=[sock])
         self._server = server
+
+    def _ssl_options(self) -> dict[str, Any]:
+        if self.tls is None:
+            return {}
+        cert, key, client_ca = self.tls
+        options: dict[str, Any] = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+        if client_ca is not None:
+            options.update(ssl_ca_certs=str(client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+        return options
 
     async def stop(self) -> None:
         server, self._server = self._server, None

@@ -150,10 +150,15 @@ class Relay:
     """Forwards calls to the replica holding the scheduling lease."""
 
     def __init__(
-        self, keeper: LeaseKeeper, max_message_bytes: int, wait_s: float = DEFAULT_WAIT_S
+        self,
+        keeper: LeaseKeeper,
+        max_message_bytes: int,
+        wait_s: float = DEFAULT_WAIT_S,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.keeper = keeper
         self.wait_s = wait_s
+        self._credentials = credentials
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -276,7 +281,11 @@ class Relay:
     def _channel_to(self, address: str) -> aio.Channel:
         if self._address != address or self._channel is None:
             old = self._channel
-            self._channel = aio.insecure_channel(address, options=self._options)
+            self._channel = (
+                aio.insecure_channel(address, options=self._options)
+                if self._credentials is None
+                else aio.secure_channel(address, self._credentials, options=self._options)
+            )
             self._address = address
             if old is not None:
                 # Calls still on it end by themselves (their replica is gone or stepped down).
