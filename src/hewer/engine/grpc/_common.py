@@ -330,3 +330,13 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(int(seconds * 1e9))
     return ts
+
+
+def seconds_of(ts: timestamp_pb2.Timestamp, what: str) -> float:
+    """A request's Timestamp as epoch seconds; one protobuf itself calls invalid (nanos out
+    of range, a year beyond 1..9999) is the client's mistake, said as InvalidInput."""
+    try:
+        ts.ToMicroseconds()  # checks it
+    except ValueError as exc:
+        raise InvalidInput(f"{what}: {exc}") from None
+    return int(ts.ToNanoseconds()) / 1e9

@@ -25,7 +25,7 @@ from hewer.domain import (
 )
 from hewer.durations import parse_duration
 from hewer.engine.api.filters import run_filter
-from hewer.engine.grpc._common import Servicer, unary
+from hewer.engine.grpc._common import Servicer, seconds_of, unary
 from hewer.engine.grpc._labels import desired_labels
 from hewer.errors import InvalidInput, NotSupported, TooLarge
 
@@ -202,7 +202,7 @@ def task_conditions(task: str, msg: Any) -> tuple[ConditionSpec, ...]:
             event_key=c.user_event_key,
             scope=c.event_scope if c.HasField("event_scope") else None,
             events_since=(
-                c.consider_events_since.ToMicroseconds() / 1e6
+                seconds_of(c.consider_events_since, "consider_events_since")
                 if c.HasField("consider_events_since")
                 else None
             ),
@@ -313,8 +313,8 @@ class AdminServicer(Servicer, pb_grpc.AdminServiceServicer):  # type: ignore[mis
                 raise InvalidInput("give external_ids or a filter, not both")
             f = request.filter
             match = run_filter(
-                since=f.since.ToMicroseconds() / 1e6 if f.HasField("since") else None,
-                until=f.until.ToMicroseconds() / 1e6 if f.HasField("until") else None,
+                since=seconds_of(f.since, "filter.since") if f.HasField("since") else None,
+                until=seconds_of(f.until, "filter.until") if f.HasField("until") else None,
                 statuses=f.statuses,
                 workflows=f.workflow_ids,
                 additional_metadata=f.additional_metadata,

@@ -8,7 +8,7 @@ from hewer._proto import events_pb2 as pb
 from hewer._proto import events_pb2_grpc as pb_grpc
 from hewer.domain import EventRecord, LogLine
 from hewer.engine.core.service import EventSpec
-from hewer.engine.grpc._common import Servicer, caller, timestamp, unary
+from hewer.engine.grpc._common import Servicer, caller, seconds_of, timestamp, unary
 from hewer.errors import InvalidInput
 
 MAX_LOG_CHARS = 10_000
@@ -25,8 +25,9 @@ def event_spec(request: Any) -> EventSpec:
         priority=request.priority if request.HasField("priority") else None,
         scope=request.scope if request.HasField("scope") else None,
         timestamp=(
-            request.event_timestamp.ToMicroseconds() / 1e6
-            if request.HasField("event_timestamp") and request.event_timestamp.ToMicroseconds() > 0
+            at
+            if request.HasField("event_timestamp")
+            and (at := seconds_of(request.event_timestamp, "event_timestamp")) > 0
             else None
         ),
     )
@@ -69,7 +70,7 @@ class EventsServicer(Servicer, pb_grpc.EventsServiceServicer):  # type: ignore[m
         task_id = request.task_run_external_id
         await self.core.check_task_caller(tenant_id, task_id, caller())
         created = (
-            request.created_at.ToNanoseconds() / 1e9
+            seconds_of(request.created_at, "created_at")
             if request.HasField("created_at")
             else self.core.clock.now()
         )

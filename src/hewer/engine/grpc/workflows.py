@@ -9,7 +9,7 @@ from hewer._proto import workflows_pb2_grpc as pb_grpc
 from hewer.defaults import MAX_BULK_TRIGGER
 from hewer.domain import NO_LINKS, RunLinks
 from hewer.engine.core.service import TriggerSpec
-from hewer.engine.grpc._common import Servicer, timestamp, unary
+from hewer.engine.grpc._common import Servicer, seconds_of, timestamp, unary
 from hewer.engine.grpc._labels import desired_labels
 from hewer.engine.grpc.admin import rate_limit_seconds
 from hewer.errors import InvalidInput
@@ -62,7 +62,7 @@ class WorkflowServicer(Servicer, pb_grpc.WorkflowServiceServicer):  # type: igno
     async def ScheduleWorkflow(self, tenant_id: str, request: Any, context: Any) -> Any:
         if not request.name:
             raise InvalidInput("workflow name must not be empty")
-        times = [t.ToMicroseconds() / 1e6 for t in request.schedules]
+        times = [seconds_of(t, "schedules") for t in request.schedules]
         schedules = await self.core.schedule_runs(
             tenant_id,
             request.name,
