@@ -592,3 +592,45 @@ def test_subscriptions_answer_finished_and_unknown_runs(stubs: Stubs) -> None:
             assert json.loads(event.results[0].output) == {"done": True}
         else:
             assert "not found" in event.results[0].error
+
+
+def test_a_1500_task_chain_registers_fails_as_one_and_a_larger_workflow_is_refused(
+    engine: EngineThread,
+) -> None:
+    """DAG checks, run creation and the failure cascade are iterative: a deep chain hits no
+    recursion limit (its first task fails, and the 1,499 behind it end with the run); the
+    workflow size limit is said, not hit as an internal error."""
+    import threading
+
+    from hewer import Context, Hewer, HewerError, TaskOptions, TaskRunError
+    from hewer.engine.core.workflows import MAX_TASKS_PER_WORKFLOW
+    from tests.conftest import HEARTBEAT
+
+    client = Hewer(settings=engine.client_settings(heartbeat_interval=HEARTBEAT))
+    try:
+        chain = client.workflow("deep-chain")
+
+        def first(input: dict[str, Any], ctx: Context) -> None:
+            raise ValueError("the head of the chain fails")
+
+        previous = chain.add_task(first, name="s0", options=TaskOptions(retries=0))
+        for i in range(1, 1500):
+            previous = chain.add_task(lambda input, ctx: None, name=f"s{i}", parents=[previous])
+        worker = client.worker("chain-worker", slots=2, workflows=[chain])
+        thread = threading.Thread(target=worker.start, daemon=True)
+        thread.start()
+        assert worker.ready.wait(30)
+        try:
+            with pytest.raises(TaskRunError, match="the head of the chain fails"):
+                chain.run({})
+        finally:
+            worker.stop()
+            thread.join(30)
+
+        wide = client.workflow("too-wide")
+        for i in range(MAX_TASKS_PER_WORKFLOW + 1):
+            wide.add_task(lambda input, ctx: None, name=f"t{i}")
+        with pytest.raises(HewerError, match=f"the limit is {MAX_TASKS_PER_WORKFLOW}"):
+            client.worker("wide-worker", workflows=[wide]).start()
+    finally:
+        client.close()

@@ -29,6 +29,10 @@ from hewer.store import Store
 CURRENT_TTL_S = 1.0
 
 
+MAX_TASKS_PER_WORKFLOW = 2_000
+"""Tasks one workflow may hold: every run creates them all in one transaction."""
+
+
 def check_priority(priority: int) -> None:
     if not defaults.MIN_PRIORITY <= priority <= defaults.MAX_PRIORITY:
         raise InvalidInput(
@@ -135,6 +139,10 @@ def check_definition(
         raise InvalidInput("workflow name must not be empty")
     if not tasks:
         raise InvalidInput(f"workflow {name!r} has no tasks")
+    if len(tasks) > MAX_TASKS_PER_WORKFLOW:
+        raise InvalidInput(
+            f"workflow {name!r} has {len(tasks)} tasks; the limit is {MAX_TASKS_PER_WORKFLOW}"
+        )
     if sum(t.on_failure for t in tasks) > 1:
         raise InvalidInput(f"workflow {name!r} has more than one on-failure task")
     seen: set[str] = set()
