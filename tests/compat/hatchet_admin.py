@@ -1,7 +1,8 @@
 """hatchet-sdk's REST feature clients (workers, runs.cancel) against our engine.
 
 Run as a script: ``python hatchet_admin.py workers``, ``... cancel RUN_ID``,
-``... cancel-filter SINCE_ISO WORKFLOW KEY:VALUE``, ``... metrics``. Prints one JSON line.
+``... cancel-filter SINCE_ISO WORKFLOW KEY:VALUE``, ``... metrics``, ``... runs ID...``.
+Prints one JSON line.
 Never imported by the test process (hatchet-sdk's protobuf names would clash with ours).
 """
 
@@ -55,6 +56,34 @@ def cancel_filter(since: str, workflow: str, pair: str) -> dict[str, object]:
     return {"cancelled_by_filter": True}
 
 
+def runs(*run_ids: str) -> dict[str, object]:
+    """``runs.get`` and ``runs.get_status`` of each run, parsed by the SDK's own models."""
+    out: dict[str, object] = {}
+    for run_id in run_ids:
+        details = hatchet.runs.get(run_id)
+        out[run_id] = {
+            "status": hatchet.runs.get_status(run_id).value,
+            "run_status": details.run.status.value,
+            "run_id": details.run.metadata.id,
+            "display_name": details.run.display_name,
+            "input": details.run.input,
+            "output": details.run.output,
+            "error": details.run.error_message,
+            "tasks": sorted(
+                (t.display_name, t.status.value, t.output, t.workflow_run_external_id)
+                for t in details.tasks
+            ),
+            "shape": {
+                s.task_name: sorted(
+                    next(x.task_name for x in details.shape if x.step_id == c)
+                    for c in s.children_step_ids
+                )
+                for s in details.shape
+            },
+        }
+    return out
+
+
 def metrics() -> dict[str, object]:
     stats = hatchet.metrics.get_task_stats()
     counts = hatchet.metrics.get_task_metrics()
@@ -73,5 +102,6 @@ if __name__ == "__main__":
         "cancel": cancel,
         "cancel-filter": cancel_filter,
         "metrics": metrics,
+        "runs": runs,
     }[command](*args)
     print(json.dumps(result, sort_keys=True, default=str))

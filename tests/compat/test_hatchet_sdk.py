@@ -161,10 +161,13 @@ def test_hatchet_worker_runs_with_a_worker_scoped_token(
         )
     try:
         wait_for(
-            lambda: any(
-                w.name == "compat-worker" for w in engine.call(engine.engine.store.workers_list())
-            )
-            or proc.poll() is not None,
+            lambda: (
+                any(
+                    w.name == "compat-worker"
+                    for w in engine.call(engine.engine.store.workers_list())
+                )
+                or proc.poll() is not None
+            ),
             timeout=60,
             what="the scoped hatchet worker registered (its workflows too)",
         )
@@ -268,3 +271,40 @@ def test_hatchet_rest_clients_list_pause_and_cancel(
         "cancelled",
         "queued",
     ]
+
+
+def test_hatchet_runs_client_gets_runs_and_their_status(
+    engine: EngineThread, hatchet_worker: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    from hewer.domain import TaskDef
+    from hewer.engine.core.service import TriggerSpec
+
+    core = engine.engine.core
+    tenant = engine.engine.default_tenant_id
+    done, failed = engine.call(
+        core.trigger(
+            tenant,
+            [TriggerSpec("compat-dag", '{"x": 2}'), TriggerSpec("compat-fail", '{"x": 3}')],
+        )
+    )
+    engine.call(core.put_workflow(tenant, "compat-idle", [TaskDef("i", "compat-idle:i")], None))
+    (queued,) = engine.call(core.trigger(tenant, [TriggerSpec("compat-idle")]))
+
+    def finished() -> bool:
+        return all(engine.call(core.run_details(tenant, r)).done for r in (done, failed))
+
+    wait_for(finished, timeout=30, what="the DAG and the failing task finished")
+    out = hatchet_admin(engine, tmp_path, "runs", done, failed, queued)
+    dag = out[done]
+    assert dag["status"] == dag["run_status"] == "COMPLETED"  # type: ignore[index]
+    assert dag["run_id"] == done and dag["display_name"] == "compat-dag"  # type: ignore[index]
+    assert dag["input"] == {"x": 2}  # type: ignore[index]
+    assert dag["output"] == {"first": {"a": 3}, "second": {"b": 30}}  # type: ignore[index]
+    assert dag["tasks"] == [  # type: ignore[index]
+        ["first", "COMPLETED", {"a": 3}, done],
+        ["second", "COMPLETED", {"b": 30}, done],
+    ]
+    assert dag["shape"] == {"first": ["second"], "second": []}  # type: ignore[index]
+    bad = out[failed]
+    assert bad["status"] == "FAILED" and "bad x 3" in bad["error"]  # type: ignore[index]
+    assert out[queued]["status"] == "QUEUED"  # type: ignore[index]

@@ -7,6 +7,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from hewer.engine.api._http import endpoint, http_exception, server_error
+from hewer.engine.api.runs import RunRoutes
 from hewer.engine.api.stats import StatsRoutes
 from hewer.engine.api.tasks import TaskRoutes
 from hewer.engine.api.triggers import FilterRoutes, TriggerRoutes
@@ -27,10 +28,14 @@ def build_app(core: EngineCore, auth: TokenAuthority, metrics: EngineMetrics) ->
     stats = StatsRoutes(core, metrics)
     triggers = TriggerRoutes(core)
     filters = FilterRoutes(core)
+    runs = RunRoutes(core)
+    wrs = "/api/v1/stable/workflow-runs/{run}"
     wfs = "/api/v1/tenants/{tenant}/workflows"
     fls = "/api/v1/stable/tenants/{tenant}/filters"
     RUN, DEFINE = Permission.RUN, Permission.DEFINE
     routes = [
+        Route(wrs, authed(runs.get, READ), methods=["GET"]),
+        Route(f"{wrs}/status", authed(runs.status, READ), methods=["GET"]),
         Route(wfs, authed(filters.workflows, READ), methods=["GET"]),
         Route(fls, authed(filters.list, READ), methods=["GET"]),
         Route(fls, authed(filters.create, DEFINE), methods=["POST"]),

@@ -474,6 +474,12 @@ class EngineCore(Component):
             raise NotFound(f"run {run_id!r} not found")
         return details(*found)
 
+    async def workflow_version(self, tenant_id: str, version_id: str) -> Workflow | None:
+        """The definition a run was created with (None if the tenant has no such version)."""
+        await self.versions.ensure(self.store, [version_id])
+        found = self.versions.cache.get(version_id)
+        return found if found is not None and found.tenant_id == tenant_id else None
+
     async def runs(
         self, tenant_id: str, run_ids: Collection[str]
     ) -> list[tuple[RunRow, list[TaskRow]]]:
