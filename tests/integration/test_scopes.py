@@ -4,6 +4,7 @@ a token of each scope; a worker token running real tasks that spawn children."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -80,10 +81,8 @@ def test_rest_routes_follow_the_same_scopes(engine: EngineThread) -> None:
         token = mint(engine, scope)
         for method, path, body, needed in routes:
             status, answer, _ = http(engine, method, path, body, token=token)
-            granted = (
-                (needed is None
-                and Permission.RUN in GRANTS[scope])
-                or (needed is not None and needed in GRANTS[scope])
+            granted = (needed is None and Permission.RUN in GRANTS[scope]) or (
+                needed is not None and needed in GRANTS[scope]
             )
             if granted:
                 assert status == 200, (scope, path, answer)
@@ -122,11 +121,34 @@ def test_a_worker_token_runs_tasks_and_spawns_children_but_triggers_nothing_else
         # A client token triggers; the worker token's worker runs the run and its child.
         client = Hewer(settings=engine.client_settings(token=mint(engine, Scope.CLIENT)))
         try:
-            assert client.runs.trigger("scoped-parent", {"n": 21}).result() == {
-                "scoped-parent": {"kid": 42}
-            }
+            top = client.runs.trigger("scoped-parent", {"n": 21})
+            assert top.result() == {"scoped-parent": {"kid": 42}}
         finally:
             client.close()
+        # It read its child's result (above); it reads no run its tasks did not spawn.
+        (kid_run,) = [
+            r.id
+            for r in engine.call(engine.engine.store.runs_list(tenant(engine)))
+            if r.workflow_name == "scoped-child"
+        ]
+        from hewer._proto.v1 import workflows_pb2 as v1
+        from hewer._proto.v1 import workflows_pb2_grpc as v1g
+
+        admin = v1g.AdminServiceStub(grpc.insecure_channel(engine.address))
+        as_worker = [("authorization", f"bearer {worker_token}")]
+        mine = admin.GetRunDetails(v1.GetRunDetailsRequest(external_id=kid_run), metadata=as_worker)
+        assert mine.done and json.loads(mine.input) == {"n": 21}
+        with pytest.raises(grpc.RpcError) as refused:
+            admin.GetRunDetails(v1.GetRunDetailsRequest(external_id=top.run_id), metadata=as_worker)
+        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        status, _, _ = http(
+            engine, "GET", f"/api/v1/stable/workflow-runs/{top.run_id}", token=worker_token
+        )
+        assert status == 403
+        status, _, _ = http(
+            engine, "GET", f"/api/v1/stable/workflow-runs/{kid_run}/status", token=worker_token
+        )
+        assert status == 200
         # The worker token on its own may not start runs.
         stub = wg.WorkflowServiceStub(grpc.insecure_channel(engine.address))
         md = [("authorization", f"bearer {worker_token}")]

@@ -127,7 +127,9 @@ class RunRoutes:
     def __init__(self, core: EngineCore) -> None:
         self.core = core
 
-    async def _run(self, tenant_id: str, run_id: str) -> tuple[RunRow, list[TaskRow]]:
+    async def _run(self, request: Request, tenant_id: str) -> tuple[RunRow, list[TaskRow]]:
+        run_id = request.path_params["run"]
+        await self.core.check_run_readers(tenant_id, [run_id], request.state.principal)
         found = await self.core.runs(tenant_id, [run_id])
         if not found:
             raise NotFound(f"run {run_id!r} not found")
@@ -136,7 +138,7 @@ class RunRoutes:
 
     async def get(self, request: Request, tenant_id: str) -> Any:
         """Hatchet's V1WorkflowRunDetails: the run, its tasks and its DAG's shape."""
-        run, tasks = await self._run(tenant_id, request.path_params["run"])
+        run, tasks = await self._run(request, tenant_id)
         children: dict[str, list[str]] = {t.readable_id: [] for t in tasks}
         workflow = await self.core.workflow_version(tenant_id, run.version_id)
         for step in workflow.tasks if workflow is not None else ():
@@ -161,5 +163,5 @@ class RunRoutes:
 
     async def status(self, request: Request, tenant_id: str) -> Any:
         """Hatchet's V1TaskStatus of the run, as a JSON string."""
-        run, tasks = await self._run(tenant_id, request.path_params["run"])
+        run, tasks = await self._run(request, tenant_id)
         return run_status(run, tasks)

@@ -64,6 +64,7 @@ from hewer.engine.core.ingest import (
 )
 from hewer.engine.core.loop import EngineLoop, holder_target
 from hewer.engine.core.scheduler import Scheduler
+from hewer.engine.core.scopes import Scope
 from hewer.engine.core.sessions import (
     Action,
     ActionKind,
@@ -592,6 +593,22 @@ class EngineCore(Component):
         return await self.sessions.register(
             tenant_id, name, actions, slot_config, labels, runtime_info, owner_token
         )
+
+    async def check_run_readers(
+        self, tenant_id: str, run_ids: Collection[str], who: Principal
+    ) -> None:
+        """A worker token reads only the runs its own tasks spawned (their parent task was
+        assigned to a worker registered with that token); other tokens that may read, read
+        every run of their tenant. Unknown runs pass (they are answered as not found)."""
+        if who.scope is not Scope.WORKER or not run_ids:
+            return
+        for run, _ in await self.store.runs_get(tenant_id, run_ids):
+            if run.parent_task_id is None:
+                raise PermissionDenied(
+                    f"a worker token reads only the runs its tasks spawned; {run.id!r} was "
+                    "not spawned by a task"
+                )
+            await self.check_task_caller(tenant_id, run.parent_task_id, who)
 
     async def check_spawn(self, tenant_id: str, parent_task_id: str, who: Principal) -> None:
         """A worker token may trigger a run only as the child of a task running on one of

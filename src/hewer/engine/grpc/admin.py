@@ -25,7 +25,7 @@ from hewer.domain import (
 )
 from hewer.durations import parse_duration
 from hewer.engine.api.filters import run_filter
-from hewer.engine.grpc._common import Servicer, seconds_of, unary
+from hewer.engine.grpc._common import Servicer, caller, seconds_of, unary
 from hewer.engine.grpc._labels import desired_labels
 from hewer.errors import InvalidInput, NotSupported, TooLarge
 
@@ -293,6 +293,7 @@ class AdminServicer(Servicer, pb_grpc.AdminServiceServicer):  # type: ignore[mis
 
     @unary
     async def GetRunDetails(self, tenant_id: str, request: Any, context: Any) -> Any:
+        await self.core.check_run_readers(tenant_id, [request.external_id], caller())
         details = await self.core.run_details(tenant_id, request.external_id)
         response = run_details_response(details)
         limit = self.core.max_message_bytes

@@ -308,6 +308,7 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
             tenant_id = await self.tenant(context)
             if not request.workflow_run_id:
                 raise NotSupported("subscribing by additional metadata is not supported yet")
+            await self.core.check_run_readers(tenant_id, [request.workflow_run_id], caller())
             queue, unsubscribe = await self.core.subscribe_stream(
                 tenant_id, request.workflow_run_id
             )
@@ -354,11 +355,13 @@ class DispatcherServicer(Servicer, pb_grpc.DispatcherServicer):  # type: ignore[
             return
 
         watch = TokenWatch(self.auth, context, lambda: None)
+        who = caller()
 
         async def run_ids() -> AsyncIterator[list[str]]:
             async for req in request_iterator:
                 if not await watch.valid():  # a revoked token asks for nothing more
                     return
+                await self.core.check_run_readers(tenant_id, [req.workflow_run_id], who)
                 yield [req.workflow_run_id]
 
         try:

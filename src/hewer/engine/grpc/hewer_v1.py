@@ -117,6 +117,7 @@ class RunsServicer(Servicer, pb_grpc.RunsServicer):  # type: ignore[misc]
             return
 
         watch = TokenWatch(self.auth, context, lambda: None)
+        who = caller()
 
         async def run_ids() -> AsyncIterator[list[str]]:
             async for req in request_iterator:
@@ -124,6 +125,7 @@ class RunsServicer(Servicer, pb_grpc.RunsServicer):  # type: ignore[misc]
                     return
                 if len(req.run_ids) > MAX_RUNS_PER_WAIT:
                     raise InvalidInput(f"at most {MAX_RUNS_PER_WAIT} run ids per wait request")
+                await self.core.check_run_readers(tenant_id, req.run_ids, who)
                 yield list(req.run_ids)
 
         budget = (self.core.max_message_bytes or 4 * 1024 * 1024) - _BATCH_OVERHEAD
