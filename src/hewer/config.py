@@ -137,6 +137,13 @@ class EngineSettings(BaseSettings):
         mode="before",
     )(_duration)
 
+    @field_validator("http_request_timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("HEWER_HTTP_REQUEST_TIMEOUT must be more than 0")
+        return value
+
     @model_validator(mode="after")
     def _tls_pairs(self) -> EngineSettings:
         if (self.tls_cert is None) != (self.tls_key is None):

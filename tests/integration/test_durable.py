@@ -293,3 +293,30 @@ def test_a_replay_that_takes_other_steps_fails_with_non_determinism(
     with pytest.raises(TaskRunError, match=r"NonDeterminismError: node 1 .* was a memo"):
         drifting.run({})
     assert invocations == [1, 2], "failed without using its retries"
+
+
+def test_a_child_refused_for_its_idempotency_key_raises_instead_of_hanging(
+    engine: EngineThread, client: Hewer, in_process_worker: Callable[..., Worker]
+) -> None:
+    from hewer import IdempotencyCollisionError, TTLBasedIdempotencyConfig
+
+    @client.task(
+        name="durable-once",
+        idempotency=TTLBasedIdempotencyConfig(key_expression="input.k", ttl=timedelta(hours=1)),
+    )
+    def once(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return {"k": input["k"]}
+
+    @client.durable_task(name="durable-twice", retries=0)
+    async def twice(input: dict[str, Any], ctx: DurableContext) -> dict[str, Any]:
+        first = await once.aio_run({"k": "same"})
+        try:
+            await once.aio_run({"k": "same"})
+        except IdempotencyCollisionError as exc:
+            return {"first": first, "second": str(exc)}
+        return {"first": first, "second": None}
+
+    in_process_worker(client, [twice, once], slots=2)
+    out = twice.run({})
+    assert out["first"] == {"k": "same"}
+    assert "idempotency key" in out["second"]

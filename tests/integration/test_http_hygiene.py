@@ -141,3 +141,21 @@ def test_a_keep_alive_connection_serves_several_requests(engine: EngineThread) -
             assert client.get("/health").status_code == 200
             time.sleep(DEADLINE / 2)  # idle between requests, within the keep-alive window
         assert client.get("/health").status_code == 200
+
+
+def test_bare_lf_heads_on_one_connection_are_each_their_own_request(
+    engine: EngineThread,
+) -> None:
+    # h11 ends a head at a bare-LF blank line too: each request starts a fresh count.
+    sock = _connect(engine)
+    try:
+        lines = b"".join(b"X-%d: v\n" % i for i in range(60))
+        for _ in range(5):  # 300 header lines over the connection, 60 per request
+            sock.sendall(b"GET /health HTTP/1.1\nHost: x\n" + lines + b"\n")
+            sock.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200 "), head[:100]
+    finally:
+        sock.close()

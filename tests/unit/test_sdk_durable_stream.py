@@ -27,6 +27,9 @@ class Scripted(pb_grpc.V1DispatcherServicer):  # type: ignore[misc]
         self.seen: list[list[str]] = []
         self.evicted: list[tuple[str, int]] = []
         self.status: list[list[tuple[str, int, int]]] = []
+        self.memos = 0
+        self.release = asyncio.Event()
+        self.completed: list[tuple[int, int]] = []  # (connection, node)
 
     async def DurableTask(
         self, request_iterator: AsyncIterator[Any], context: Any
@@ -66,6 +69,21 @@ class Scripted(pb_grpc.V1DispatcherServicer):  # type: ignore[misc]
                             ref=ref, payload=b'{"CREATE":{}}'
                         )
                     )
+            elif kind == "memo":
+                m = req.memo
+                self.memos += 1
+                if self.memos == 1:
+                    await self.release.wait()  # the first answer comes late
+                ref = pb.DurableEventLogEntryRef(
+                    durable_task_external_id=m.durable_task_external_id,
+                    invocation_count=m.invocation_count,
+                    node_id=self.memos,
+                )
+                yield pb.DurableTaskResponse(
+                    memo_ack=pb.DurableTaskEventMemoAckResponse(ref=ref, memo_already_existed=False)
+                )
+            elif kind == "complete_memo":
+                self.completed.append((number, req.complete_memo.ref.node_id))
             elif kind == "evict_invocation":
                 m = req.evict_invocation
                 self.evicted.append((m.durable_task_external_id, m.invocation_count))
@@ -152,3 +170,51 @@ async def _serve_on(servicer: Scripted, address: str) -> tuple[grpc.aio.Server, 
     server.add_insecure_port(address)
     await server.start()
     return server, address
+
+
+def _memo_request() -> Any:
+    return _wire.durable_memo_request(TASK, 1, b"k")
+
+
+async def test_a_late_answer_to_a_cancelled_request_is_not_handed_to_the_next() -> None:
+    servicer = Scripted()
+    servicer.connections = 1  # no scripted break
+    server, address = await _serve(servicer)
+    channel = grpc.aio.insecure_channel(address)
+    stream = DurableStream(lambda: _wire.durable_stub(channel), (), lambda: "w")
+    try:
+        first = asyncio.ensure_future(stream.request((TASK, 1), _memo_request()))
+        await _until(lambda: servicer.memos == 1, "the first memo reached the engine")
+        first.cancel()  # the body gave up waiting (a timeout around it, say)
+        second = asyncio.ensure_future(stream.request((TASK, 1), _memo_request()))
+        servicer.release.set()
+        ack = await asyncio.wait_for(second, 10)
+        assert ack.ref.node_id == 2, "the second request got the first one's answer"
+    finally:
+        await stream.close()
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_memoised_values_are_said_again_after_a_reconnect() -> None:
+    servicer = Scripted()
+    servicer.connections = 1
+    servicer.release.set()
+    server, address = await _serve(servicer)
+    channel = grpc.aio.insecure_channel(address)
+    stream = DurableStream(lambda: _wire.durable_stub(channel), (), lambda: "w")
+    try:
+        done = _wire.durable_complete_memo_request(TASK, 1, 7, b"k", b'"v"')
+        await stream.complete_memo((TASK, 1, 7), done)
+        await _until(lambda: servicer.completed == [(2, 7)], "the value stored")
+        await server.stop(0)
+        await _until(lambda: not stream._registered.is_set(), "the stream noticed")
+        server, _ = await _serve_on(servicer, address)
+        await stream.ensure_started()
+        await _until(lambda: (3, 7) in servicer.completed, "the value said again")
+        stream.forget((TASK, 1))  # the body ended: nothing more to say
+        assert stream._completes == {}
+    finally:
+        await stream.close()
+        await channel.close()
+        await server.stop(0)

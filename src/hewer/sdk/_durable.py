@@ -30,7 +30,13 @@ import grpc
 import grpc.aio
 
 from hewer.durations import format_duration, parse_duration
-from hewer.errors import ConfigurationError, HewerError, NonRetryableError, TaskRunError
+from hewer.errors import (
+    ConfigurationError,
+    HewerError,
+    IdempotencyCollisionError,
+    NonRetryableError,
+    TaskRunError,
+)
 from hewer.sdk import _serde, _wire
 from hewer.sdk._conditions import OrGroup, ParentCondition, SleepCondition, UserEventCondition
 from hewer.sdk._conditions import flatten as flatten_conditions
@@ -118,6 +124,8 @@ class DurableStream:
         self._early: dict[EntryKey, Completion] = {}
         self._dropped: dict[Key, str] = {}
         self._to_evict: set[Key] = set()
+        self._completes: dict[EntryKey, Any] = {}
+        self._registered_as: str | None = None
         self._closed = False
 
     async def ensure_started(self) -> None:
@@ -125,25 +133,46 @@ class DurableStream:
             raise Evicted("the worker is stopping")
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="hewer-durable-stream")
+        if self._registered.is_set() and self._registered_as != self._worker_id():
+            # The worker registered again under a new id: so does this stream.
+            outbox = self._outbox
+            if outbox is not None:
+                self._registered.clear()
+                outbox.put_nowait(self._register())
         await self._registered.wait()
+
+    async def _put_connected(self, request: Any) -> asyncio.Queue[Any]:
+        """Queue ``request`` on the connected stream, waiting for a reconnect if needed."""
+        while True:
+            await self.ensure_started()
+            outbox = self._outbox
+            if outbox is not None and self._registered.is_set():
+                outbox.put_nowait(request)
+                return outbox
 
     async def request(self, key: Key, request: Any) -> Any:
         """Send ``request`` for invocation ``key`` and return the engine's answer (the
         response's message), raising ``DurableError`` if it refused."""
+        self._check(key)
         await self.ensure_started()
         self._check(key)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # Queued with the request, in the same step: the engine answers an invocation's
+        # requests in order, and each answer goes to its own slot. A slot whose waiter was
+        # cancelled stays in line, so the answer meant for it is dropped, not handed on.
         self._acks.setdefault(key, deque()).append(future)
         try:
-            self._put(request)
-            return await future
-        finally:
+            await self._put_connected(request)
+        except BaseException:
             self._discard_ack(key, future)
+            raise
+        return await future
 
-    async def send(self, request: Any) -> None:
-        """Send ``request``, which the engine does not answer."""
-        await self.ensure_started()
-        self._put(request)
+    async def complete_memo(self, entry: EntryKey, request: Any) -> None:
+        """Send a memoised value; kept until the invocation ends and sent again after any
+        reconnect (storing it twice is harmless), so a break cannot lose it."""
+        await self._put_connected(request)
+        self._completes[entry] = request  # in the same step: a later break resends it
 
     async def wait(self, key: Key, node: int) -> Completion:
         """Wait until entry ``node`` of invocation ``key`` is satisfied."""
@@ -164,8 +193,9 @@ class DurableStream:
     def forget(self, key: Key) -> None:
         """The invocation ended here: drop what is kept for it."""
         self._dropped.pop(key, None)
-        for entry in [e for e in self._early if e[:2] == key]:
-            del self._early[entry]
+        for kept in (self._early, self._completes):
+            for entry in [e for e in kept if e[:2] == key]:
+                del kept[entry]
 
     async def close(self) -> None:
         self._closed = True
@@ -190,16 +220,14 @@ class DurableStream:
             if not queue:
                 del self._acks[key]
 
-    def _put(self, request: Any) -> None:
-        outbox = self._outbox
-        if outbox is None:
-            raise DurableError("the durable stream is not connected")
-        outbox.put_nowait(request)
-
     def _send_status(self, entries: Sequence[EntryKey]) -> None:
         # Not connected: _run says it all again once it is.
         if self._outbox is not None and self._registered.is_set() and entries:
             self._outbox.put_nowait(_wire.durable_status_request(self._worker_id(), entries))
+
+    def _register(self) -> Any:
+        self._registered_as = self._worker_id()
+        return _wire.durable_register_request(self._registered_as)
 
     @staticmethod
     async def _write(call: Any, outbox: asyncio.Queue[Any]) -> None:
@@ -216,7 +244,7 @@ class DurableStream:
             try:
                 call = self._stub().DurableTask(metadata=self._metadata)
                 outbox: asyncio.Queue[Any] = asyncio.Queue()
-                outbox.put_nowait(_wire.durable_register_request(self._worker_id()))
+                outbox.put_nowait(self._register())
                 helpers.append(asyncio.create_task(self._write(call, outbox)))
                 self._outbox = outbox
                 while True:
@@ -226,14 +254,16 @@ class DurableStream:
                     if response.WhichOneof("message") == "register_worker":
                         attempt = 0
                         self._registered.set()
-                        self._send_status(list(self._waits))
-                        for task_id, invocation in self._to_evict:
+                        # Said again on every (re)registration: what lives only here.
+                        for request in self._completes.values():
+                            outbox.put_nowait(request)
+                        for task_id, invocation in sorted(self._to_evict):
                             outbox.put_nowait(
                                 _wire.durable_evict_request(
                                     task_id, invocation, reason="its request was cut off"
                                 )
                             )
-                        self._to_evict.clear()
+                        self._send_status(list(self._waits))
                         helpers.append(asyncio.create_task(self._resend()))
                     else:
                         self._dispatch(response)
@@ -273,8 +303,14 @@ class DurableStream:
         msg: Any = getattr(response, kind) if kind else None
         if kind in ("memo_ack", "wait_for_ack"):
             self._ack((msg.ref.durable_task_external_id, msg.ref.invocation_count), msg)
-        elif kind in ("trigger_runs_ack", "eviction_ack"):
+        elif kind == "trigger_runs_ack":
             self._ack((msg.durable_task_external_id, msg.invocation_count), msg)
+        elif kind == "eviction_ack":
+            key = (msg.durable_task_external_id, msg.invocation_count)
+            if key in self._to_evict:
+                self._to_evict.discard(key)  # one this stream sent for a cut-off request
+            else:
+                self._ack(key, msg)
         elif kind == "entry_completed":
             ref = msg.ref
             entry = (ref.durable_task_external_id, ref.invocation_count, ref.node_id)
@@ -288,6 +324,12 @@ class DurableStream:
         elif kind == "error":
             ref = msg.ref
             key = (ref.durable_task_external_id, ref.invocation_count)
+            entry = (key[0], key[1], ref.node_id)
+            if entry in self._completes:
+                # Storing a memoised value failed; it is said again after a reconnect, and
+                # a later invocation computes it again at worst.
+                logger.warning("storing a memoised value failed: %s", msg.error_message)
+                return
             error: DurableError = (
                 NonDeterminismError(msg.error_message)
                 if msg.error_type == _wire.DURABLE_NONDETERMINISM
@@ -298,24 +340,28 @@ class DurableStream:
         elif kind == "server_evict":
             key = (msg.durable_task_external_id, msg.invocation_count)
             reason = msg.reason or "the engine ended this invocation"
+            self._to_evict.discard(key)
             self._dropped[key] = reason
             self._fail_key(key, Evicted(reason))
         else:
             logger.debug("ignoring durable stream message %r", kind)
 
     def _ack(self, key: Key, answer: Any) -> bool:
+        """Hand ``answer`` to the oldest request of ``key`` still in line (dropped if its
+        waiter is gone). False if no request was in line."""
         queue = self._acks.get(key)
-        while queue:
-            future = queue.popleft()
-            if future.done():
-                continue
+        if not queue:
+            logger.debug("durable answer for %s with no request in line", key)
+            return False
+        future = queue.popleft()
+        if not queue:
+            del self._acks[key]
+        if not future.done():
             if isinstance(answer, BaseException):
                 future.set_exception(answer)
             else:
                 future.set_result(answer)
-            return True
-        logger.debug("durable answer for %s with no request waiting", key)
-        return False
+        return True
 
     def _fail_key(self, key: Key, exc: BaseException) -> None:
         for future in self._acks.pop(key, ()):
@@ -343,11 +389,27 @@ class DurableStream:
 
 def memo_key(task_run_id: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> bytes:
     """What a memoised call is known by in the log: the task, the function and its
-    arguments (two functions called with the same arguments are two values)."""
+    arguments as JSON (two functions called with the same arguments are two values). The
+    arguments must be JSON values (or pydantic models): anything else could be keyed
+    differently by the worker that replays the task."""
+    try:
+        arguments = json.dumps([args, kwargs], sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        try:
+            arguments = _serde.dumps([args, dict(sorted(kwargs.items()))])
+        except Exception as exc:
+            raise ConfigurationError(
+                f"aio_memo({getattr(fn, '__name__', fn)!r}, ...): its arguments must be JSON "
+                f"values or pydantic models, to key the value the same way on every worker: {exc}"
+            ) from None
+        if any(isinstance(a, set | frozenset) for a in (*args, *kwargs.values())):
+            raise ConfigurationError(
+                "aio_memo arguments must not be sets (their order varies)"
+            ) from None
     h = hashlib.sha256()
     h.update(task_run_id.encode())
     h.update(f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}".encode())
-    h.update(json.dumps([args, kwargs], default=str, sort_keys=True).encode())
+    h.update(arguments.encode())
     return h.digest()
 
 
@@ -502,10 +564,9 @@ class DurableContext(Context):
             text = ack.memo_result_payload.decode()
         else:
             text = _serde.dumps(await fn(*args, **kwargs))
-            done = _wire.durable_complete_memo_request(
-                *self._key, ack.ref.node_id, key, text.encode()
-            )
-            await self._stream.send(done)
+            node = ack.ref.node_id
+            done = _wire.durable_complete_memo_request(*self._key, node, key, text.encode())
+            await self._stream.complete_memo((*self._key, node), done)
         value: T = _serde.parse_output(json.loads(text), model)
         return value
 
@@ -522,7 +583,17 @@ class DurableContext(Context):
     async def spawn(self, requests: Sequence[Any]) -> list[Spawned]:
         """Spawn child runs through the log (a later invocation gets the same runs)."""
         ack = await self._request(_wire.durable_trigger_request(*self._key, requests))
-        return [Spawned(e.node_id, e.workflow_run_external_id) for e in ack.run_entries]
+        spawned = [Spawned(e.node_id, e.workflow_run_external_id) for e in ack.run_entries]
+        refused = [i for i, child in enumerate(spawned) if not child.run_id]
+        if refused:
+            # The engine makes no run (and no log entry) for a child whose idempotency key
+            # another run holds: there is nothing to wait for.
+            raise IdempotencyCollisionError(
+                f"child run(s) {refused} refused: another run holds their idempotency key",
+                existing_run_ids=[],
+                created_run_ids=[c.run_id for c in spawned if c.run_id],
+            )
+        return spawned
 
     async def child_outputs(self, child: Spawned, name: str) -> dict[str, Any]:
         """``{task name: output}`` of a spawned child run once it finished; raises

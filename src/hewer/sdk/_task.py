@@ -240,7 +240,13 @@ class _Runnable(Generic[InT, ResultT]):
         durable = current_durable(current_context())
         if durable is not None:
             children = await durable.spawn([self._request(i, options) for i in inputs])
-            return list(await asyncio.gather(*(self._durable_result(durable, c) for c in children)))
+            waits = [asyncio.ensure_future(self._durable_result(durable, c)) for c in children]
+            try:
+                return list(await asyncio.gather(*waits))
+            except BaseException:
+                for wait in waits:  # the first failure ends the call: the others stop too
+                    wait.cancel()
+                raise
         refs = await self.aio_run_many_no_wait(inputs, **options)
         return list(await asyncio.gather(*(ref.aio_result() for ref in refs)))
 

@@ -3,7 +3,8 @@
 
 Hatchet's statuses are coarser than ours: a run is QUEUED until a task of it runs, RUNNING
 while one does (or while it is unfinished with some tasks done), then COMPLETED, FAILED or
-CANCELLED; a skipped task counts as COMPLETED (its output is ``{"skipped": true}``).
+CANCELLED. A task a ``skip_if`` skipped is COMPLETED (its output is ``{"skipped": true}``);
+one that never ran because an upstream task did not complete is CANCELLED.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ TASK_STATUS = {
     TaskStatus.QUEUED: "QUEUED",
     TaskStatus.RUNNING: "RUNNING",
     TaskStatus.COMPLETED: "COMPLETED",
-    TaskStatus.SKIPPED: "COMPLETED",
+    TaskStatus.SKIPPED: "CANCELLED",  # never ran: an upstream task did not complete
     TaskStatus.FAILED: "FAILED",
     TaskStatus.CANCELLED: "CANCELLED",
 }

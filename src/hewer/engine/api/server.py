@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import ssl
 from pathlib import Path
@@ -30,6 +31,7 @@ MAX_HEADER_LINES = 100
 MAX_CONNECTIONS = 1000
 """Connections served at once; more are answered 503 and closed at once."""
 KEEP_ALIVE_SECONDS = 5
+_BLANK_LINE = re.compile(rb"\n\r?\n")
 
 
 def _refusal(status: int, reason: str, message: str) -> bytes:
@@ -69,9 +71,10 @@ class GuardedH11Protocol(H11Protocol):
             if not self._head:
                 self._arm()  # a new request: its own deadline
             self._head += data
-            end = self._head.find(b"\r\n\r\n")
-            head = self._head if end < 0 else self._head[:end]
-            if len(head) > MAX_HEADER_BYTES or head.count(b"\r\n") >= MAX_HEADER_LINES:
+            # Where h11 itself ends a head: a blank line, CRLF or bare LF.
+            end = _BLANK_LINE.search(self._head)
+            head = self._head if end is None else self._head[: end.start()]
+            if len(head) > MAX_HEADER_BYTES or head.count(b"\n") >= MAX_HEADER_LINES:
                 self._refuse(
                     431,
                     "Request Header Fields Too Large",
@@ -79,9 +82,9 @@ class GuardedH11Protocol(H11Protocol):
                     f"{MAX_HEADER_LINES} lines",
                 )
                 return
-            if end >= 0:
-                self._head = bytearray()
         super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._head = bytearray()  # the head is h11's now; the next one starts afresh
         if self.conn.their_state is h11.DONE:
             self._disarm()  # all of it is in: the app takes its time answering
 
@@ -171,7 +174,8 @@ class ApiServer:
             http=type("Guarded", (GuardedH11Protocol,), {"read_seconds": self.read_seconds}),
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
-            limit_concurrency=MAX_CONNECTIONS,
+            # uvicorn answers 503 from this many on; GuardedH11Protocol refuses beyond it.
+            limit_concurrency=MAX_CONNECTIONS + 1,
             **self._ssl_options(),
             lifespan="off",
             log_config=None,

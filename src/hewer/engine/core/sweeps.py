@@ -30,10 +30,11 @@ logger = logging.getLogger(__name__)
 SWEEP_BATCH = 500
 MAX_SWEEPS = 20  # pages per kind and tick
 REPORT_GRACE = 10.0
-# After a restart, workers come back at their reconnect backoff (the SDKs cap it at 5 s):
-# a start sent before the restart is judged only once its worker had that long to say
-# it runs it, else a live worker's task would be handed to a second one.
-RECONNECT_ALLOWANCE = 5.0
+# After a restart, workers come back at their reconnect backoff (the SDKs cap it at 5 s),
+# then connect, register and resend: a start sent before the restart is judged only once
+# its worker had twice that long to say it runs it, else a live worker's task would be
+# handed to a second one.
+RECONNECT_ALLOWANCE = 10.0
 
 CancelFn = Callable[[str, Sequence[str], str], Awaitable[list[str]]]
 

@@ -136,7 +136,7 @@ class V1DispatcherServicer(Servicer, pb_grpc.V1DispatcherServicer):  # type: ign
         numbered in the order its requests came), answered as they commit."""
         core = self.core
 
-        async def guarded(task_id: str, invocation: int, coro: Any) -> None:
+        async def guarded(task_id: str, invocation: int, coro: Any, node: int = 0) -> None:
             try:
                 await coro
             except StaleInvocation as exc:
@@ -157,7 +157,9 @@ class V1DispatcherServicer(Servicer, pb_grpc.V1DispatcherServicer):  # type: ign
                 out.put_nowait(
                     pb.DurableTaskResponse(
                         error=pb.DurableTaskErrorResponse(
-                            ref=_ref(task_id, invocation, 0),
+                            # The node of a request without an answer of its own (storing a
+                            # memoised value): the worker does not take it for another's.
+                            ref=_ref(task_id, invocation, node),
                             error_type=pb.DURABLE_TASK_ERROR_TYPE_UNSPECIFIED,
                             error_message=str(exc),
                         )
@@ -211,7 +213,7 @@ class V1DispatcherServicer(Servicer, pb_grpc.V1DispatcherServicer):  # type: ign
             async def complete() -> None:
                 await future_done
 
-            answer(guarded(task_id, inv, complete()))
+            answer(guarded(task_id, inv, complete(), node=m.ref.node_id))
         elif kind == "trigger_runs":
             m = req.trigger_runs
             task_id, inv = m.durable_task_external_id, m.invocation_count
