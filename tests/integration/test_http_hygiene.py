@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -153,9 +154,39 @@ def test_bare_lf_heads_on_one_connection_are_each_their_own_request(
         for _ in range(5):  # 300 header lines over the connection, 60 per request
             sock.sendall(b"GET /health HTTP/1.1\nHost: x\n" + lines + b"\n")
             sock.settimeout(5)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += sock.recv(65536)
-            assert head.startswith(b"HTTP/1.1 200 "), head[:100]
+            answer = b""
+            while not answer.endswith(b"}"):  # the head, then the JSON body
+                answer += sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
     finally:
         sock.close()
+
+
+def test_a_slow_answer_is_no_slow_request(engine: EngineThread) -> None:
+    """The deadline covers the client sending its request, not the engine answering it
+    (also with "Connection: close", after which h11 says MUST_CLOSE, not DONE)."""
+    import asyncio
+
+    switch = engine.engine._api_switch
+    local = switch.local
+    assert local is not None
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/slow":
+            await asyncio.sleep(DEADLINE * 2)
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"done"})
+            return
+        await local(scope, receive, send)
+
+    switch.local = slow
+    try:
+        sock = _connect(engine)
+        try:
+            sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = _answer(sock)
+            assert answer.startswith(b"HTTP/1.1 200 ") and b"done" in answer, answer
+        finally:
+            sock.close()
+    finally:
+        switch.local = local

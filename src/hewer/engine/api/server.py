@@ -32,6 +32,7 @@ MAX_CONNECTIONS = 1000
 """Connections served at once; more are answered 503 and closed at once."""
 KEEP_ALIVE_SECONDS = 5
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+_READING = (h11.IDLE, h11.SEND_BODY)  # the client's states while its request arrives
 
 
 def _refusal(status: int, reason: str, message: str) -> bytes:
@@ -85,13 +86,15 @@ class GuardedH11Protocol(H11Protocol):
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:
             self._head = bytearray()  # the head is h11's now; the next one starts afresh
-        if self.conn.their_state is h11.DONE:
-            self._disarm()  # all of it is in: the app takes its time answering
+        if self.conn.their_state not in _READING:
+            # All of it is in (DONE, or MUST_CLOSE after "Connection: close"): the app
+            # takes its time answering.
+            self._disarm()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing() and self.conn.their_state is not h11.DONE:
-            self._arm()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._arm()  # the next request on this connection
 
     def _arm(self) -> None:
         self._disarm()
