@@ -18,14 +18,20 @@ from tests.helpers import wait_for
 
 @contextmanager
 def hatchet_worker(
-    engine: EngineThread, tmp_path: Path, app: Path, name: str, *args: str
+    engine: EngineThread,
+    tmp_path: Path,
+    app: Path,
+    name: str,
+    *args: str,
+    env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``python APP worker [ARGS]`` until the worker ``name`` is ACTIVE; killed after."""
+    """``python APP worker [ARGS]`` until the worker ``name`` is ACTIVE; killed after.
+    ``env``: the environment (default: ``hatchet_env(engine)``)."""
     log_path = tmp_path / f"{name}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, str(app), "worker", *args],
-            env=hatchet_env(engine),
+            env=env if env is not None else hatchet_env(engine),
             cwd=tmp_path,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -46,12 +52,18 @@ def hatchet_worker(
         proc.wait(timeout=30)
 
 
-def run_client(engine: EngineThread, tmp_path: Path, app: Path, *args: str) -> Any:
+def run_client(
+    engine: EngineThread,
+    tmp_path: Path,
+    app: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+) -> Any:
     """``python APP client`` (or ``python APP ARGS...``); the JSON of its last line of
-    output."""
+    output. ``env``: the environment (default: ``hatchet_env(engine)``)."""
     result = subprocess.run(
         [sys.executable, str(app), *(args or ("client",))],
-        env=hatchet_env(engine),
+        env=env if env is not None else hatchet_env(engine),
         cwd=tmp_path,
         capture_output=True,
         timeout=120,

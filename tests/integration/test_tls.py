@@ -4,10 +4,7 @@ clients, clients without a certificate and clients with another CA's are refused
 
 from __future__ import annotations
 
-import json
 import ssl
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +18,9 @@ from hewer import Context, Hewer
 from hewer._proto import dispatcher_pb2, dispatcher_pb2_grpc
 from hewer.testing import EngineThread
 from tests.certs import Authority, Issued, authority
+from tests.compat._hatchet import hatchet_worker, run_client
 from tests.compat.test_hatchet_sdk import hatchet_env
 from tests.conftest import HEARTBEAT
-from tests.helpers import wait_for
 
 HATCHET_APP = Path(__file__).resolve().parents[1] / "compat" / "hatchet_app.py"
 
@@ -158,43 +155,7 @@ def test_hatchet_sdk_worker_and_client_over_tls(
             HATCHET_CLIENT_TLS_CERT_FILE=str(pki.client.cert),
             HATCHET_CLIENT_TLS_KEY_FILE=str(pki.client.key),
         )
-    log_path = tmp_path / "hatchet-worker.log"
-    with log_path.open("wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, str(HATCHET_APP), "worker"],
-            env=env,
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for(
-            lambda: (
-                worker.poll() is not None
-                or any(
-                    w.name == "compat-worker" and w.status == "active"
-                    for w in engine.call(engine.engine.store.workers_list())
-                )
-            ),
-            timeout=60,
-            what="the hatchet-sdk worker registered over TLS",
-        )
-        assert worker.poll() is None, log_path.read_text()
-        script = (
-            "import json, sys; sys.path.insert(0, sys.argv[1]);"
-            "import hatchet_app as app;"
-            "print(json.dumps({'double': app.double.run(app.In(x=5))}))"
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", script, str(HATCHET_APP.parent)],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr.decode()[-4000:]
-        assert json.loads(result.stdout.decode().strip().splitlines()[-1]) == {"double": {"y": 10}}
-    finally:
-        worker.kill()
-        worker.wait(timeout=30)
+    with hatchet_worker(engine, tmp_path, HATCHET_APP, "compat-worker", env=env):
+        out = run_client(engine, tmp_path, HATCHET_APP, env=env)
+    assert out["double"] == {"y": 42}
+    assert out["dag"] == {"first": {"a": 2}, "second": {"b": 20}}
