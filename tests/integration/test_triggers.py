@@ -444,3 +444,36 @@ def test_a_root_task_waits_on_its_conditions_from_the_start(
     third = gatekept.run_no_wait({})
     client.events.push("gate:open", {})
     assert third.result() == {"ran": True}
+
+
+def test_runs_get_and_get_status_read_a_run_and_its_tasks(
+    engine: EngineThread, client: Hewer, in_process_worker: Callable[..., Worker]
+) -> None:
+    from hewer import NotFound
+
+    flow = client.workflow("read-me")
+
+    @flow.task()
+    def first(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return {"a": input["x"] + 1}
+
+    @flow.task(parents=[first], retries=0)
+    def second(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        raise ValueError("second says no")
+
+    in_process_worker(client, [flow])
+    ref = flow.run_no_wait({"x": 1}, additional_metadata={"k": "v"})
+    with pytest.raises(TaskRunError):
+        ref.result()
+    run = client.runs.get(ref.run_id)
+    assert (run.id, run.workflow_name, run.status) == (ref.run_id, "read-me", "FAILED")
+    assert run.input == {"x": 1} and run.additional_metadata == {"k": "v"}
+    assert run.output == {"first": {"a": 2}}
+    assert run.error is not None and "second says no" in run.error
+    assert [(t.name, t.status) for t in run.tasks] == [("first", "COMPLETED"), ("second", "FAILED")]
+    done = run.tasks[0]
+    assert done.attempt == 1 and done.started_at is not None and done.finished_at is not None
+    assert run.created_at is not None and run.finished_at is not None
+    assert client.runs.get_status(ref.run_id) == "FAILED"
+    with pytest.raises(NotFound):
+        client.runs.get("00000000-0000-7000-8000-000000000000")

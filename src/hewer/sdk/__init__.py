@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hewer.domain import StickyStrategy
-from hewer.sdk._admin import RunFilter, WorkerInfo, Workers, WorkerState
+from hewer.sdk._admin import RunFilter, RunInfo, TaskInfo, WorkerInfo, Workers, WorkerState
 from hewer.sdk._client import Hewer
 from hewer.sdk._conditions import (
     OrGroup,
@@ -80,6 +80,7 @@ __all__ = [
     "RateLimitDuration",
     "RateLimits",
     "RunFilter",
+    "RunInfo",
     "RunRef",
     "Scheduled",
     "ScheduledRun",
@@ -91,6 +92,7 @@ __all__ = [
     "SystemClock",
     "TTLBasedIdempotencyConfig",
     "Task",
+    "TaskInfo",
     "TaskOptions",
     "UserEventCondition",
     "Worker",

@@ -104,6 +104,90 @@ def _time(value: object) -> datetime | None:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """One task of a run, as the engine's run details say."""
+
+    id: str
+    name: str
+    status: str  # QUEUED, RUNNING, COMPLETED, FAILED or CANCELLED
+    output: dict[str, Any]
+    error: str | None
+    attempt: int
+    worker_id: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """A run and its tasks (``hw.runs.get``)."""
+
+    id: str
+    workflow_name: str
+    status: str  # QUEUED, RUNNING, COMPLETED, FAILED or CANCELLED
+    input: dict[str, Any]
+    output: dict[str, Any]  # {task name: output} of the tasks that completed
+    additional_metadata: dict[str, Any]
+    error: str | None
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    tasks: tuple[TaskInfo, ...]
+    parent_task_id: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunInfo:
+        """From the engine's run details (Hatchet's V1WorkflowRunDetails)."""
+        run = data.get("run") or {}
+        meta = run.get("metadata") or {}
+        tasks = tuple(
+            TaskInfo(
+                id=str(t.get("taskExternalId", "")),
+                name=str(t.get("displayName", "")),
+                status=str(t.get("status", "")),
+                output=dict(t.get("output") or {}),
+                error=t.get("errorMessage"),
+                attempt=int(t.get("attempt", 1)),
+                worker_id=t.get("workerId"),
+                started_at=_time(t.get("startedAt")),
+                finished_at=_time(t.get("finishedAt")),
+            )
+            for t in data.get("tasks") or ()
+            if isinstance(t, Mapping)
+        )
+        return cls(
+            id=str(meta.get("id", "")),
+            workflow_name=str(run.get("displayName", "")),
+            status=str(run.get("status", "")),
+            input=dict(run.get("input") or {}),
+            output=dict(run.get("output") or {}),
+            additional_metadata=dict(run.get("additionalMetadata") or {}),
+            error=run.get("errorMessage"),
+            created_at=_time(meta.get("createdAt")),
+            started_at=_time(run.get("startedAt")),
+            finished_at=_time(run.get("finishedAt")),
+            tasks=tasks,
+            parent_task_id=run.get("parentTaskExternalId"),
+        )
+
+
+def _run_path(run_id: str) -> str:
+    if not run_id or not run_id.strip():
+        raise InvalidInput("a run id must not be empty")
+    return "/api/v1/stable/workflow-runs/" + urllib.parse.quote(run_id.strip(), safe="")
+
+
+def run_info(client: ClientCore, run_id: str) -> RunInfo:
+    body = RestClient(client).call("GET", _run_path(run_id), what=f"read run {run_id!r}")
+    return RunInfo.from_json(body or {})
+
+
+def run_status(client: ClientCore, run_id: str) -> str:
+    path = _run_path(run_id) + "/status"
+    return str(RestClient(client).call("GET", path, what=f"read the status of run {run_id!r}"))
+
+
 # --- HTTP --------------------------------------------------------------------------------
 
 

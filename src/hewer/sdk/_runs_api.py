@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Unpack
 
@@ -48,6 +49,23 @@ class Runs:
         """Start a run of ``workflow``; its result is ``{task name: output}``."""
         request = self._request(workflow, input, options)
         return RunRef(await self._client._runs.aio_trigger(request), self._client, run_outputs)
+
+    def get(self, run_id: str) -> _admin.RunInfo:
+        """A run with its tasks: status, input, outputs, errors, attempts and times
+        (NotFound for a run the tenant does not have)."""
+        return _admin.run_info(self._client, run_id)
+
+    async def aio_get(self, run_id: str) -> _admin.RunInfo:
+        """A run with its tasks; see :meth:`get`."""
+        return await asyncio.to_thread(_admin.run_info, self._client, run_id)
+
+    def get_status(self, run_id: str) -> str:
+        """QUEUED, RUNNING, COMPLETED, FAILED or CANCELLED."""
+        return _admin.run_status(self._client, run_id)
+
+    async def aio_get_status(self, run_id: str) -> str:
+        """The run's status; see :meth:`get_status`."""
+        return await asyncio.to_thread(_admin.run_status, self._client, run_id)
 
     def ref(self, run_id: str) -> RunRef[dict[str, Any]]:
         """A handle on an existing run, to wait for its result."""
