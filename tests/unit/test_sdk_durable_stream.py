@@ -28,6 +28,7 @@ class Scripted(pb_grpc.V1DispatcherServicer):  # type: ignore[misc]
         self.evicted: list[tuple[str, int]] = []
         self.status: list[list[tuple[str, int, int]]] = []
         self.memos = 0
+        self.registered: list[str] = []
         self.release = asyncio.Event()
         self.completed: list[tuple[int, int]] = []  # (connection, node)
 
@@ -42,6 +43,7 @@ class Scripted(pb_grpc.V1DispatcherServicer):  # type: ignore[misc]
             kind = req.WhichOneof("message")
             seen.append(kind)
             if kind == "register_worker":
+                self.registered.append(req.register_worker.worker_id)
                 yield pb.DurableTaskResponse(
                     register_worker=pb.DurableTaskResponseRegisterWorker(worker_id="w")
                 )
@@ -214,6 +216,27 @@ async def test_memoised_values_are_said_again_after_a_reconnect() -> None:
         await _until(lambda: (3, 7) in servicer.completed, "the value said again")
         stream.forget((TASK, 1))  # the body ended: nothing more to say
         assert stream._completes == {}
+    finally:
+        await stream.close()
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_the_stream_registers_again_when_its_worker_does() -> None:
+    servicer = Scripted()
+    servicer.connections = 1
+    servicer.release.set()
+    server, address = await _serve(servicer)
+    channel = grpc.aio.insecure_channel(address)
+    worker = ["w-1"]
+    stream = DurableStream(lambda: _wire.durable_stub(channel), (), lambda: worker[0])
+    try:
+        await stream.ensure_started()
+        worker[0] = "w-2"  # the worker's listener registered again, under a new id
+        ack = await asyncio.wait_for(stream.request((TASK, 1), _memo_request()), 10)
+        assert ack.ref.node_id == 1
+        assert servicer.registered == ["w-1", "w-2"]
+        assert servicer.seen[-1][:3] == ["register_worker", "register_worker", "memo"]
     finally:
         await stream.close()
         await channel.close()

@@ -264,7 +264,8 @@ class DurableStream:
                                 )
                             )
                         self._send_status(list(self._waits))
-                        helpers.append(asyncio.create_task(self._resend()))
+                        if len(helpers) == 1:  # the writer; a re-registration keeps its resender
+                            helpers.append(asyncio.create_task(self._resend()))
                     else:
                         self._dispatch(response)
             except asyncio.CancelledError:
