@@ -20,13 +20,14 @@ MAX_CONNECTION_IDLE_MS = 10 * 60 * 1000
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     """Options that let SDK clients (every 5 s; hatchet-sdk every 10 s) and relaying
-    replicas (every 1 s) ping, and send GOAWAY to a client flooding pings (more than two
-    closer together than half the fastest of those)."""
+    replicas (every 1 s) ping without being sent GOAWAY. Ping strikes stay unlimited: a
+    worker resumed after a stall (SIGSTOP, a long GC) may send its overdue pings at once,
+    and a GOAWAY then would delay the results it is retrying."""
     return [
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
         ("grpc.http2.min_ping_interval_without_data_ms", 1000),
-        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.http2.max_ping_strikes", 0),
         ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 20_000),
