@@ -15,9 +15,10 @@ from typing import Any
 
 from starlette.requests import Request
 
-from hewer.domain import RunRow, RunStatus, TaskRow, TaskStatus
+from hewer.domain import RunRow, TaskRow, TaskStatus
 from hewer.engine.api.workers import iso
 from hewer.engine.core.service import EngineCore
+from hewer.engine.core.transitions import details
 from hewer.errors import NotFound
 
 TASK_STATUS = {
@@ -39,11 +40,8 @@ def step_uuid(version_id: str, readable_id: str) -> str:
 
 
 def run_status(run: RunRow, tasks: list[TaskRow]) -> str:
-    """A run's status as Hatchet's V1TaskStatus."""
-    if run.status is not RunStatus.QUEUED:
-        return TASK_STATUS[TaskStatus(run.status.value)]
-    started = any(t.status not in (TaskStatus.PENDING, TaskStatus.QUEUED) for t in tasks)
-    return "RUNNING" if started else "QUEUED"
+    """A run's status (as the core tells clients) as Hatchet's V1TaskStatus."""
+    return str(details(run, tasks).status).upper()
 
 
 def _object(text: str | None) -> dict[str, Any]:
